@@ -1,0 +1,152 @@
+"""Checkpoint folders: written whole or not at all, and checked before they serve.
+
+A checkpoint is a standard PEFT adapter folder (adapter_model.safetensors,
+adapter_config.json) plus meta.json (parent, batch, base model, config,
+metrics) and, when routing is on, memz_keys.safetensors. It is written into
+checkpoints/.staging/, fsynced, and renamed into place; only then does the
+daemon record it. Loading accepts safetensors only and checks the keys,
+shapes and values before an adapter may serve.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import Home
+from .errors import CheckpointError
+
+WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+META = "meta.json"
+KEYS = "memz_keys.safetensors"
+UNSAFE = ("adapter_model.bin", "pytorch_model.bin", "adapter_model.pt")
+
+META_DEFAULTS = {"parent": None, "batch_id": None, "base_model": None, "config": {},
+                 "metrics": {}, "created_at": None, "n_examples": 0, "format": 1}
+
+
+def new_id(seq: int, now: datetime | None = None) -> str:
+    """A_<date>_<sequence>: sorts by time, unique within a home."""
+    now = now or datetime.now(timezone.utc)
+    return f"A_{now:%Y-%m-%d}_{seq:04d}"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint(home: Home, checkpoint_id: str, state: dict[str, torch.Tensor],
+                     config: PeftLoraConfig, meta: dict, keys: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a checkpoint folder atomically and return its final path."""
+    final = home.checkpoints / checkpoint_id
+    if final.exists():
+        raise CheckpointError(f"checkpoint {checkpoint_id} already exists at {final}")
+    home.staging.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{checkpoint_id}-", dir=home.staging))
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(staging / WEIGHTS),
+                  metadata={"format": "pt"})
+        config.save_pretrained(str(staging))
+        if keys is not None:
+            save_file({k: v.contiguous() for k, v in keys.items()}, str(staging / KEYS))
+        (staging / META).write_text(json.dumps({**META_DEFAULTS, **meta}, indent=2, default=str),
+                                    encoding="utf-8")
+        for f in staging.iterdir():
+            _fsync(f)
+        os.rename(staging, final)
+        _fsync(home.checkpoints)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def clean_staging(home: Home) -> int:
+    """Remove half-written checkpoints a crash left behind; returns how many."""
+    if not home.staging.exists():
+        return 0
+    leftovers = list(home.staging.iterdir())
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(leftovers)
+
+
+def read_meta(path: Path) -> dict:
+    """meta.json with defaults filled in for keys older checkpoints lack."""
+    try:
+        meta = json.loads((path / META).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        meta = {}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path / META}: unreadable: {exc}") from exc
+    return {**META_DEFAULTS, **meta}
+
+
+def update_meta(path: Path, **changes) -> None:
+    meta = {**read_meta(path), **changes}
+    tmp = path / (META + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path / META)
+
+
+def load_checkpoint(path: Path, base_model: str | None = None):
+    """(peft config, weights, meta, keys) of a checkpoint folder, after safety checks.
+
+    Only safetensors are read. Raises CheckpointError naming what is wrong.
+    """
+    if not path.is_dir():
+        raise CheckpointError(f"no checkpoint folder at {path}")
+    weights = path / WEIGHTS
+    if not weights.is_file() or weights.is_symlink():
+        unsafe = [u for u in UNSAFE if (path / u).exists()]
+        hint = f" (found {unsafe[0]}: memz loads safetensors only)" if unsafe else ""
+        raise CheckpointError(f"{path.name}: no {WEIGHTS}{hint}")
+    meta = read_meta(path)
+    if base_model is not None and meta["base_model"] not in (None, base_model):
+        raise CheckpointError(f"{path.name} was trained on base model '{meta['base_model']}', "
+                              f"not the configured '{base_model}'")
+    try:
+        config = PeftLoraConfig.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path.name}: bad {CONFIG}: {exc}") from exc
+    try:
+        state = load_file(str(weights))
+        keys = load_file(str(path / KEYS)) if (path / KEYS).is_file() else None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path.name}: corrupt safetensors file: {exc}") from exc
+    check_state(state, config.r, path.name)
+    if keys is not None and any(not torch.isfinite(v).all() for v in keys.values()):
+        raise CheckpointError(f"{path.name}: routing keys hold NaN or infinite values")
+    return config, state, meta, keys
+
+
+def check_state(state: dict[str, torch.Tensor], r: int, name: str) -> None:
+    """Keys are LoRA A/B pairs of rank r, and every value is finite."""
+    if not state:
+        raise CheckpointError(f"{name}: the adapter holds no tensors")
+    for key, value in state.items():
+        if "lora_A" not in key and "lora_B" not in key:
+            raise CheckpointError(f"{name}: unexpected tensor '{key}' in the adapter")
+        if value.dim() != 2:
+            raise CheckpointError(f"{name}: tensor '{key}' has shape {tuple(value.shape)}, expected a matrix")
+        if ("lora_A" in key and value.shape[0] != r) or ("lora_B" in key and value.shape[1] != r):
+            raise CheckpointError(f"{name}: tensor '{key}' shape {tuple(value.shape)} does not match rank {r}")
+        if not torch.isfinite(value).all():
+            raise CheckpointError(f"{name}: tensor '{key}' holds NaN or infinite values")
+        partner = key.replace("lora_A", "lora_B") if "lora_A" in key else key.replace("lora_B", "lora_A")
+        if partner not in state:
+            raise CheckpointError(f"{name}: '{key}' has no matching '{partner}'")

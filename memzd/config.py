@@ -1,0 +1,261 @@
+"""Settings: config.yaml loaded into dataclasses, and the layout of a home.
+
+Every key of config.yaml is a dataclass field whose metadata carries its help
+text. Values are coerced by the field's type (PyYAML reads `1e-4` as a
+string), and an unknown key or a bad value raises ConfigError naming the key
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class LoraConfig:
+    r: int = _help("LoRA rank.", 8)
+    alpha: int = _help("LoRA scaling numerator (scale = alpha / r).", 16)
+    dropout: float = _help("Dropout on the LoRA input, 0 to 1.", 0.05)
+    target_modules: list[str] = _help(
+        "Module names LoRA wraps.", factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+    def __post_init__(self):
+        _check(self.r >= 1, "lora.r", "an integer >= 1")
+        _check(self.alpha >= 1, "lora.alpha", "an integer >= 1")
+        _check(0.0 <= self.dropout < 1.0, "lora.dropout", "a number in [0, 1)")
+        _check(len(self.target_modules) > 0, "lora.target_modules", "a non-empty list of module names")
+
+
+@dataclass
+class TrainingConfig:
+    batch_size: int = _help("Examples per micro-batch (packed by length).", 1)
+    grad_accum: int = _help("Micro-batches per optimizer step.", 16)
+    lr: float = _help("AdamW learning rate.", 1e-4)
+    max_steps: int = _help("Most optimizer steps for one batch.", 200)
+    eval_every: int = _help("Sample forgetting_loss on anchors every N steps (0: never during training).", 1)
+    max_seq_len: int = _help("Tokens kept per example; longer ones are cut from the left of the prompt.", 512)
+    seed: int = _help("Seed for shuffling, dropout and anchor sampling.", 0)
+    stop_loss: float = _help("Stop a batch early once a step's answer loss is below this (0: never).", 0.0)
+    replay: int = _help("Earlier examples of the lineage mixed into each batch, so it is not erased.", 0)
+    precision: Literal["auto", "fp32", "bf16"] = _help("Training math: auto is bf16 on cuda, fp32 elsewhere.", "auto")
+
+    def __post_init__(self):
+        for key in ("batch_size", "grad_accum", "max_steps", "max_seq_len"):
+            _check(getattr(self, key) >= 1, f"training.{key}", "an integer >= 1")
+        _check(self.lr > 0, "training.lr", "a positive number such as 1e-4")
+        _check(self.eval_every >= 0, "training.eval_every", "an integer >= 0")
+        _check(self.stop_loss >= 0, "training.stop_loss", "a number >= 0")
+        _check(self.replay >= 0, "training.replay", "an integer >= 0")
+
+
+@dataclass
+class BatchConfig:
+    max_examples: int = _help("Train once this many examples are pending (batched mode).", 128)
+    max_age_minutes: float = _help("...or once the oldest pending example is this old.", 30)
+
+    def __post_init__(self):
+        _check(self.max_examples >= 1, "batch.max_examples", "an integer >= 1")
+        _check(self.max_age_minutes >= 0, "batch.max_age_minutes", "a number >= 0")
+
+
+@dataclass
+class EvaluationConfig:
+    anchor_provider: Literal["local", "hf", "none"] = _help("Where anchor prompts come from.", "local")
+    anchor_dataset: str = _help("Folder or JSONL file (local), or dataset id (hf).", "anchors/")
+    anchor_sample: int = _help("Most anchors used per evaluation (seeded, same for every checkpoint).", 1000)
+    rollback_mode: Literal["off", "warn", "auto_rollback"] = _help("What a forgetful checkpoint triggers.", "off")
+    catastrophic_delta: float = _help("anchor_ce_delta above which a checkpoint forgot too much.", 0.25)
+    anchor_max_tokens: int = _help("Greedy tokens generated per anchor for retention_score.", 48)
+
+    def __post_init__(self):
+        _check(self.anchor_sample >= 1, "evaluation.anchor_sample", "an integer >= 1")
+        _check(self.catastrophic_delta >= 0, "evaluation.catastrophic_delta", "a number >= 0")
+        _check(self.anchor_max_tokens >= 1, "evaluation.anchor_max_tokens", "an integer >= 1")
+
+
+@dataclass
+class RoutingConfig:
+    enabled: bool = _help("Answer with the adapter only questions close to what it was taught.", True)
+    layer: int = _help("Hidden-state layer whose mean is a question's key (negative counts from the end).", -1)
+    threshold: float = _help("Cosine similarity to a taught key above which the adapter answers.", 0.5)
+
+    def __post_init__(self):
+        _check(-1.0 <= self.threshold <= 1.0, "routing.threshold", "a number in [-1, 1]")
+
+
+@dataclass
+class DaemonConfig:
+    rescan_seconds: float = _help("Rescan inbox/ and requests/ this often, in case events were lost.", 5.0)
+    stable_seconds: float = _help("A file is read once its size and mtime held this long.", 1.0)
+    max_request_bytes: int = _help("Request files larger than this are refused.", 1_000_000)
+    max_line_bytes: int = _help("Example lines longer than this are rejected.", 1_000_000)
+
+    def __post_init__(self):
+        _check(self.rescan_seconds > 0, "daemon.rescan_seconds", "a number > 0")
+        _check(self.stable_seconds >= 0, "daemon.stable_seconds", "a number >= 0")
+        _check(self.max_request_bytes >= 1, "daemon.max_request_bytes", "an integer >= 1")
+        _check(self.max_line_bytes >= 1, "daemon.max_line_bytes", "an integer >= 1")
+
+
+@dataclass
+class Config:
+    backend: Literal["auto", "mps", "cuda", "cpu"] = _help("Device: auto picks cuda, then mps, then cpu.", "auto")
+    base_model: str = _help("'bundled' (SmolLM2-135M-Instruct), a hub id, or a local folder.", "bundled")
+    update_mode: Literal["immediate", "batched"] = _help("Train on each file at once, or in batches.", "batched")
+    lora: LoraConfig = _help("LoRA adapter shape.", factory=LoraConfig)
+    training: TrainingConfig = _help("Optimisation of one batch.", factory=TrainingConfig)
+    batch: BatchConfig = _help("When a batch is due.", factory=BatchConfig)
+    evaluation: EvaluationConfig = _help("Forgetting measurement and rollback.", factory=EvaluationConfig)
+    routing: RoutingConfig = _help("Which questions the adapter answers.", factory=RoutingConfig)
+    daemon: DaemonConfig = _help("Watching and limits.", factory=DaemonConfig)
+
+
+def _check(ok: bool, key: str, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.yaml: bad value for '{key}': must be {allowed}")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Turn a YAML value into the field's type, or raise ConfigError naming the key."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, prefix=key + ".")
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value is False and "off" in allowed:  # YAML 1.1 reads a bare `off` as False
+            value = "off"
+        if value not in allowed:
+            raise ConfigError(
+                f"config.yaml: bad value {value!r} for '{key}': allowed are {', '.join(map(repr, allowed))}"
+            )
+        return value
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"config.yaml: '{key}' must be a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise AssertionError(f"unhandled config type {hint} for {key}")
+    raise ConfigError(f"config.yaml: bad value {value!r} for '{key}': must be {hint.__name__}")
+
+
+def build(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, refusing unknown keys."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config.yaml: '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"config.yaml: unknown key '{prefix}{unknown[0]}'; allowed here: {', '.join(names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_config(path: Path) -> Config:
+    """Read config.yaml; a missing file means all defaults."""
+    if not path.exists():
+        return Config()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return build(Config, data)
+
+
+def config_to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def describe_config(cls: type = Config, prefix: str = "") -> list[tuple[str, str]]:
+    """(key, help) for every key, for docs and --help."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows += describe_config(hint, prefix + f.name + ".")
+        else:
+            rows.append((prefix + f.name, f.metadata.get("help", "")))
+    return rows
+
+
+@dataclass(frozen=True)
+class Home:
+    """The folder that holds one memz, and the paths inside it."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, home: str | Path | None) -> "Home":
+        """--home, else $MEMZ_HOME, else the current directory."""
+        chosen = home or os.environ.get("MEMZ_HOME") or os.getcwd()
+        return cls(Path(chosen).expanduser().resolve())
+
+    config_path = property(lambda self: self.root / "config.yaml")
+    inbox = property(lambda self: self.root / "inbox")
+    processed = property(lambda self: self.root / "inbox" / "processed")
+    rejected = property(lambda self: self.root / "inbox" / "rejected")
+    requests = property(lambda self: self.root / "requests")
+    requests_rejected = property(lambda self: self.root / "requests" / "rejected")
+    responses = property(lambda self: self.root / "responses")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    staging = property(lambda self: self.root / "checkpoints" / ".staging")
+    anchors = property(lambda self: self.root / "anchors")
+    db_path = property(lambda self: self.root / "memz.db")
+    logs = property(lambda self: self.root / "logs")
+    cache = property(lambda self: self.root / ".cache")
+    pid_file = property(lambda self: self.root / "logs" / "memzd.pid")
+
+    def ensure(self) -> None:
+        """Create the folders a running memz needs, private to the user."""
+        for path in (self.root, self.inbox, self.processed, self.rejected, self.requests,
+                     self.requests_rejected, self.responses, self.checkpoints, self.logs, self.cache):
+            path.mkdir(parents=True, exist_ok=True)
+        try:
+            os.chmod(self.root, 0o700)
+        except OSError:
+            pass
+
+    def load_config(self) -> Config:
+        return load_config(self.config_path)

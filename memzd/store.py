@@ -1,0 +1,306 @@
+"""The SQLite store: every row memz keeps, and all of its SQL.
+
+Tables: files (what was dropped), examples (content hash unique), batches,
+checkpoints (lineage, status, metrics), metrics (per step), events, and a small
+key/value `state` (the current checkpoint). Schema changes are numbered,
+append-only sqlite-utils migrations; the constructor applies them, so a fresh
+and an old database take the same path. WAL and a busy timeout let memzctl
+read while the daemon writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+migrations = Migrations("memz")
+
+
+@migrations()
+def m001_files_examples(db: sqlite_utils.Database) -> None:
+    db["files"].create(
+        {"id": int, "name": str, "sha256": str, "size": int, "received_at": str,
+         "accepted": int, "duplicates": int, "rejected": int, "status": str},
+        pk="id",
+    )
+    db["examples"].create(
+        {"id": int, "hash": str, "kind": str, "data": str, "file_id": int, "line": int,
+         "created_at": float, "batch_id": int},
+        pk="id",
+        foreign_keys=[("file_id", "files", "id")],
+    )
+    db["examples"].create_index(["hash"], unique=True)
+    db["examples"].create_index(["batch_id"])
+
+
+@migrations()
+def m002_batches_checkpoints(db: sqlite_utils.Database) -> None:
+    db["batches"].create(
+        {"id": int, "status": str, "created_at": str, "finished_at": str, "n_examples": int,
+         "checkpoint_id": str, "error": str, "attempts": int},
+        pk="id",
+    )
+    db["checkpoints"].create(
+        {"id": str, "seq": int, "parent": str, "batch_id": int, "status": str, "created_at": str,
+         "path": str, "base_model": str, "metrics": str},
+        pk="id",
+    )
+    db["metrics"].create(
+        {"id": int, "batch_id": int, "step": int, "name": str, "value": float, "at": float},
+        pk="id",
+    )
+    db["metrics"].create_index(["batch_id", "name"])
+    db["events"].create(
+        {"id": int, "at": str, "kind": str, "message": str, "data": str}, pk="id"
+    )
+    db["state"].create({"key": str, "value": str}, pk="key")
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class CheckpointRow:
+    """One checkpoint as the store records it."""
+
+    id: str
+    seq: int
+    parent: str | None
+    batch_id: int | None
+    status: str
+    created_at: str
+    path: str
+    base_model: str
+    metrics: dict
+
+    @classmethod
+    def from_row(cls, row: dict) -> "CheckpointRow":
+        return cls(**{**row, "metrics": json.loads(row["metrics"] or "{}")})
+
+
+class Store:
+    """All reads and writes of memz.db."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False,
+                               isolation_level=None)
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA busy_timeout = 30000")
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self.db.execute("PRAGMA foreign_keys = ON")
+        migrations.apply(self.db)
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # -- files and examples -------------------------------------------------
+
+    def add_file(self, name: str, sha256: str, size: int) -> int:
+        return self.db["files"].insert(
+            {"name": name, "sha256": sha256, "size": size, "received_at": utcnow(),
+             "accepted": 0, "duplicates": 0, "rejected": 0, "status": "reading"}
+        ).last_pk
+
+    def add_examples(self, file_id: int, rows: Iterable[tuple[int, str, str, str]]) -> tuple[int, int]:
+        """Insert (line, hash, kind, json) rows in one transaction; return (new, duplicates)."""
+        now = time.time()
+        rows = list(rows)
+        with self.db.atomic():
+            before = self.db.execute("SELECT total_changes()").fetchone()[0]
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO examples (hash, kind, data, file_id, line, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(h, kind, data, file_id, line, now) for line, h, kind, data in rows],
+            )
+            new = self.db.execute("SELECT total_changes()").fetchone()[0] - before
+            self.db.execute(
+                "UPDATE files SET accepted = accepted + ?, duplicates = duplicates + ? WHERE id = ?",
+                [new, len(rows) - new, file_id],
+            )
+        return new, len(rows) - new
+
+    def finish_file(self, file_id: int, status: str, rejected: int) -> None:
+        self.db["files"].update(file_id, {"status": status, "rejected": rejected})
+
+    def file_row(self, file_id: int) -> dict:
+        return self.db["files"].get(file_id)
+
+    def files(self) -> list[dict]:
+        return list(self.db["files"].rows_where(order_by="id"))
+
+    def example_count(self) -> int:
+        return self.db["examples"].count
+
+    # -- the queue and batches ----------------------------------------------
+
+    _PENDING = ("batch_id IS NULL OR batch_id IN "
+                "(SELECT id FROM batches WHERE status IN ('pending', 'training'))")
+
+    def queue_depth(self) -> int:
+        """Accepted examples that no checkpoint has trained on yet."""
+        return self.db.execute(f"SELECT count(*) FROM examples WHERE {self._PENDING}").fetchone()[0]
+
+    def unbatched(self) -> tuple[int, float | None]:
+        """(count, created_at of the oldest) of examples not yet in a batch."""
+        n, oldest = self.db.execute(
+            "SELECT count(*), min(created_at) FROM examples WHERE batch_id IS NULL"
+        ).fetchone()
+        return n, oldest
+
+    def create_batch(self, limit: int | None = None, file_id: int | None = None) -> int | None:
+        """Put unbatched examples (oldest first) into a new pending batch."""
+        where, args = "batch_id IS NULL", []
+        if file_id is not None:
+            where += " AND file_id = ?"
+            args.append(file_id)
+        with self.db.atomic():
+            ids = [r[0] for r in self.db.execute(
+                f"SELECT id FROM examples WHERE {where} ORDER BY id LIMIT ?", args + [limit or -1])]
+            if not ids:
+                return None
+            batch_id = self.db["batches"].insert(
+                {"status": "pending", "created_at": utcnow(), "n_examples": len(ids)}
+            ).last_pk
+            self.db.conn.executemany("UPDATE examples SET batch_id = ? WHERE id = ?",
+                                     [(batch_id, i) for i in ids])
+        return batch_id
+
+    def next_batch(self) -> int | None:
+        """The oldest batch still to train: pending, or interrupted while training."""
+        row = self.db.execute(
+            "SELECT id FROM batches WHERE status IN ('pending', 'training') ORDER BY id LIMIT 1"
+        ).fetchone()
+        return row[0] if row else None
+
+    def batch(self, batch_id: int) -> dict:
+        return self.db["batches"].get(batch_id)
+
+    def batch_examples(self, batch_id: int) -> list[dict]:
+        return [json.loads(r[0]) for r in self.db.execute(
+            "SELECT data FROM examples WHERE batch_id = ? ORDER BY id", [batch_id])]
+
+    def start_batch(self, batch_id: int) -> int:
+        """Mark a batch training (a retry starts its curves afresh); returns the attempt number."""
+        with self.db.atomic():
+            attempts = (self.batch(batch_id)["attempts"] or 0) + 1
+            self.db["batches"].update(batch_id, {"status": "training", "attempts": attempts, "error": None})
+            self.db.execute("DELETE FROM metrics WHERE batch_id = ?", [batch_id])
+        return attempts
+
+    def set_batch_status(self, batch_id: int, status: str, error: str | None = None) -> None:
+        self.db["batches"].update(batch_id, {"status": status, "error": error, "finished_at": utcnow()})
+
+    def failed_batches(self) -> list[dict]:
+        return list(self.db["batches"].rows_where("status = 'failed'", order_by="id"))
+
+    def lineage_examples(self, checkpoint_id: str | None, exclude_batch: int | None = None) -> list[dict]:
+        """Examples trained into `checkpoint_id` and its ancestors (for replay)."""
+        batch_ids = [c.batch_id for c in self.lineage(checkpoint_id) if c.batch_id is not None]
+        batch_ids = [b for b in batch_ids if b != exclude_batch]
+        if not batch_ids:
+            return []
+        marks = ",".join("?" * len(batch_ids))
+        return [json.loads(r[0]) for r in self.db.execute(
+            f"SELECT data FROM examples WHERE batch_id IN ({marks}) ORDER BY id", batch_ids)]
+
+    # -- metrics --------------------------------------------------------------
+
+    def add_metric(self, batch_id: int, step: int, name: str, value: float) -> None:
+        self.db["metrics"].insert({"batch_id": batch_id, "step": step, "name": name,
+                                   "value": float(value), "at": time.time()})
+
+    def curve(self, batch_id: int, name: str) -> list[float]:
+        return [r[0] for r in self.db.execute(
+            "SELECT value FROM metrics WHERE batch_id = ? AND name = ? ORDER BY step, id",
+            [batch_id, name])]
+
+    # -- checkpoints ----------------------------------------------------------
+
+    def next_checkpoint_seq(self) -> int:
+        return (self.db.execute("SELECT max(seq) FROM checkpoints").fetchone()[0] or 0) + 1
+
+    def add_checkpoint(self, row: CheckpointRow, make_current: bool) -> None:
+        """Record a checkpoint already renamed into place, and finish its batch, atomically."""
+        with self.db.atomic():
+            self.db["checkpoints"].insert({**row.__dict__, "metrics": json.dumps(row.metrics)})
+            if row.batch_id is not None:
+                self.db["batches"].update(row.batch_id, {"status": "done", "checkpoint_id": row.id,
+                                                         "finished_at": utcnow()})
+            if make_current:
+                self._set_state("current_checkpoint", row.id)
+
+    def checkpoint(self, checkpoint_id: str) -> CheckpointRow | None:
+        row = self.db.execute("SELECT * FROM checkpoints WHERE id = ?", [checkpoint_id]).fetchone()
+        if row is None:
+            return None
+        cols = [d[0] for d in self.db.execute("SELECT * FROM checkpoints LIMIT 0").description]
+        return CheckpointRow.from_row(dict(zip(cols, row)))
+
+    def checkpoints(self) -> list[CheckpointRow]:
+        """All checkpoints, newest first."""
+        return [CheckpointRow.from_row(r)
+                for r in self.db["checkpoints"].rows_where(order_by="seq desc")]
+
+    def lineage(self, checkpoint_id: str | None) -> list[CheckpointRow]:
+        """The checkpoint and its ancestors, newest first."""
+        chain, seen = [], set()
+        while checkpoint_id and checkpoint_id not in seen:
+            seen.add(checkpoint_id)
+            row = self.checkpoint(checkpoint_id)
+            if row is None:
+                break
+            chain.append(row)
+            checkpoint_id = row.parent
+        return chain
+
+    def set_checkpoint_status(self, checkpoint_id: str, status: str) -> None:
+        self.db["checkpoints"].update(checkpoint_id, {"status": status})
+
+    def update_checkpoint_metrics(self, checkpoint_id: str, metrics: dict) -> None:
+        self.db["checkpoints"].update(checkpoint_id, {"metrics": json.dumps(metrics)})
+
+    def current_checkpoint(self) -> str | None:
+        """The checkpoint that serves; None means the base model alone."""
+        return self._get_state("current_checkpoint")
+
+    def set_current(self, checkpoint_id: str | None) -> None:
+        with self.db.atomic():
+            self._set_state("current_checkpoint", checkpoint_id)
+
+    # -- events and state -----------------------------------------------------
+
+    def log_event(self, kind: str, message: str, **data: Any) -> None:
+        self.db["events"].insert({"at": utcnow(), "kind": kind, "message": message,
+                                  "data": json.dumps(data, default=str)})
+
+    def events(self, limit: int = 20) -> list[dict]:
+        return list(self.db["events"].rows_where(order_by="id desc", limit=limit))
+
+    def get_json(self, key: str):
+        value = self._get_state(key)
+        return json.loads(value) if value else None
+
+    def set_json(self, key: str, value) -> None:
+        self._set_state(key, json.dumps(value))
+
+    def last_update(self) -> str | None:
+        row = self.db.execute("SELECT max(created_at) FROM checkpoints").fetchone()
+        return row[0]
+
+    def _get_state(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM state WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def _set_state(self, key: str, value: str | None) -> None:
+        self.db["state"].upsert({"key": key, "value": value}, pk="key")

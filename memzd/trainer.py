@@ -1,0 +1,116 @@
+"""Training one batch: LoRA steps on encoded examples, and nothing else.
+
+`train()` does no I/O. The daemon passes a callback whose hooks (no-ops by
+default) record each step's loss, answer queries between steps, sample the
+forgetting curve, and ask the loop to stop for a signal.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import TrainingConfig
+from .tokens import Encoded, answer_loss, collate
+
+
+class TrainCallback:
+    """Hooks the loop calls; override what you need."""
+
+    def on_step(self, step: int, loss: float, tokens: int) -> None:
+        """After each optimizer step: `loss` is the mean over its answer tokens."""
+
+    def between_steps(self, step: int) -> None:
+        """A safe point to use the model for something else (answering a query)."""
+
+    def should_stop(self) -> bool:
+        """True to abandon the run (SIGTERM); train() then raises Interrupted."""
+        return False
+
+
+class Interrupted(Exception):
+    """Training was stopped from outside between two steps."""
+
+
+@dataclass
+class TrainResult:
+    """What a run did: per-step losses, trained tokens, time."""
+
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0  # prompt and answer tokens fed, padding excluded
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast where asked for and supported; fp32 otherwise."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def micro_batches(examples: list[Encoded], size: int) -> list[list[Encoded]]:
+    """Group by length so that a micro-batch pads little."""
+    ordered = sorted(examples, key=lambda e: len(e.input_ids))
+    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+
+def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
+          device: torch.device, callback: TrainCallback | None = None,
+          precision: str = "fp32", stop_loss: float = 0.0) -> TrainResult:
+    """Run up to cfg.max_steps AdamW steps on the trainable parameters of `model`.
+
+    A step covers batch_size * grad_accum examples (all of them when the batch
+    is smaller), and its loss is averaged over answer tokens. The run stops
+    early once a step's loss is below `stop_loss` (0 disables that).
+    """
+    callback = callback or TrainCallback()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    rng = random.Random(cfg.seed)
+    per_step = min(cfg.batch_size * cfg.grad_accum, len(examples))
+    order: list[int] = []
+    result = TrainResult()
+    start = time.perf_counter()
+    model.train()
+    for step in range(1, cfg.max_steps + 1):
+        if callback.should_stop():
+            raise Interrupted()
+        chosen = []
+        while len(chosen) < per_step:
+            if not order:
+                order = list(range(len(examples)))
+                rng.shuffle(order)
+            chosen.append(examples[order.pop()])
+        n_answer = sum(e.n_answer for e in chosen)
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for mb in micro_batches(chosen, cfg.batch_size):
+            ids, mask, labels = collate(mb, pad_id, device)
+            with autocast_for(device, precision):
+                loss, _ = answer_loss(model, ids, mask, labels)
+            (loss / max(n_answer, 1)).backward()
+            total += loss.item()
+            result.tokens += int(mask.sum())
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # clip the global grad norm at 1.0
+        optimizer.step()
+        step_loss = total / max(n_answer, 1)
+        if not math.isfinite(step_loss):
+            raise FloatingPointError(f"training loss became {step_loss} at step {step}")
+        result.losses.append(step_loss)
+        callback.on_step(step, step_loss, n_answer)
+        callback.between_steps(step)
+        model.train()
+        if stop_loss and step_loss < stop_loss:
+            result.stopped_early = True
+            break
+    model.eval()
+    result.seconds = time.perf_counter() - start
+    return result
