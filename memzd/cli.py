@@ -25,7 +25,7 @@ from .errors import ConfigError, DaemonNotRunning, ExampleError, MemzError
 from .examples import parse_example
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 HOME_HELP = "The memz home (default: $MEMZ_HOME, else the current directory)."
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -129,7 +129,7 @@ def add(ctx: typer.Context, files: list[Path] = typer.Argument(..., help="JSONL 
         tmp = home.inbox / f".{name}.tmp"
         shutil.copyfile(path, tmp)
         os.replace(tmp, home.inbox / name)
-        console.print(f"added {path} as inbox/{name}: {good} examples"
+        print(f"added {path} as inbox/{name}: {good} examples"
                       + (f", {len(bad)} bad lines will be rejected" if bad else ""))
     if failed:
         raise typer.Exit(1)

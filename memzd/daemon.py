@@ -141,6 +141,7 @@ class Daemon:
     def __init__(self, home: Home, once: bool = False):
         self.home, self.once = home, once
         self.stop = threading.Event()
+        self.checkpointed = threading.Event()  # set each time a checkpoint is recorded
         self.config: Config = home.load_config()  # refuses a bad config before anything starts
         self.inbox_files = StableFiles(self.config.daemon.stable_seconds)
         self.request_files = StableFiles(0)  # requests are renamed into place: read at once
@@ -397,6 +398,7 @@ class Daemon:
         verb = {"stable": "now serves", "risky": "serves, marked risky",
                 "rolled_back": "was rolled back; its parent keeps serving"}[status]
         self.store.log_event("checkpoint", f"{ckpt_id} {verb}", checkpoint=ckpt_id, batch=batch_id)
+        self.checkpointed.set()
         log.info("checkpoint %s %s", ckpt_id, verb)
 
 

@@ -1,0 +1,100 @@
+"""From a dropped file to committed examples: shapes, bad lines, dedup, stability."""
+
+import json
+import os
+
+import pytest
+
+from memzd.config import Home
+from memzd.errors import ExampleError
+from memzd.examples import parse_example
+from memzd.inbox import ingest_file
+from memzd.store import Store
+from memzd.watch import StableFiles
+
+from conftest import drop
+
+
+@pytest.fixture
+def h(tmp_path):
+    home = Home(tmp_path / "h")
+    home.ensure()
+    return home
+
+
+def test_all_four_shapes_are_accepted():
+    kinds = [parse_example(e).kind for e in [
+        {"input": "q", "output": "a", "system": "s", "tags": ["user:alice"]},
+        {"prompt": "p", "completion": "c"},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+        {"text": "plain"},
+    ]]
+    assert kinds == ["io", "prompt", "messages", "text"]
+
+
+@pytest.mark.parametrize("obj, words", [
+    ([1, 2], "JSON object"),
+    ({"input": "q"}, "output"),
+    ({"input": "", "output": "a"}, "empty"),
+    ({"input": 3, "output": "a"}, "string"),
+    ({"foo": 1}, "fits no shape"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant"),
+    ({"messages": [{"role": "bot", "content": "hi"}]}, "role"),
+    ({"text": "x", "input": "q", "output": "a"}, "several shapes"),
+    ({"input": "q", "output": "a", "tags": "x"}, "tags"),
+])
+def test_bad_examples_say_why(obj, words):
+    with pytest.raises(ExampleError, match=words):
+        parse_example(obj)
+
+
+def test_good_lines_kept_bad_lines_reported_with_numbers(h):
+    store = Store(h.db_path)
+    path = drop(h.root, "mixed.jsonl", [{"input": "q1", "output": "a1"}, "{broken", {"input": 5, "output": "x"},
+                                        "", {"text": "ok"}])
+    result = ingest_file(path, store, h)
+    assert (result.accepted, result.rejected) == (2, 2)
+    assert (h.processed / "mixed.jsonl").exists() and not path.exists()
+    errors = [json.loads(l) for l in (h.rejected / "mixed.jsonl.errors.jsonl").read_text().splitlines()]
+    assert [e["line"] for e in errors] == [2, 3]
+    assert "invalid JSON" in errors[0]["reason"] and "'input'" in errors[1]["reason"]
+    assert store.example_count() == 2
+
+
+def test_same_file_twice_trains_once(h):
+    store = Store(h.db_path)
+    lines = [{"input": "q", "output": "a"}]
+    ingest_file(drop(h.root, "a.jsonl", lines), store, h)
+    second = ingest_file(drop(h.root, "a.jsonl", lines), store, h)
+    assert (second.accepted, second.duplicates) == (0, 1)
+    assert store.example_count() == 1
+    assert len(list(h.processed.iterdir())) == 2  # both files kept, none overwritten
+
+
+def test_file_with_no_usable_line_is_rejected_whole(h):
+    store = Store(h.db_path)
+    path = drop(h.root, "bad.jsonl", ["nope", "[]"])
+    result = ingest_file(path, store, h)
+    assert result.accepted == 0 and result.reason
+    assert (h.rejected / "bad.jsonl").exists()
+    assert (h.rejected / "bad.jsonl.reason.txt").read_text().strip()
+
+
+def test_stable_file_rule_waits_for_a_growing_file(h):
+    clock = [0.0]
+    stable = StableFiles(1.0, clock=lambda: clock[0])
+    path = h.inbox / "slow.jsonl"
+    path.write_text('{"text": "a"}\n')
+    (h.inbox / ".hidden.jsonl").write_text("x")
+    (h.inbox / "copying.jsonl.part").write_text("x")
+    (h.inbox / "w.tmp").write_text("x")
+    assert stable.ready(h.inbox) == []
+    clock[0] = 0.5
+    with open(path, "a") as f:
+        f.write('{"text": "b"}\n')
+    os.utime(path, ns=(1, 10**9 * 5))
+    assert stable.ready(h.inbox) == []  # it changed: the wait starts again
+    clock[0] = 1.2
+    assert stable.ready(h.inbox) == []
+    clock[0] = 1.6
+    assert stable.ready(h.inbox) == [path]  # only the stable .jsonl, never the ignored names

@@ -1,0 +1,65 @@
+"""The SQLite store: migrations, dedup, batches, lineage, concurrent readers."""
+
+import sqlite3
+
+from memzd.examples import parse_example
+from memzd.store import CheckpointRow, Store, migrations
+
+
+def _rows(*examples):
+    out = []
+    for i, e in enumerate(examples, 1):
+        ex = parse_example(e)
+        out.append((i, ex.hash, ex.kind, ex.json))
+    return out
+
+
+def test_fresh_db_is_migrated_and_wal(tmp_path):
+    store = Store(tmp_path / "memz.db")
+    names = {m.name for m in migrations.applied(store.db)}
+    assert {"m001_files_examples", "m002_batches_checkpoints"} <= names
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    for table in ("files", "examples", "batches", "checkpoints", "metrics", "events", "state"):
+        assert store.db[table].exists()
+    store.close()
+    Store(tmp_path / "memz.db").close()  # reopening applies nothing twice
+
+
+def test_same_example_is_stored_once(tmp_path):
+    store = Store(tmp_path / "memz.db")
+    f = store.add_file("a.jsonl", "", 1)
+    a = {"input": "q", "output": "a"}
+    assert store.add_examples(f, _rows(a, {"output": "a", "input": "q", "tags": ["x"]})) == (1, 1)
+    assert store.add_examples(store.add_file("b.jsonl", "", 1), _rows(a)) == (0, 1)
+    assert store.example_count() == 1
+    assert store.queue_depth() == 1
+
+
+def test_batches_and_lineage(tmp_path):
+    store = Store(tmp_path / "memz.db")
+    f = store.add_file("a.jsonl", "", 1)
+    store.add_examples(f, _rows(*[{"text": f"t{i}"} for i in range(5)]))
+    b1 = store.create_batch(limit=3)
+    assert store.unbatched()[0] == 2 and store.queue_depth() == 5
+    assert store.next_batch() == b1
+    store.start_batch(b1)
+    row = CheckpointRow("A_x_0001", 1, None, b1, "stable", "now", "p", "base", {"recall": 1.0})
+    store.add_checkpoint(row, make_current=True)
+    assert store.current_checkpoint() == "A_x_0001"
+    assert store.queue_depth() == 2
+    assert store.batch(b1)["status"] == "done"
+    b2 = store.create_batch()
+    store.add_checkpoint(CheckpointRow("A_x_0002", 2, "A_x_0001", b2, "stable", "now", "p", "base", {}), True)
+    assert [c.id for c in store.lineage("A_x_0002")] == ["A_x_0002", "A_x_0001"]
+    assert len(store.lineage_examples("A_x_0002", exclude_batch=b2)) == 3
+    assert store.checkpoint("A_x_0001").metrics == {"recall": 1.0}
+
+
+def test_reader_works_while_writer_holds_a_transaction(tmp_path):
+    store = Store(tmp_path / "memz.db")
+    store.db.execute("BEGIN IMMEDIATE")
+    store.db.execute("INSERT INTO events (at, kind, message, data) VALUES ('t', 'k', 'm', '{}')")
+    reader = sqlite3.connect(tmp_path / "memz.db", timeout=1)
+    assert reader.execute("SELECT count(*) FROM events").fetchone()[0] == 0  # WAL: no lock wait
+    store.db.execute("COMMIT")
+    assert reader.execute("SELECT count(*) FROM events").fetchone()[0] == 1
