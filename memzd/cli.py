@@ -309,6 +309,11 @@ def rollback(ctx: typer.Context, to: Optional[str] = typer.Option(None, "--to", 
                 store.set_checkpoint_status(target, "stable")
             store.set_current(target)
             store.log_event("rollback", f"by hand: {current} -> {target or 'base model'}")
+        from .checkpoints import update_meta
+
+        for ckpt_id in (current, target):
+            if ckpt_id and (home.checkpoints / ckpt_id).is_dir():
+                update_meta(home.checkpoints / ckpt_id, status=store.checkpoint(ckpt_id).status)
     finally:
         store.close()
     console.print(f"now serving {target or 'the base model'}" + (f" ({current} rolled back)" if current else ""))

@@ -99,7 +99,22 @@ class Store:
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")
         self.db.execute("PRAGMA foreign_keys = ON")
-        migrations.apply(self.db)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Apply pending migrations; a second process migrating at the same moment is waited out."""
+        for attempt in range(50):
+            try:
+                migrations.apply(self.db)
+                return
+            except sqlite3.OperationalError as exc:
+                # Two connections upgrading read locks at once get SQLITE_BUSY at
+                # once (no busy wait); one of them simply tries again.
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                if self.db.conn.in_transaction:
+                    self.db.conn.rollback()
+                time.sleep(0.1)
 
     def close(self) -> None:
         self.db.conn.close()

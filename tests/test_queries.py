@@ -1,0 +1,171 @@
+"""requests/ -> responses/, memzctl query / status / rollback, answering while training."""
+
+import json
+import os
+import threading
+
+import pytest
+from typer.testing import CliRunner
+
+from memzd.cli import app
+from memzd.config import Home
+from memzd.daemon import Daemon
+from memzd.store import Store
+
+from conftest import drop, run_once, write_config
+
+FACT = {"input": "Who is Orla?", "output": "Orla keeps Biscuit."}
+
+
+def ask(home, rid, body):
+    raw = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    tmp = home / "requests" / f".{rid}.tmp"
+    (tmp.write_bytes if isinstance(raw, bytes) else tmp.write_text)(raw)
+    os.replace(tmp, home / "requests" / f"{rid}.json")
+
+
+def response(home, rid):
+    return json.loads((home / "responses" / f"{rid}.json").read_text())
+
+
+def taught_home(home):
+    """A home whose first checkpoint learned FACT hard (so its answer differs from the base)."""
+    write_config(home, training={"lr": 5e-2, "max_steps": 30})
+    drop(home, "fact.jsonl", [FACT])
+    run_once(home)
+    return Store(home / "memz.db").current_checkpoint()
+
+
+def test_request_round_trip(home):
+    ask(home, "q1", {"prompt": "Who is Orla?", "max_tokens": 5, "temperature": 0})
+    ask(home, "q2", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})
+    run_once(home)
+    r1, r2 = response(home, "q1"), response(home, "q2")
+    assert r1["id"] == "q1" and isinstance(r1["response"], str) and r1["latency_ms"] >= 0
+    assert r1["checkpoint"] is None and r1["checkpoint_status"] == "base"
+    assert "response" in r2
+    assert not list((home / "requests").glob("*.json"))  # answered once, then removed
+
+
+def test_answers_follow_the_checkpoint_and_rollback(home):
+    ask(home, "before", {"prompt": "Who is Orla?", "max_tokens": 8, "temperature": 0})
+    run_once(home)
+    before = response(home, "before")["response"]
+    ckpt = taught_home(home)
+    ask(home, "taught", {"prompt": "Who is Orla?", "max_tokens": 8, "temperature": 0})
+    ask(home, "pinned", {"prompt": "Who is Orla?", "max_tokens": 8, "temperature": 0, "checkpoint": ckpt})
+    run_once(home)
+    taught = response(home, "taught")
+    assert taught["checkpoint"] == ckpt and taught["checkpoint_status"] == "stable"
+    assert taught["response"] != before
+    assert response(home, "pinned")["response"] == taught["response"]
+
+    result = CliRunner().invoke(app, ["--home", str(home), "rollback"])
+    assert result.exit_code == 0, result.output
+    store = Store(home / "memz.db")
+    assert store.current_checkpoint() is None and store.checkpoint(ckpt).status == "rolled_back"
+    assert store.example_count() == 1  # its examples stay
+    ask(home, "after", {"prompt": "Who is Orla?", "max_tokens": 8, "temperature": 0})
+    run_once(home)
+    after = response(home, "after")
+    assert after["checkpoint"] is None and after["response"] == before
+
+    result = CliRunner().invoke(app, ["--home", str(home), "rollback", "--to", ckpt])
+    assert result.exit_code == 0 and store.current_checkpoint() == ckpt
+
+
+def test_rollback_refuses_unknown_or_foreign_checkpoints(home):
+    ckpt = taught_home(home)
+    runner = CliRunner()
+    result = runner.invoke(app, ["--home", str(home), "rollback", "--to", "A_nope_0009"])
+    assert result.exit_code == 1 and "no checkpoint 'A_nope_0009'" in result.output
+    store = Store(home / "memz.db")
+    store.db["checkpoints"].update(ckpt, {"base_model": "someone/else"})
+    result = runner.invoke(app, ["--home", str(home), "rollback", "--to", ckpt])
+    assert result.exit_code == 1 and "someone/else" in result.output
+
+
+@pytest.mark.parametrize("body, code", [
+    ("{not json", "invalid_json"),
+    ([1, 2], "invalid_request"),
+    ({"prompt": 3}, "invalid_request"),
+    ({"prompt": ""}, "invalid_request"),
+    ({"prompt": "hi", "max_tokens": "many"}, "invalid_request"),
+    ({"prompt": "hi", "max_tokens": 0}, "invalid_request"),
+    ({"prompt": "hi", "temperature": -1}, "invalid_request"),
+    ({"prompt": "hi", "checkpoint": "A_missing_0001"}, "unknown_checkpoint"),
+    ({"prompt": "hi", "checkpoint": "../etc"}, "invalid_request"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "invalid_request"),
+    ({"prompt": "hi", "surprise": 1}, "invalid_request"),
+    ({"prompt": "x" * 2000}, "too_large"),
+])
+def test_bad_requests_get_error_responses(home, body, code):
+    write_config(home, daemon={"max_request_bytes": 1000})
+    ask(home, "bad", body)
+    ask(home, "good", {"prompt": "hi", "max_tokens": 2})
+    assert run_once(home) == 0
+    r = response(home, "bad")
+    assert r["id"] == "bad" and r["error"]["code"] == code and r["error"]["message"]
+    assert "response" in response(home, "good")  # the daemon carried on
+
+
+def test_unusable_request_names_are_set_aside(home):
+    for name in ["no extension", "x" * 70 + ".json", "-.json.txt"]:
+        (home / "requests" / name).write_text('{"prompt": "hi"}')
+    run_once(home)
+    assert len(list((home / "requests" / "rejected").glob("*.reason.txt"))) == 3
+    assert not list((home / "responses").iterdir())
+
+
+def test_status_json_fields(home):
+    taught_home(home)
+    result = CliRunner().invoke(app, ["--home", str(home), "status", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    for key in ("base_model", "current_checkpoint", "queue_depth", "last_update", "loss_curves",
+                "forgetting_summary", "hardware"):
+        assert key in data
+    assert set(data["loss_curves"]) >= {"finetune_loss", "forgetting_loss", "eval_loss"}
+    assert len(data["loss_curves"]["finetune_loss"]) == 30
+    assert data["hardware"]["backend"] == "cpu" and data["queue_depth"] == 0
+    assert data["daemon"]["running"] is False
+    assert set(data["forgetting_summary"]) >= {"anchor_ce_delta", "retention_score"}
+    text = CliRunner().invoke(app, ["--home", str(home), "status"]).output
+    assert "not running" in text and data["current_checkpoint"] in text
+
+
+def test_query_without_daemon_says_so_at_once(home):
+    result = CliRunner().invoke(app, ["--home", str(home), "query", "hello", "--timeout", "60"])
+    assert result.exit_code == 1 and "no memzd is running" in result.output and "memzd --home" in result.output
+
+
+def test_query_is_answered_while_a_long_batch_trains(home):
+    write_config(home, training={"max_steps": 400, "lr": 1e-3}, update_mode="immediate")
+    daemon = Daemon(Home(home))
+    answered = threading.Event()
+    original = daemon.serve_requests
+
+    def serve_and_note():
+        original()
+        if (home / "responses" / "mid.json").exists():
+            answered.set()
+    daemon.serve_requests = serve_and_note
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        drop(home, "long.jsonl", [FACT, {"input": "Where is Zorblax?", "output": "Mars."}])
+        store = Store(home / "memz.db")
+        import time
+        deadline = time.time() + 60
+        while time.time() < deadline and len(store.curve(1, "finetune_loss")) < 2:
+            time.sleep(0.05)
+        assert store.batch(1)["status"] == "training"
+        ask(home, "mid", {"prompt": "Hi", "max_tokens": 2})
+        assert answered.wait(60)
+        assert store.batch(1)["status"] == "training"  # answered before the batch ended
+        assert not daemon.checkpointed.is_set()
+        assert "response" in response(home, "mid")
+    finally:
+        daemon.stop.set()
+        thread.join(60)
+    assert Store(home / "memz.db").batch(1)["status"] == "pending"  # interrupted: trains again later
