@@ -90,14 +90,17 @@ def init(ctx: typer.Context, directory: Optional[Path] = typer.Argument(None, he
                                                                         "(default: --home).")) -> None:
     """Create a fresh memz home with the default config and anchors."""
     home = Home(directory.expanduser().resolve()) if directory else ctx.obj
-    existed = home.root.exists()
     home.ensure()
-    if not existed or directory is not None:
-        os.chmod(home.root, 0o700)
     if not home.config_path.exists():
-        shutil.copyfile(REPO_ROOT / "config.yaml", home.config_path)
+        if (REPO_ROOT / "config.yaml").exists():
+            shutil.copyfile(REPO_ROOT / "config.yaml", home.config_path)
+        else:  # installed without the repository: write the defaults
+            import yaml
+
+            from .config import Config, config_to_dict
+            home.config_path.write_text(yaml.safe_dump(config_to_dict(Config()), sort_keys=False))
     anchors = home.root / "anchors"
-    if not anchors.exists():
+    if not anchors.exists() and (REPO_ROOT / "anchors").is_dir():
         shutil.copytree(REPO_ROOT / "anchors", anchors)
     console.print(f"memz home ready at [bold]{home.root}[/]\n"
                   f"  start the daemon:  memzd --home {home.root}\n"

@@ -248,14 +248,13 @@ class Home:
     pid_file = property(lambda self: self.root / "logs" / "memzd.pid")
 
     def ensure(self) -> None:
-        """Create the folders a running memz needs, private to the user."""
-        for path in (self.root, self.inbox, self.processed, self.rejected, self.requests,
+        """Create the folders a running memz needs; a new home is private to its user (0700)."""
+        if not self.root.exists():
+            self.root.mkdir(parents=True, mode=0o700)
+            os.chmod(self.root, 0o700)  # mkdir's mode is masked by the umask
+        for path in (self.inbox, self.processed, self.rejected, self.requests,
                      self.requests_rejected, self.responses, self.checkpoints, self.logs, self.cache):
             path.mkdir(parents=True, exist_ok=True)
-        try:
-            os.chmod(self.root, 0o700)
-        except OSError:
-            pass
 
     def load_config(self) -> Config:
         return load_config(self.config_path)
