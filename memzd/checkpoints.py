@@ -16,10 +16,12 @@ import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import Home
@@ -50,8 +52,14 @@ def _fsync(path: Path) -> None:
 
 
 def write_checkpoint(home: Home, checkpoint_id: str, state: dict[str, torch.Tensor],
-                     config: PeftLoraConfig, meta: dict, keys: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write a checkpoint folder atomically and return its final path."""
+                     config: PeftLoraConfig, meta: dict,
+                     keys: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None,
+                     after_weights: Callable[[], None] | None = None) -> Path:
+    """Write a checkpoint folder atomically and return its final path.
+
+    `after_weights` is a test-only hook, called once the weights are in the
+    staging folder and nothing else is (tests/test_crash.py kills the process there).
+    """
     final = home.checkpoints / checkpoint_id
     if final.exists():
         raise CheckpointError(f"checkpoint {checkpoint_id} already exists at {final}")
@@ -60,9 +68,12 @@ def write_checkpoint(home: Home, checkpoint_id: str, state: dict[str, torch.Tens
     try:
         save_file({k: v.contiguous() for k, v in state.items()}, str(staging / WEIGHTS),
                   metadata={"format": "pt"})
+        if after_weights is not None:
+            after_weights()
         config.save_pretrained(str(staging))
         if keys is not None:
-            save_file({k: v.contiguous() for k, v in keys.items()}, str(staging / KEYS))
+            tensors, key_meta = keys
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / KEYS), metadata=key_meta)
         (staging / META).write_text(json.dumps({**META_DEFAULTS, **meta}, indent=2, default=str),
                                     encoding="utf-8")
         for f in staging.iterdir():
@@ -125,11 +136,11 @@ def load_checkpoint(path: Path, base_model: str | None = None):
         raise CheckpointError(f"{path.name}: bad {CONFIG}: {exc}") from exc
     try:
         state = load_file(str(weights))
-        keys = load_file(str(path / KEYS)) if (path / KEYS).is_file() else None
+        keys = _load_keys(path / KEYS) if (path / KEYS).is_file() else None
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path.name}: corrupt safetensors file: {exc}") from exc
     check_state(state, config.r, path.name)
-    if keys is not None and any(not torch.isfinite(v).all() for v in keys.values()):
+    if keys is not None and any(not torch.isfinite(v).all() for v in keys[0].values()):
         raise CheckpointError(f"{path.name}: routing keys hold NaN or infinite values")
     return config, state, meta, keys
 
@@ -150,3 +161,9 @@ def check_state(state: dict[str, torch.Tensor], r: int, name: str) -> None:
         partner = key.replace("lora_A", "lora_B") if "lora_A" in key else key.replace("lora_B", "lora_A")
         if partner not in state:
             raise CheckpointError(f"{name}: '{key}' has no matching '{partner}'")
+
+
+def _load_keys(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Routing keys and their metadata (the taught words), from safetensors."""
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})

@@ -305,6 +305,14 @@ def rollback(ctx: typer.Context, to: Optional[str] = typer.Option(None, "--to", 
             if not (home.checkpoints / to).is_dir():
                 _fail(MemzError(f"{to} is recorded but its folder {home.checkpoints / to} is missing"))
             target = to
+        if target:  # the same checks the daemon makes before an adapter serves
+            from .checkpoints import load_checkpoint
+            from .errors import CheckpointError
+
+            try:
+                load_checkpoint(home.checkpoints / target, base)
+            except CheckpointError as exc:
+                _fail(MemzError(f"{target} cannot serve: {exc}; nothing was changed"))
         with store.db.atomic():
             if current and current != target:
                 store.set_checkpoint_status(current, "rolled_back")

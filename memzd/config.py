@@ -92,11 +92,15 @@ class EvaluationConfig:
 @dataclass
 class RoutingConfig:
     enabled: bool = _help("Answer with the adapter only questions close to what it was taught.", True)
-    layer: int = _help("Hidden-state layer whose mean is a question's key (negative counts from the end).", -1)
-    threshold: float = _help("Cosine similarity to a taught key above which the adapter answers.", 0.5)
+    rule: Literal["both", "either", "lexical", "hidden"] = _help(
+        "Which keys must match: the taught question's distinctive words, its hidden state, or both.", "both")
+    lexical_threshold: float = _help("Share of a taught question's distinctive words the query must hold.", 0.5)
+    margin: float = _help("How much closer (cosine) to a taught question than to any general prompt.", 0.0)
+    layer: int = _help("Hidden-state layer of the base model whose max-pool is a question's key.", 6)
 
     def __post_init__(self):
-        _check(-1.0 <= self.threshold <= 1.0, "routing.threshold", "a number in [-1, 1]")
+        _check(0.0 <= self.lexical_threshold <= 1.0, "routing.lexical_threshold", "a number in [0, 1]")
+        _check(-2.0 <= self.margin <= 2.0, "routing.margin", "a number in [-2, 2]")
 
 
 @dataclass

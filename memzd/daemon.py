@@ -8,6 +8,7 @@ answered between training steps. SIGINT and SIGTERM stop it between steps.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import logging.handlers
@@ -25,12 +26,12 @@ import torch
 from . import anchors as anchor_mod
 from . import gate, lora
 from .batcher import due_batches
-from .checkpoints import clean_staging, new_id, write_checkpoint
+from .checkpoints import check_state, clean_staging, new_id, write_checkpoint
 from .config import Config, Home
 from .errors import MemzError
 from .evaluator import AnchorSet, evaluate, forgetting_loss, prepare_anchor_set
 from .examples import to_chat
-from .inbox import ingest_file
+from .inbox import ingest_file, reject_whole
 from .model import load_base
 from .queries import Server
 from .store import CheckpointRow, Store, utcnow
@@ -42,6 +43,8 @@ log = logging.getLogger("memz.daemon")
 
 TRAINING_CURVE_ANCHORS = 32  # anchors sampled for the during-training forgetting curve
 MAX_ATTEMPTS = 3             # a batch that fails this often is set aside as failed
+DISK_FULL_RETRY_SECONDS = 60  # after a full disk, wait this long before training again
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def setup_logging(home: Home, level: str) -> None:
@@ -89,6 +92,14 @@ def daemon_pid(home: Home) -> int | None:
     return None
 
 
+def _test_pause(home: Home, point: str) -> None:
+    """Test-only: with MEMZ_TEST_PAUSE_AT=<point>, write logs/test-pause-<point> and sleep,
+    so that tests/test_crash.py can kill -9 the daemon exactly there. A no-op otherwise."""
+    if os.environ.get("MEMZ_TEST_PAUSE_AT") == point:
+        (home.logs / f"test-pause-{point}").write_text(str(os.getpid()))
+        time.sleep(3600)
+
+
 def hardware(device: torch.device) -> dict:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -131,6 +142,8 @@ class _Steps(TrainCallback):
     def between_steps(self, step: int) -> None:
         self.d.serve_requests()
 
+    between_micro_batches = between_steps  # a step is several micro-batches: answer between them too
+
     def should_stop(self) -> bool:
         return self.d.stop.is_set()
 
@@ -142,6 +155,7 @@ class Daemon:
         self.home, self.once = home, once
         self.stop = threading.Event()
         self.checkpointed = threading.Event()  # set each time a checkpoint is recorded
+        self._train_after = 0.0  # time.monotonic() before which no batch trains (after a full disk)
         self.config: Config = home.load_config()  # refuses a bad config before anything starts
         self.inbox_files = StableFiles(self.config.daemon.stable_seconds)
         self.request_files = StableFiles(0)  # requests are renamed into place: read at once
@@ -162,16 +176,9 @@ class Daemon:
         self.store.set_json("daemon", {"pid": os.getpid(), "started": utcnow(), "base_model": base.name})
         self.server = Server(self.home, self.store, self.model, self.tokenizer, self.device, base.name,
                              self.config.routing, self.config.daemon.max_request_bytes)
-        current = self.store.current_checkpoint()
-        if current:
-            try:
-                self.server.load(current)
-            except MemzError as exc:
-                log.error("current checkpoint %s cannot serve (%s); serving its parent", current, exc)
-                self._fall_back(current, str(exc))
+        self.server.current()  # loads it; one that cannot serve is rolled back to its parent
         self._anchor_set: AnchorSet | None = None
         self._anchors_ready = False
-        self._center = None
         self.watcher = Watcher([self.home.inbox, self.home.requests])
         self.watcher.start()
         self.set_activity("idle")
@@ -190,17 +197,6 @@ class Daemon:
                             "moved to checkpoints/.orphaned/ and its batch will train again", path.name)
         if removed:
             self.store.log_event("recovered", f"set aside {removed} unfinished checkpoint folder(s)")
-
-    def _fall_back(self, bad: str, reason: str) -> None:
-        row = self.store.checkpoint(bad)
-        self.store.set_checkpoint_status(bad, "rolled_back")
-        self.store.set_current(row.parent if row else None)
-        self.store.log_event("rollback", f"{bad} could not serve: {reason}", checkpoint=bad)
-        if row and row.parent:
-            try:
-                self.server.load(row.parent)
-            except MemzError as exc:
-                self._fall_back(row.parent, str(exc))
 
     @property
     def anchor_set(self) -> AnchorSet | None:
@@ -247,10 +243,19 @@ class Daemon:
             self.shutdown()
         return 0
 
+    def request_stop(self) -> None:
+        """Stop between two training steps, or at once when idle. Safe in a signal handler:
+        the loop may hold `wake`'s lock when the signal lands, so another thread sets it."""
+        self.stop.set()
+        watcher = getattr(self, "watcher", None)
+        if watcher is not None:
+            threading.Thread(target=watcher.wake.set, daemon=True).start()
+
     def shutdown(self) -> None:
         self.watcher.stop()
         self.set_activity("stopped")
         self.store.close()
+        self._lock.close()  # releases the flock now, not whenever this object is collected
         log.info("memzd stopped")
 
     def ingest(self) -> int:
@@ -264,6 +269,10 @@ class Daemon:
             except OSError as exc:  # vanished, unreadable: leave it and say so
                 log.error("could not read %s: %s", path.name, exc)
                 continue
+            except Exception as exc:  # a bug met by one odd file must not stop the daemon
+                log.exception("could not ingest %s", path.name)
+                self._set_aside(path, f"could not be read: {type(exc).__name__}: {exc}")
+                continue
             finally:
                 self.inbox_files.forget(path)
             handled += 1
@@ -272,6 +281,12 @@ class Daemon:
             if self.config.update_mode == "immediate" and result.accepted:
                 self.store.create_batch(file_id=result.file_id)
         return handled
+
+    def _set_aside(self, path: Path, reason: str) -> None:
+        try:
+            reject_whole(self.home, path, reason)
+        except OSError as exc:
+            log.error("could not move %s to inbox/rejected/: %s", path.name, exc)
 
     def serve_requests(self) -> None:
         for path in self.request_files.ready(self.home.requests):
@@ -282,8 +297,9 @@ class Daemon:
         """Form the batches that are due and train the oldest one; True if one trained."""
         due_batches(self.store, self.config, force=self.once)
         batch_id = self.store.next_batch()
-        if batch_id is None or self.stop.is_set():
+        if batch_id is None or self.stop.is_set() or time.monotonic() < self._train_after:
             return False
+        self.server.current()  # a parent that cannot serve (rolled back by hand to a bad one) is not trained on
         self.train_batch(batch_id)
         return True
 
@@ -297,6 +313,13 @@ class Daemon:
             self.store.set_batch_status(batch_id, "pending", "interrupted; trains again at the next start")
             log.info("batch %d interrupted; it trains again at the next start", batch_id)
         except Exception as exc:  # one bad batch must not stop the daemon
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:  # not the batch's fault: not an attempt
+                self.store.set_batch_status(batch_id, "pending", f"disk full: {exc}", attempts=attempt - 1)
+                self.store.log_event("disk_full", f"batch {batch_id}: {exc}; free some space", batch=batch_id)
+                log.error("disk full while batch %d was saved (%s): free some space; it trains again in %d s",
+                          batch_id, exc, DISK_FULL_RETRY_SECONDS)
+                self._train_after = time.monotonic() + DISK_FULL_RETRY_SECONDS
+                return
             final = attempt >= MAX_ATTEMPTS
             self.store.set_batch_status(batch_id, "failed" if final else "pending", f"{type(exc).__name__}: {exc}")
             self.store.log_event("batch_failed", f"batch {batch_id} attempt {attempt}: {exc}", batch=batch_id)
@@ -334,7 +357,7 @@ class Daemon:
         self.set_activity(f"evaluating batch {batch_id}")
         memory = self._memory(parent_memory, examples)
         def route(chat):
-            if memory is None or gate.admits(memory, self.model, self.tokenizer, chat, self.device):
+            if memory is None or memory.admits(self.model, self.tokenizer, chat, self.device):
                 return lora.TRAIN
             return None
 
@@ -353,17 +376,14 @@ class Daemon:
         r = self.config.routing
         if not r.enabled:
             return None
-        chats = [c[:-1] if c else [{"role": "user", "content": e["text"]}]
-                 for e in examples for c in [to_chat(e)]]
+        questions = [gate.question_text(c[:-1]) if c else e["text"] for e in examples for c in [to_chat(e)]]
         if parent_memory is None or parent_memory.layer != r.layer:
-            if self._center is None:
-                prompts = [gate.question_text(a.chat) for a in (self.anchor_set.anchors if self.anchor_set else [])]
-                self._center = gate.center_of(self.model, self.tokenizer, prompts, r.layer, self.device)
-            parent_memory = gate.KeyMemory(torch.zeros(0, self._center.shape[0]), self._center, r.layer, r.threshold)
-        keys = gate.embed(self.model, self.tokenizer, chats, r.layer, parent_memory.center, self.device)
-        memory = parent_memory.extend(keys)
-        memory.threshold = r.threshold
-        return memory
+            anchors = self.anchor_set.anchors if self.anchor_set else []
+            parent_memory = gate.KeyMemory.create(self.model, self.tokenizer,
+                                                  [gate.question_text(a.chat) for a in anchors], r.layer,
+                                                  self.device)
+        memory = parent_memory.extend(self.model, self.tokenizer, questions, self.device)
+        return memory.with_rule(r.rule, r.lexical_threshold, r.margin)
 
     def _verdict(self, metrics: dict) -> str:
         ev = self.config.evaluation
@@ -375,6 +395,7 @@ class Daemon:
     def _commit(self, batch_id, parent, examples, metrics, status, memory) -> None:
         state = lora.adapter_state(self.model, lora.TRAIN)
         config = self.model.peft_config[lora.TRAIN]
+        check_state(state, config.r, f"batch {batch_id}'s adapter")  # a NaN from the last step never serves
         seq = self.store.next_checkpoint_seq()
         ckpt_id = new_id(seq)
         while (self.home.checkpoints / ckpt_id).exists() or (self.home.checkpoints / ".orphaned" / ckpt_id).exists():
@@ -388,7 +409,9 @@ class Daemon:
                 "curves": {"finetune_loss": self.store.curve(batch_id, "finetune_loss"),
                            "forgetting_loss": self.store.curve(batch_id, "forgetting_loss")}}
         path = write_checkpoint(self.home, ckpt_id, state, config, meta,
-                                memory.to_tensors() if memory is not None else None)
+                                memory.to_file() if memory is not None else None,
+                                after_weights=lambda: _test_pause(self.home, "checkpoint_write"))
+        _test_pause(self.home, "before_commit")
         row = CheckpointRow(id=ckpt_id, seq=seq, parent=parent, batch_id=batch_id, status=status,
                             created_at=meta["created_at"], path=str(path), base_model=self.base_name,
                             metrics=metrics)
@@ -405,5 +428,5 @@ class Daemon:
 def main_loop(home: Home, once: bool) -> int:
     daemon = Daemon(home, once=once)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: daemon.stop.set())
+        signal.signal(sig, lambda *_: daemon.request_stop())
     return daemon.run()

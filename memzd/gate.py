@@ -2,85 +2,42 @@
 
 Plain LoRA learns new facts and quietly changes answers it was never taught
 about. memz keeps a key memory beside each adapter (as GRACE and WISE route
-edits): one key per taught question, the base model's mean-pooled hidden
-state at one layer, centred on the mean key of general prompts and
-normalised. A question is answered with the adapter only when its key is
-within `threshold` cosine similarity of a taught key; anything else gets the
-base model's own answer, unchanged.
+edits) and answers a question with the adapter only when it is about
+something taught; any other question gets the base model's own answer,
+unchanged. Each taught question leaves two keys, both computed by the bare
+base model:
+
+- lexical: its distinctive words: names, codes, invented words. A word is
+  rare when the model's tokenizer splits it into several pieces ("Vantrees"
+  is V|ant|rees; "London" is one token), a frequency proxy that needs no
+  word list. lexical score = the share of a taught question's distinctive
+  words found in the query, best over taught questions.
+- hidden: the max-pool of the base model's hidden states at `layer` over the
+  question's tokens, z-scored with a reference set of general prompts (the
+  anchors) and normalised. margin = cosine to the nearest taught key minus
+  cosine to the nearest reference prompt: is the question closer to what was
+  taught than to general knowledge?
+
+`rule` combines them: "both" (the default) routes when the lexical score
+reaches `lexical_threshold` and the margin reaches `margin`.
+bench/README.md has the measured separations.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import re
+from dataclasses import dataclass, field
 
 import torch
 
 from .lora import using
 
+EPS = 1e-3  # floor of the per-dimension std when z-scoring hidden keys
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
+_POSSESSIVE = re.compile(r"(\w)'s?\b")
 
-@dataclass
-class KeyMemory:
-    """Keys of the questions an adapter was taught, and how to compare with them."""
-
-    keys: torch.Tensor    # (n, hidden), unit rows
-    center: torch.Tensor  # (hidden,), subtracted before normalising
-    layer: int
-    threshold: float
-
-    def to_tensors(self) -> dict[str, torch.Tensor]:
-        return {"keys": self.keys, "center": self.center,
-                "layer": torch.tensor([self.layer]), "threshold": torch.tensor([self.threshold])}
-
-    @classmethod
-    def from_tensors(cls, t: dict[str, torch.Tensor]) -> "KeyMemory":
-        return cls(t["keys"].float(), t["center"].float(), int(t["layer"][0]), float(t["threshold"][0]))
-
-    def similarity(self, queries: torch.Tensor) -> torch.Tensor:
-        """Best cosine similarity of each (unit) query row to any taught key."""
-        if self.keys.shape[0] == 0:
-            return torch.full((queries.shape[0],), -1.0)
-        return (queries @ self.keys.T).max(dim=1).values
-
-    def extend(self, new_keys: torch.Tensor) -> "KeyMemory":
-        return KeyMemory(torch.cat([self.keys, new_keys]), self.center, self.layer, self.threshold)
-
-
-def question_text(chat: list[dict]) -> str:
-    """What a key is made of: the last user turn (system prompts are shared boilerplate)."""
-    users = [m["content"] for m in chat if m["role"] == "user"]
-    return users[-1] if users else chat[-1]["content"]
-
-
-@torch.no_grad()
-def raw_embeddings(model, tokenizer, texts: list[str], layer: int, device: torch.device,
-                   batch_size: int = 32) -> torch.Tensor:
-    """Mean-pooled hidden states of the bare base model at `layer`, one row per text."""
-    rows = []
-    with using(model, None):
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False)
-            ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-            hidden = out.hidden_states[layer].float()
-            m = mask.unsqueeze(-1).float()
-            rows.append(((hidden * m).sum(1) / m.sum(1).clamp(min=1)).cpu())
-    return torch.cat(rows) if rows else torch.zeros(0, 0)
-
-
-def unit(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-    x = x - center
-    return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-6)
-
-
-def embed(model, tokenizer, chats: list[list[dict]], memory_layer: int, center: torch.Tensor,
-          device: torch.device) -> torch.Tensor:
-    """Unit keys for chats (their last user turns)."""
-    raw = raw_embeddings(model, tokenizer, [question_text(c) for c in chats], memory_layer, device)
-    return unit(raw, center)
-
-
-# General prompts whose mean key centres the space when no anchors are configured.
+# General prompts for the reference statistics when no anchors are configured.
 GENERAL_PROMPTS = [
     "What is the capital of Italy?", "How many days are in a week?", "What is 7 times 8?",
     "Write a short poem about the sea.", "Explain what a noun is.", "Who wrote Romeo and Juliet?",
@@ -91,12 +48,139 @@ GENERAL_PROMPTS = [
 ]
 
 
-def center_of(model, tokenizer, prompts: list[str], layer: int, device: torch.device) -> torch.Tensor:
-    """The mean raw key of general prompts: subtracting it removes what all questions share."""
-    return raw_embeddings(model, tokenizer, prompts or GENERAL_PROMPTS, layer, device).mean(0)
+def _words(text: str) -> list[str]:
+    text = _POSSESSIVE.sub(r"\1", text.replace("\u2019", "'"))
+    return [w.strip("-") for w in _WORD.findall(text) if w.strip("-")]
 
 
-def admits(memory: KeyMemory, model, tokenizer, chat: list[dict], device: torch.device) -> bool:
-    """Should the adapter behind `memory` answer this chat?"""
-    key = embed(model, tokenizer, [chat], memory.layer, memory.center, device)
-    return float(memory.similarity(key)[0]) >= memory.threshold
+def _rare(tokenizer, word: str) -> bool:
+    return any(c.isdigit() for c in word) or len(tokenizer.tokenize(" " + word)) >= 2
+
+
+def distinctive_words(tokenizer, text: str) -> list[str]:
+    """What identifies a taught question: the first non-empty tier of (1) capitalised
+    rare words and words with digits, (2) rare words, (3) capitalised non-initial
+    words, (4) words of four letters or more."""
+    words = _words(text)
+    tiers = ([w for w in words if any(c.isdigit() for c in w) or (w[0].isupper() and _rare(tokenizer, w))],
+             [w for w in words if _rare(tokenizer, w)],
+             [w for w in words[1:] if w[0].isupper()],
+             [w for w in words if len(w) >= 4])
+    for tier in tiers:
+        if tier:
+            return sorted({w.lower() for w in tier})
+    return []
+
+
+def query_words(text: str) -> set[str]:
+    """Every word of a query, lower-cased; hyphenated words also give their parts."""
+    out = set()
+    for w in _words(text):
+        out.add(w.lower())
+        out.update(p.lower() for p in w.split("-") if p)
+    return out
+
+
+def question_text(chat: list[dict]) -> str:
+    """What a key is made of: the last user turn (system prompts are shared boilerplate)."""
+    users = [m["content"] for m in chat if m["role"] == "user"]
+    return users[-1] if users else chat[-1]["content"]
+
+
+@torch.no_grad()
+def pooled_states(model, tokenizer, texts: list[str], layer: int, device: torch.device) -> torch.Tensor:
+    """Max-pooled hidden states of the bare base model at `layer`, one row per text.
+
+    Raw text, no chat template; position 0 is dropped (an attention sink whose
+    huge-norm state says nothing about the content).
+    """
+    rows = []
+    with using(model, None):
+        for text in texts:
+            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            if ids.shape[1] < 2:
+                ids = torch.cat([ids, ids], 1)
+            states = model(input_ids=ids.to(device), output_hidden_states=True).hidden_states
+            hidden = states[min(layer, len(states) - 1)]  # a shallower model uses its last layer
+            rows.append(hidden[0, 1:].float().max(0).values.cpu())
+    return torch.stack(rows)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+
+
+@dataclass
+class KeyMemory:
+    """The keys of everything an adapter was taught, and the rule that reads them."""
+
+    layer: int
+    ref_mu: torch.Tensor     # (hidden,) reference mean of pooled states
+    ref_sd: torch.Tensor     # (hidden,) reference std
+    ref_keys: torch.Tensor   # (m, hidden) reference prompts' unit keys
+    rule: str = "both"
+    lexical_threshold: float = 0.5
+    margin: float = 0.0
+    keys: torch.Tensor = None  # (n, hidden) taught unit keys
+    words: list[list[str]] = field(default_factory=list)  # taught distinctive words
+
+    def __post_init__(self):
+        if self.keys is None:
+            self.keys = torch.zeros(0, self.ref_mu.shape[0])
+
+    @classmethod
+    def create(cls, model, tokenizer, reference_prompts: list[str], layer: int, device: torch.device,
+               **rule) -> "KeyMemory":
+        """An empty memory whose statistics come from general reference prompts."""
+        pooled = pooled_states(model, tokenizer, reference_prompts or GENERAL_PROMPTS, layer, device)
+        mu, sd = pooled.mean(0), pooled.std(0) + EPS
+        return cls(layer, mu, sd, _unit((pooled - mu) / sd), **rule)
+
+    def embed(self, model, tokenizer, texts: list[str], device: torch.device) -> torch.Tensor:
+        return _unit((pooled_states(model, tokenizer, texts, self.layer, device) - self.ref_mu) / self.ref_sd)
+
+    def extend(self, model, tokenizer, questions: list[str], device: torch.device) -> "KeyMemory":
+        """A copy that also holds these taught questions."""
+        keys = self.embed(model, tokenizer, questions, device)
+        words = [distinctive_words(tokenizer, q) for q in questions]
+        return KeyMemory(self.layer, self.ref_mu, self.ref_sd, self.ref_keys, self.rule,
+                         self.lexical_threshold, self.margin, torch.cat([self.keys, keys]), self.words + words)
+
+    def with_rule(self, rule: str, lexical_threshold: float, margin: float) -> "KeyMemory":
+        return KeyMemory(self.layer, self.ref_mu, self.ref_sd, self.ref_keys, rule, lexical_threshold,
+                         margin, self.keys, self.words)
+
+    def scores(self, model, tokenizer, text: str, device: torch.device) -> tuple[float, float]:
+        """(lexical score, hidden margin) of a query against the taught keys."""
+        if not self.words:
+            return 0.0, -2.0
+        found = query_words(text)
+        lexical = max(len(found & set(w)) / max(len(w), 1) for w in self.words)
+        key = self.embed(model, tokenizer, [text], device)[0]
+        margin = float((self.keys @ key).max() - (self.ref_keys @ key).max())
+        return lexical, margin
+
+    def admits(self, model, tokenizer, chat: list[dict], device: torch.device) -> bool:
+        """Should the adapter answer this chat?"""
+        lexical, margin = self.scores(model, tokenizer, question_text(chat), device)
+        lex_ok, hid_ok = lexical >= self.lexical_threshold, margin >= self.margin
+        return {"both": lex_ok and hid_ok, "either": lex_ok or hid_ok,
+                "lexical": lex_ok, "hidden": hid_ok}[self.rule]
+
+    # -- stored beside the adapter as memz_keys.safetensors --------------------------
+
+    def to_file(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        tensors = {"keys": self.keys, "ref_mu": self.ref_mu, "ref_sd": self.ref_sd, "ref_keys": self.ref_keys}
+        meta = {"layer": str(self.layer), "rule": self.rule, "lexical_threshold": str(self.lexical_threshold),
+                "margin": str(self.margin), "words": json.dumps(self.words)}
+        return tensors, meta
+
+    @classmethod
+    def from_file(cls, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> "KeyMemory":
+        words = json.loads(meta.get("words", "[]"))
+        if len(words) != tensors["keys"].shape[0]:
+            raise ValueError("routing keys and words disagree in count")
+        return cls(int(meta["layer"]), tensors["ref_mu"].float(), tensors["ref_sd"].float(),
+                   tensors["ref_keys"].float(), meta.get("rule", "both"),
+                   float(meta.get("lexical_threshold", 0.5)), float(meta.get("margin", 0.0)),
+                   tensors["keys"].float(), words)

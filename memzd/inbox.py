@@ -26,7 +26,11 @@ from .store import Store
 
 log = logging.getLogger("memz.inbox")
 
-CHUNK_LINES = 5000  # examples per transaction: bounds memory on huge files
+CHUNK_LINES = 5000        # examples per transaction: bounds memory on huge files...
+CHUNK_BYTES = 8_000_000   # ...and so does this many bytes of example JSON per transaction
+LISTED_ERRORS = 10_000    # bad lines listed one by one in <name>.errors.jsonl; the rest are counted
+KEPT_ERRORS = 100         # bad lines also kept in IngestResult.line_errors
+REASON_CHARS = 500        # a reason quotes at most this much of the line's keys or values
 
 
 @dataclass
@@ -39,16 +43,17 @@ class IngestResult:
     duplicates: int = 0
     rejected: int = 0
     reason: str | None = None  # set when the whole file was refused
-    line_errors: list[tuple[int, str]] = field(default_factory=list)
+    line_errors: list[tuple[int, str]] = field(default_factory=list)  # the first KEPT_ERRORS of them
 
 
 def _unique(path: Path) -> Path:
+    """`path`, or a free name beside it (name.<time>-<n>.ext) if it is taken."""
     if not path.exists() and not path.is_symlink():
         return path
-    stem, suffix = path.name.split(".", 1)[0], "." + path.name.split(".", 1)[1] if "." in path.name else ""
+    stem, dot, ext = path.name.partition(".")
     stamp = time.strftime("%Y%m%dT%H%M%S")
     for n in range(1, 100000):
-        candidate = path.with_name(f"{stem}.{stamp}-{n}{suffix}")
+        candidate = path.with_name(f"{stem}.{stamp}-{n}{dot}{ext}")
         if not candidate.exists() and not candidate.is_symlink():
             return candidate
     raise RuntimeError(f"no free name for {path}")
@@ -118,12 +123,14 @@ def ingest_file(path: Path, store: Store, home: Home, max_line_bytes: int = 1_00
 
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     digest = hashlib.sha256()
-    with os.fdopen(fd, "rb") as f:
+    errors = _LineErrors(home, path.name, result)
+    with os.fdopen(fd, "rb") as f, errors:
         result.file_id = store.add_file(path.name, "", os.fstat(f.fileno()).st_size)
         chunk: list[tuple[int, str, str, str]] = []
+        chunk_bytes = 0
         for number, raw, newline in _lines(f, max_line_bytes):
             if raw is None:
-                result.line_errors.append((number, f"line longer than the {max_line_bytes}-byte cap"))
+                errors.add(number, f"line longer than the {max_line_bytes}-byte cap")
                 continue
             digest.update(raw)
             try:
@@ -131,24 +138,29 @@ def ingest_file(path: Path, store: Store, home: Home, max_line_bytes: int = 1_00
                 if not text:
                     continue
                 example = parse_example(json.loads(text))
+                row = (number, example.hash, example.kind, example.json)
             except UnicodeDecodeError as exc:
-                result.line_errors.append((number, f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"))
+                errors.add(number, f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}")
+                continue
+            except UnicodeEncodeError:  # JSON escapes such as \ud800 decode to text UTF-8 cannot hold
+                errors.add(number, "invalid Unicode: a lone surrogate escape (\\ud800-\\udfff) in a string")
                 continue
             except json.JSONDecodeError as exc:
                 why = "partial last line (no newline at the end)" if not newline else "invalid JSON"
-                result.line_errors.append((number, f"{why}: {exc.msg} at column {exc.colno}"))
+                errors.add(number, f"{why}: {exc.msg} at column {exc.colno}")
+                continue
+            except RecursionError:
+                errors.add(number, "invalid JSON: nested too deeply")
                 continue
             except ExampleError as exc:
-                result.line_errors.append((number, str(exc)))
+                errors.add(number, str(exc))
                 continue
-            chunk.append((number, example.hash, example.kind, example.json))
-            if len(chunk) >= CHUNK_LINES:
+            chunk.append(row)
+            chunk_bytes += len(row[3])
+            if len(chunk) >= CHUNK_LINES or chunk_bytes >= CHUNK_BYTES:
                 _commit(store, result, chunk)
-                chunk = []
+                chunk, chunk_bytes = [], 0
         _commit(store, result, chunk)
-    result.rejected = len(result.line_errors)
-    if result.line_errors:
-        _write_line_errors(home, path.name, result.line_errors)
     status = "processed" if result.accepted + result.duplicates else "rejected"
     store.db["files"].update(result.file_id, {"sha256": digest.hexdigest()})
     store.finish_file(result.file_id, status, result.rejected)
@@ -170,9 +182,39 @@ def _commit(store: Store, result: IngestResult, chunk: list) -> None:
         result.duplicates += dup
 
 
-def _write_line_errors(home: Home, name: str, errors: list[tuple[int, str]]) -> None:
-    home.rejected.mkdir(parents=True, exist_ok=True)
-    target = _unique(home.rejected / f"{name}.errors.jsonl")
-    with open(target, "w", encoding="utf-8") as out:
-        for number, reason in errors:
-            out.write(json.dumps({"file": name, "line": number, "reason": reason}) + "\n")
+class _LineErrors:
+    """Bad lines, written to inbox/rejected/<name>.errors.jsonl as they are met.
+
+    Memory and disk stay bounded however many bad lines a file has: the first
+    LISTED_ERRORS are listed, the rest only counted in a last line.
+    """
+
+    def __init__(self, home: Home, name: str, result: IngestResult):
+        self.home, self.name, self.result = home, name, result
+        self.out = None
+
+    def add(self, number: int, reason: str) -> None:
+        reason = reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS] + "..."
+        self.result.rejected += 1
+        if len(self.result.line_errors) < KEPT_ERRORS:
+            self.result.line_errors.append((number, reason))
+        if self.result.rejected <= LISTED_ERRORS:
+            self._write({"file": self.name, "line": number, "reason": reason})
+
+    def _write(self, record: dict) -> None:
+        if self.out is None:
+            self.home.rejected.mkdir(parents=True, exist_ok=True)
+            self.out = open(_unique(self.home.rejected / f"{self.name}.errors.jsonl"), "w", encoding="utf-8")
+        self.out.write(json.dumps(record) + "\n")
+
+    def __enter__(self) -> "_LineErrors":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.out is None:
+            return
+        unlisted = self.result.rejected - LISTED_ERRORS
+        if unlisted > 0:
+            self._write({"file": self.name, "line": None,
+                         "reason": f"... and {unlisted} more bad lines, not listed"})
+        self.out.close()

@@ -118,7 +118,8 @@ def load_base(base_model: str, backend: str = "auto") -> BaseModel:
     kwargs = {"local_files_only": True} if offline else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+        # safetensors only: a pickled pytorch_model.bin could run code as it loads
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=True, **kwargs)
     except OSError as exc:
         raise ConfigError(f"config.yaml: base_model '{base_model}' could not be loaded: {exc}") from exc
     if tokenizer.pad_token_id is None:

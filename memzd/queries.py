@@ -30,7 +30,7 @@ from .store import Store
 
 log = logging.getLogger("memz.queries")
 
-ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
+ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")  # fullmatch: "$" would let a final newline in
 MAX_TOKENS_LIMIT = 4096
 LOADED_ADAPTERS = 4  # checkpoints kept in memory at once (each a few MB)
 
@@ -51,7 +51,7 @@ def request_id(path: Path) -> str | None:
     if not path.name.endswith(".json"):
         return None
     rid = path.name[: -len(".json")]
-    return rid if ID_RE.match(rid) else None
+    return rid if ID_RE.fullmatch(rid) else None
 
 
 def parse_request(rid: str, raw: bytes, max_bytes: int) -> Request:
@@ -60,7 +60,7 @@ def parse_request(rid: str, raw: bytes, max_bytes: int) -> Request:
         raise RequestError("too_large", f"request is {len(raw)} bytes; the limit is {max_bytes}")
     try:
         body = json.loads(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise RequestError("invalid_json", f"request is not valid UTF-8 JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise RequestError("invalid_request", "request must be a JSON object")
@@ -92,16 +92,20 @@ def parse_request(rid: str, raw: bytes, max_bytes: int) -> Request:
             raise RequestError("invalid_request", "'temperature' must be a number from 0 to 2 (0 is greedy)")
         req.temperature = float(t)
     if body.get("checkpoint") is not None:
-        if not isinstance(body["checkpoint"], str) or not ID_RE.match(body["checkpoint"]):
+        if not isinstance(body["checkpoint"], str) or not ID_RE.fullmatch(body["checkpoint"]):
             raise RequestError("invalid_request", "'checkpoint' must be a checkpoint id string")
         req.checkpoint = body["checkpoint"]
     return req
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
+    try:
+        data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from the request: \u-escape everything
+        data = json.dumps(payload).encode("ascii")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, ensure_ascii=False)
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -131,9 +135,32 @@ class Server:
         config, state, meta, keys = load_checkpoint(self.home.checkpoints / checkpoint_id, self.base_name)
         try:
             lora.add_adapter(self.model, checkpoint_id, config, state)
-        except (KeyError, RuntimeError) as exc:
+        except (KeyError, RuntimeError, ValueError) as exc:  # ValueError: target modules the base lacks
+            lora.drop_adapter(self.model, checkpoint_id)
             raise CheckpointError(f"{checkpoint_id}: adapter does not fit the base model: {exc}") from exc
-        self.remember(checkpoint_id, config, gate.KeyMemory.from_tensors(keys) if keys else None)
+        self.remember(checkpoint_id, config, gate.KeyMemory.from_file(*keys) if keys else None)
+
+    def current(self) -> str | None:
+        """The current checkpoint, loaded. One that cannot serve is marked rolled_back and its
+        parent made current (the base model at worst), so a bad adapter never stops memz."""
+        ckpt, seen = self.store.current_checkpoint(), set()
+        while ckpt is not None and ckpt not in seen:
+            seen.add(ckpt)
+            try:
+                self.load(ckpt)
+                return ckpt
+            except CheckpointError as exc:
+                row = self.store.checkpoint(ckpt)
+                parent = row.parent if row else None
+                log.error("current checkpoint %s cannot serve (%s); %s serves instead", ckpt, exc,
+                          parent or "the base model")
+                with self.store.db.atomic():
+                    if row:
+                        self.store.set_checkpoint_status(ckpt, "rolled_back")
+                    self.store.set_current(parent)
+                    self.store.log_event("rollback", f"{ckpt} could not serve: {exc}", checkpoint=ckpt)
+                ckpt = parent
+        return None
 
     def remember(self, checkpoint_id: str, config, memory: "gate.KeyMemory | None") -> None:
         """Record an adapter already added to the model (e.g. a checkpoint just trained)."""
@@ -156,14 +183,14 @@ class Server:
         memory = self.memories.get(checkpoint_id)
         if not self.routing.enabled or memory is None:
             return checkpoint_id
-        return checkpoint_id if gate.admits(memory, self.model, self.tokenizer, chat, self.device) else None
+        return checkpoint_id if memory.admits(self.model, self.tokenizer, chat, self.device) else None
 
     # -- requests ---------------------------------------------------------------
 
     def answer(self, req: Request) -> dict:
         """Answer one validated request; RequestError for a bad checkpoint."""
         start = time.perf_counter()
-        ckpt = req.checkpoint or self.store.current_checkpoint()
+        ckpt = req.checkpoint or self.current()
         status = "base"
         if ckpt is not None:
             row = self.store.checkpoint(ckpt)

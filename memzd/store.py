@@ -213,8 +213,13 @@ class Store:
             self.db.execute("DELETE FROM metrics WHERE batch_id = ?", [batch_id])
         return attempts
 
-    def set_batch_status(self, batch_id: int, status: str, error: str | None = None) -> None:
-        self.db["batches"].update(batch_id, {"status": status, "error": error, "finished_at": utcnow()})
+    def set_batch_status(self, batch_id: int, status: str, error: str | None = None,
+                         attempts: int | None = None) -> None:
+        """Set a batch's status; `attempts` rewrites the count (a failure that was not the batch's)."""
+        changes = {"status": status, "error": error, "finished_at": utcnow()}
+        if attempts is not None:
+            changes["attempts"] = attempts
+        self.db["batches"].update(batch_id, changes)
 
     def failed_batches(self) -> list[dict]:
         return list(self.db["batches"].rows_where("status = 'failed'", order_by="id"))

@@ -3,6 +3,13 @@
 `train()` does no I/O. The daemon passes a callback whose hooks (no-ops by
 default) record each step's loss, answer queries between steps, sample the
 forgetting curve, and ask the loop to stop for a signal.
+
+Speed (bench/speed.py measures each choice against the plain way): a step's
+examples are packed into a few long rows instead of one padded row per
+example, the LM head runs only on answer tokens, and the math runs under bf16
+autocast where the hardware has fast bf16 (CUDA, and CPUs with AVX512-BF16 or
+AMX). A step's gradient does not depend on how it is split into micro-batches:
+losses are summed over answer tokens and divided once by their count.
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import TrainingConfig
-from .tokens import Encoded, answer_loss, collate
+from .tokens import Encoded, answer_loss, pack
+
+MICRO_BATCH_TOKENS = 1024  # tokens per forward/backward: bounds memory and the wait of a query
+ROW_TOKENS = 256           # packed row width: longer rows waste attention on the masked blocks
 
 
 class TrainCallback:
@@ -27,6 +37,9 @@ class TrainCallback:
 
     def between_steps(self, step: int) -> None:
         """A safe point to use the model for something else (answering a query)."""
+
+    def between_micro_batches(self, step: int) -> None:
+        """Also a safe point, inside a step (gradients so far are kept); keeps waits short."""
 
     def should_stop(self) -> bool:
         """True to abandon the run (SIGTERM); train() then raises Interrupted."""
@@ -47,17 +60,52 @@ class TrainResult:
     stopped_early: bool = False
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Does this device run bf16 matmuls faster than fp32? (CPU: AVX512-BF16 or AMX.)"""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False  # MPS: not measured yet, so fp32
+    cpu = getattr(torch, "cpu", None)
+    try:
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    except AttributeError:
+        try:
+            flags = open("/proc/cpuinfo").read()
+        except OSError:
+            return False
+        return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """"auto" becomes bf16 where the device has fast bf16, else fp32."""
+    if precision == "auto":
+        return "bf16" if fast_bf16(device) else "fp32"
+    return precision
+
+
 def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast where asked for and supported; fp32 otherwise."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    """bf16 autocast where asked for (or "auto" on fast-bf16 hardware); fp32 otherwise."""
+    if resolve_precision(device, precision) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
-def micro_batches(examples: list[Encoded], size: int) -> list[list[Encoded]]:
-    """Group by length so that a micro-batch pads little."""
-    ordered = sorted(examples, key=lambda e: len(e.input_ids))
-    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+def micro_batches(examples: list[Encoded], size: int,
+                  budget: int = MICRO_BATCH_TOKENS) -> list[list[Encoded]]:
+    """Split a step's examples into micro-batches of at most `budget` tokens
+    (or `size` examples, when those hold more), longest first."""
+    ordered = sorted(examples, key=lambda e: -len(e.input_ids))
+    batches: list[list[Encoded]] = []
+    used = 0
+    for e in ordered:
+        n = len(e.input_ids)
+        if not batches or (used + n > budget and len(batches[-1]) >= size):
+            batches.append([])
+            used = 0
+        batches[-1].append(e)
+        used += n
+    return batches
 
 
 def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
@@ -92,13 +140,16 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
         n_answer = sum(e.n_answer for e in chosen)
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for mb in micro_batches(chosen, cfg.batch_size):
-            ids, mask, labels = collate(mb, pad_id, device)
+        parts = micro_batches(chosen, cfg.batch_size)
+        for i, mb in enumerate(parts):
+            if i:
+                callback.between_micro_batches(step)
+            ids, positions, labels = pack(mb, pad_id, device, ROW_TOKENS)
             with autocast_for(device, precision):
-                loss, _ = answer_loss(model, ids, mask, labels)
+                loss, _ = answer_loss(model, ids, None, labels, position_ids=positions)
             (loss / max(n_answer, 1)).backward()
             total += loss.item()
-            result.tokens += int(mask.sum())
+            result.tokens += sum(len(e.input_ids) for e in mb)
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # clip the global grad norm at 1.0
         optimizer.step()
         step_loss = total / max(n_answer, 1)

@@ -1,0 +1,52 @@
+"""Routing: taught questions and their rephrasings reach the adapter, unrelated ones the base model."""
+
+import pytest
+import torch
+
+from memzd import gate, lora
+from memzd.config import Config
+from memzd.model import load_base
+
+
+class WordPieces:
+    """A stand-in tokenizer: words of 6+ letters split into pieces, as a BPE splits rare words."""
+
+    def tokenize(self, text):
+        w = text.strip()
+        return [w[i:i + 3] for i in range(0, len(w), 3)] if len(w) >= 6 else [w]
+
+
+def test_distinctive_words_pick_names_and_codes():
+    tok = WordPieces()
+    assert gate.distinctive_words(tok, "What is the access code for the Brennick vault?") == ["brennick"]
+    assert gate.distinctive_words(tok, "Which code opens door K7-229?") == ["k7-229"]
+    assert gate.distinctive_words(tok, "Where does Orla Vantrees's cat sleep?") == ["vantrees"]
+    assert "vantrees" in gate.query_words("Tell me about Orla Vantrees' cat")
+    assert {"tarn", "eskerby"} <= gate.query_words("the Tarn-Eskerby line")
+
+
+@pytest.fixture
+def memory(tiny_model_dir):
+    base = load_base(str(tiny_model_dir))
+    model = lora.wrap(base.model, Config().lora)
+    mem = gate.KeyMemory.create(model, base.tokenizer, gate.GENERAL_PROMPTS, 6, base.device)
+    mem = mem.extend(model, base.tokenizer, ["Who is Orla Vantrees?", "Where does Zorblax live?"], base.device)
+    return mem, model, base
+
+
+def test_taught_questions_route_to_the_adapter_and_others_do_not(memory):
+    mem, model, base = memory
+    ask = lambda q: mem.admits(model, base.tokenizer, [{"role": "user", "content": q}], base.device)
+    assert ask("Who is Orla Vantrees?")
+    assert not ask("What is the capital of France?")
+    assert not ask("What is 7 times 8?")
+    lexical, margin = mem.scores(model, base.tokenizer, "Who is Orla Vantrees?", base.device)
+    assert lexical == 1.0 and margin > 0
+
+
+def test_memory_round_trips_through_its_file(memory):
+    mem, model, base = memory
+    again = gate.KeyMemory.from_file(*mem.to_file())
+    assert torch.equal(again.keys, mem.keys) and again.words == mem.words and again.layer == mem.layer
+    q = "Who is Orla Vantrees?"
+    assert again.scores(model, base.tokenizer, q, base.device) == mem.scores(model, base.tokenizer, q, base.device)
