@@ -112,8 +112,11 @@ def sample(anchors: list[Anchor], n: int, seed: int) -> list[Anchor]:
     return [anchors[i] for i in idx]
 
 
+CACHE_FORMAT = 2  # bump when the cached fields change
+
+
 def cache_key(base_name: str, anchors: list[Anchor], max_tokens: int) -> str:
-    blob = json.dumps([base_name, max_tokens, [a.chat for a in anchors]], sort_keys=True)
+    blob = json.dumps([CACHE_FORMAT, base_name, max_tokens, [a.chat for a in anchors]], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

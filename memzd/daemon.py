@@ -378,10 +378,7 @@ class Daemon:
             return None
         questions = [gate.question_text(c[:-1]) if c else e["text"] for e in examples for c in [to_chat(e)]]
         if parent_memory is None or parent_memory.layer != r.layer:
-            anchors = self.anchor_set.anchors if self.anchor_set else []
-            parent_memory = gate.KeyMemory.create(self.model, self.tokenizer,
-                                                  [gate.question_text(a.chat) for a in anchors], r.layer,
-                                                  self.device)
+            parent_memory = gate.KeyMemory.create(self.model, self.tokenizer, r.layer, self.device)
         memory = parent_memory.extend(self.model, self.tokenizer, questions, self.device)
         return memory.with_rule(r.rule, r.lexical_threshold, r.margin)
 

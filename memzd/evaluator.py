@@ -35,6 +35,8 @@ class AnchorSet:
     answers: list[str]       # reference answers (given, or the base model's greedy ones)
     base_greedy: list[str]   # the base model's own greedy answers, for retention
     base_ce: float           # the base model's mean CE on the reference answers
+    base_ce_each: list[float]  # ...per anchor (mean over its answer tokens)
+    n_tokens: list[int]        # answer tokens per anchor
 
 
 def normalize(text: str) -> str:
@@ -79,10 +81,12 @@ def prepare_anchor_set(model, tokenizer, anchors: list[Anchor], device: torch.de
         greedy = greedy_answers(model, tokenizer, [a.chat for a in anchors], adapter=None,
                                 device=device, max_tokens=max_tokens)
         answers = [a.answer if a.answer is not None else g for a, g in zip(anchors, greedy)]
-        base_ce, _ = mean_ce(model, tokenizer, _anchor_examples(anchors, answers, tokenizer, max_len),
-                             None, device)
-        cached = {"answers": answers, "base_greedy": greedy, "base_ce": base_ce}
-    return AnchorSet(anchors, cached["answers"], cached["base_greedy"], cached["base_ce"]), cached
+        encoded = _anchor_examples(anchors, answers, tokenizer, max_len)
+        base_ce, each = mean_ce(model, tokenizer, encoded, None, device)
+        cached = {"answers": answers, "base_greedy": greedy, "base_ce": base_ce, "base_ce_each": each,
+                  "n_tokens": [e.n_answer for e in encoded]}
+    return AnchorSet(anchors, cached["answers"], cached["base_greedy"], cached["base_ce"],
+                     cached["base_ce_each"], cached["n_tokens"]), cached
 
 
 def forgetting_loss(model, tokenizer, anchor_set: AnchorSet, adapter: str | None, device: torch.device,
@@ -120,8 +124,16 @@ def evaluate(model, tokenizer, device: torch.device, batch: list[dict], anchor_s
         metrics.update(forgetting_loss=None, anchor_ce_delta=None, retention_score=None)
         return metrics
     anchor_routes = [route(a.chat) for a in anchor_set.anchors]
-    enc = _anchor_examples(anchor_set.anchors, anchor_set.answers, tokenizer, max_len)
-    metrics["forgetting_loss"] = _routed_ce(model, tokenizer, enc, anchor_routes, device)[0]
+    # The base model's losses are cached: only anchors the adapter answers need a forward pass.
+    total = sum(ce * n for ce, n, r in zip(anchor_set.base_ce_each, anchor_set.n_tokens, anchor_routes) if r is None)
+    count = sum(n for n, r in zip(anchor_set.n_tokens, anchor_routes) if r is None)
+    routed_idx = [i for i, r in enumerate(anchor_routes) if r is not None]
+    if routed_idx:
+        enc = _anchor_examples([anchor_set.anchors[i] for i in routed_idx],
+                               [anchor_set.answers[i] for i in routed_idx], tokenizer, max_len)
+        ce, n = _routed_ce(model, tokenizer, enc, [anchor_routes[i] for i in routed_idx], device)
+        total, count = total + ce * n, count + n
+    metrics["forgetting_loss"] = total / max(count, 1)
     metrics["anchor_ce_delta"] = metrics["forgetting_loss"] - anchor_set.base_ce
     # An anchor routed to the base model answers exactly as the base did: only
     # the ones the adapter answers need generating.

@@ -14,7 +14,7 @@ base model:
   words found in the query, best over taught questions.
 - hidden: the max-pool of the base model's hidden states at `layer` over the
   question's tokens, z-scored with a reference set of general prompts (the
-  anchors) and normalised. margin = cosine to the nearest taught key minus
+  general prompts (REFERENCE_PROMPTS) and normalised. margin = cosine to the nearest taught key minus
   cosine to the nearest reference prompt: is the question closer to what was
   taught than to general knowledge?
 
@@ -32,19 +32,79 @@ from dataclasses import dataclass, field
 import torch
 
 from .lora import using
+from .tokens import causal_lm
 
 EPS = 1e-3  # floor of the per-dimension std when z-scoring hidden keys
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
 _POSSESSIVE = re.compile(r"(\w)'s?\b")
 
-# General prompts for the reference statistics when no anchors are configured.
-GENERAL_PROMPTS = [
-    "What is the capital of Italy?", "How many days are in a week?", "What is 7 times 8?",
-    "Write a short poem about the sea.", "Explain what a noun is.", "Who wrote Romeo and Juliet?",
-    "Translate 'thank you' into French.", "What color is the sky on a clear day?",
-    "Give me a tip for sleeping better.", "Write a Python function that adds two numbers.",
-    "What is the boiling point of water?", "Hello, how are you?", "Name three fruits.",
-    "What is photosynthesis?", "How do I make a cup of tea?", "What is the largest planet?",
+# The reference set: general prompts whose keys say what "general knowledge"
+# looks like. Kept apart from the anchors and the benchmark's questions, so
+# that the forgetting figures measured on those stay independent of the gate.
+REFERENCE_PROMPTS = [
+    "Write a short poem about the sea.",
+    "Explain how photosynthesis works.",
+    "Give me three tips for better sleep.",
+    "What is the capital of Peru?",
+    "What is the capital of Norway?",
+    "Who wrote the novel Moby Dick?",
+    "Who painted The Starry Night?",
+    "Summarise the plot of Cinderella in two sentences.",
+    "How do I boil an egg?",
+    "What is 6 times 7?",
+    "What is 15 divided by 3?",
+    "Translate 'good morning' into German.",
+    "What is the boiling point of water in Fahrenheit?",
+    "Name three primary colours.",
+    "What is the largest city in the United States?",
+    "Why is the sky blue?",
+    "What is a black hole?",
+    "Tell me a joke about computers.",
+    "Write a haiku about autumn leaves.",
+    "How many planets are in the solar system?",
+    "What is the difference between a virus and a bacterium?",
+    "Explain what a prime number is.",
+    "Give me a recipe for pancakes.",
+    "What is the chemical symbol for silver?",
+    "Who was Napoleon Bonaparte?",
+    "What year did World War II end?",
+    "Describe the water cycle.",
+    "What is machine learning?",
+    "How does a rainbow form?",
+    "List the days of the week.",
+    "What is the tallest animal?",
+    "What does DNA stand for?",
+    "Can you recommend a good book to read?",
+    "How do I make a cup of tea?",
+    "What is the population of the world?",
+    "Explain gravity to a child.",
+    "What is the currency of the European Union?",
+    "Who invented the light bulb?",
+    "What is the fastest land animal?",
+    "What language is spoken in Argentina?",
+    "Write a sentence using the word 'serendipity'.",
+    "What is the meaning of the word 'ephemeral'?",
+    "How far is the Moon from the Earth?",
+    "What is the largest bone in the human body?",
+    "What are the three states of matter?",
+    "Who is the author of The Odyssey?",
+    "What is the name of Sherlock Holmes's assistant?",
+    "What is the main ingredient in bread?",
+    "Which country has the most people?",
+    "What is the square of 12?",
+    "Convert 5 kilometres to miles.",
+    "What is an adjective?",
+    "Give an example of a mammal that can fly.",
+    "Where is the Great Wall located?",
+    "What do pandas eat?",
+    "How many strings does a standard guitar have?",
+    "What is the opposite of 'fast'?",
+    "Write a short thank-you note to a teacher.",
+    "What is the name of the longest river in South America?",
+    "Who discovered gravity?",
+    "What is a synonym for 'happy'?",
+    "How do airplanes stay in the air?",
+    "What is the name of the dog in the Wizard of Oz?",
 ]
 
 
@@ -87,22 +147,40 @@ def question_text(chat: list[dict]) -> str:
     return users[-1] if users else chat[-1]["content"]
 
 
+class _Reached(Exception):
+    def __init__(self, hidden):
+        self.hidden = hidden
+
+
 @torch.no_grad()
 def pooled_states(model, tokenizer, texts: list[str], layer: int, device: torch.device) -> torch.Tensor:
-    """Max-pooled hidden states of the bare base model at `layer`, one row per text.
+    """Max-pooled hidden states of the bare base model after `layer` decoder layers, one row per text.
 
     Raw text, no chat template; position 0 is dropped (an attention sink whose
-    huge-norm state says nothing about the content).
+    huge-norm state says nothing about the content). The forward pass stops
+    at that layer: the rest of the model is not needed for a key.
     """
+    layers = causal_lm(model).get_decoder().layers
+    stop_at = layers[min(layer, len(layers)) - 1]
+
+    def reached(module, args, output):
+        raise _Reached(output[0] if isinstance(output, tuple) else output)
+
     rows = []
-    with using(model, None):
-        for text in texts:
-            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-            if ids.shape[1] < 2:
-                ids = torch.cat([ids, ids], 1)
-            states = model(input_ids=ids.to(device), output_hidden_states=True).hidden_states
-            hidden = states[min(layer, len(states) - 1)]  # a shallower model uses its last layer
-            rows.append(hidden[0, 1:].float().max(0).values.cpu())
+    handle = stop_at.register_forward_hook(reached)
+    try:
+        with using(model, None):
+            for text in texts:
+                ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+                if ids.shape[1] < 2:
+                    ids = torch.cat([ids, ids], 1)
+                try:
+                    model(input_ids=ids.to(device))
+                    raise RuntimeError("the key layer was never reached")
+                except _Reached as got:
+                    rows.append(got.hidden[0, 1:].float().max(0).values.cpu())
+    finally:
+        handle.remove()
     return torch.stack(rows)
 
 
@@ -129,10 +207,10 @@ class KeyMemory:
             self.keys = torch.zeros(0, self.ref_mu.shape[0])
 
     @classmethod
-    def create(cls, model, tokenizer, reference_prompts: list[str], layer: int, device: torch.device,
-               **rule) -> "KeyMemory":
+    def create(cls, model, tokenizer, layer: int, device: torch.device,
+               reference_prompts: list[str] | None = None, **rule) -> "KeyMemory":
         """An empty memory whose statistics come from general reference prompts."""
-        pooled = pooled_states(model, tokenizer, reference_prompts or GENERAL_PROMPTS, layer, device)
+        pooled = pooled_states(model, tokenizer, reference_prompts or REFERENCE_PROMPTS, layer, device)
         mu, sd = pooled.mean(0), pooled.std(0) + EPS
         return cls(layer, mu, sd, _unit((pooled - mu) / sd), **rule)
 

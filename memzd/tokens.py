@@ -5,11 +5,6 @@ that are -100 everywhere but on the answer (assistant turns, or the whole of
 a {"text"} example), rendered with the model's own chat template. The loss
 runs the LM head only at answer positions: on a 49k-word vocabulary that head
 is a large share of the work, and the prompt's logits are never used.
-
-Training packs several examples into one row instead of padding each to the
-longest (`pack`): position ids restart at every example, which transformers
-turns into a block-diagonal causal mask, so no example sees another and no
-compute goes to padding (bench/speed.py measures the difference).
 """
 
 from __future__ import annotations
@@ -97,49 +92,6 @@ def collate(batch: list[Encoded], pad_id: int, device: torch.device):
     return ids.to(device), mask.to(device), labels.to(device)
 
 
-def _bins(lengths: list[int], width: int) -> list[list[int]]:
-    """First-fit-decreasing: indices grouped into rows of at most `width` tokens."""
-    rows: list[list[int]] = []
-    fill: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        for r, used in enumerate(fill):
-            if used + lengths[i] <= width:
-                rows[r].append(i)
-                fill[r] += lengths[i]
-                break
-        else:
-            rows.append([i])
-            fill.append(lengths[i])
-    return rows
-
-
-def pack(batch: list[Encoded], pad_id: int, device: torch.device, row_tokens: int = 256):
-    """Pack a micro-batch into rows of about `row_tokens` tokens; returns ids, position_ids, labels.
-
-    Each example keeps its own positions (0, 1, ...), so attention stays inside
-    it; the first token of each example gets no label (nothing before it in
-    its own context predicts it). Rows are topped up with pad tokens that form
-    their own segment and carry no labels.
-    """
-    lengths = [len(e.input_ids) for e in batch]
-    rows = _bins(lengths, max(row_tokens, max(lengths)))
-    width = max(sum(lengths[i] for i in row) for row in rows)
-    ids, pos, labels = [], [], []
-    for row in rows:
-        r_ids, r_pos, r_lab = [], [], []
-        for i in row:
-            e = batch[i]
-            r_ids += e.input_ids
-            r_pos += range(lengths[i])
-            r_lab += [IGNORE] + e.labels[1:]
-        gap = width - len(r_ids)
-        ids.append(r_ids + [pad_id] * gap)
-        pos.append(r_pos + list(range(gap)))
-        labels.append(r_lab + [IGNORE] * gap)
-    as_tensor = lambda rows: torch.tensor(rows, dtype=torch.long, device=device)  # noqa: E731
-    return as_tensor(ids), as_tensor(pos), as_tensor(labels)
-
-
 def causal_lm(model):
     """The transformers *ForCausalLM inside a PeftModel (or the model itself)."""
     inner = model
@@ -148,15 +100,14 @@ def causal_lm(model):
     return inner
 
 
-def answer_loss(model, ids, mask, labels, reduction: str = "sum", position_ids=None):
+def answer_loss(model, ids, mask, labels, reduction: str = "sum"):
     """Cross-entropy on answer tokens, with the LM head run only where it counts.
 
     Returns (loss, n_tokens). reduction="none" gives one summed loss per row.
-    Packed rows (from `pack`) pass `position_ids` and mask=None.
+    No KV cache is built (use_cache=False): a loss never needs one.
     """
     lm = causal_lm(model)
-    hidden = lm.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                              use_cache=False).last_hidden_state
+    hidden = lm.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     target = labels[:, 1:]
     keep = target != IGNORE
     logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()

@@ -5,8 +5,9 @@ default) record each step's loss, answer queries between steps, sample the
 forgetting curve, and ask the loop to stop for a signal.
 
 Speed (bench/speed.py measures each choice against the plain way): a step's
-examples are packed into a few long rows instead of one padded row per
-example, the LM head runs only on answer tokens, and the math runs under bf16
+examples go through in a few large length-sorted micro-batches (little
+padding, large matmuls) whatever `batch_size` says, the LM head runs only on
+answer tokens, no KV cache is built, and the math runs under bf16
 autocast where the hardware has fast bf16 (CUDA, and CPUs with AVX512-BF16 or
 AMX). A step's gradient does not depend on how it is split into micro-batches:
 losses are summed over answer tokens and divided once by their count.
@@ -23,10 +24,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import TrainingConfig
-from .tokens import Encoded, answer_loss, pack
+from .tokens import Encoded, answer_loss, collate
 
-MICRO_BATCH_TOKENS = 1024  # tokens per forward/backward: bounds memory and the wait of a query
-ROW_TOKENS = 256           # packed row width: longer rows waste attention on the masked blocks
+MICRO_BATCH_TOKENS = 1024  # padded tokens per forward/backward: bounds memory and a query's wait
 
 
 class TrainCallback:
@@ -93,18 +93,15 @@ def autocast_for(device: torch.device, precision: str):
 
 def micro_batches(examples: list[Encoded], size: int,
                   budget: int = MICRO_BATCH_TOKENS) -> list[list[Encoded]]:
-    """Split a step's examples into micro-batches of at most `budget` tokens
-    (or `size` examples, when those hold more), longest first."""
-    ordered = sorted(examples, key=lambda e: -len(e.input_ids))
+    """Length-sorted micro-batches of at most `budget` tokens once padded to their
+    longest (or of `size` examples, when those hold more)."""
+    ordered = sorted(examples, key=lambda e: len(e.input_ids))
     batches: list[list[Encoded]] = []
-    used = 0
     for e in ordered:
-        n = len(e.input_ids)
-        if not batches or (used + n > budget and len(batches[-1]) >= size):
+        width = len(e.input_ids)  # the longest so far: the list is sorted
+        if not batches or ((len(batches[-1]) + 1) * width > budget and len(batches[-1]) >= size):
             batches.append([])
-            used = 0
         batches[-1].append(e)
-        used += n
     return batches
 
 
@@ -144,12 +141,12 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
         for i, mb in enumerate(parts):
             if i:
                 callback.between_micro_batches(step)
-            ids, positions, labels = pack(mb, pad_id, device, ROW_TOKENS)
+            ids, mask, labels = collate(mb, pad_id, device)
             with autocast_for(device, precision):
-                loss, _ = answer_loss(model, ids, None, labels, position_ids=positions)
+                loss, _ = answer_loss(model, ids, mask, labels)
             (loss / max(n_answer, 1)).backward()
             total += loss.item()
-            result.tokens += sum(len(e.input_ids) for e in mb)
+            result.tokens += int(mask.sum())
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # clip the global grad norm at 1.0
         optimizer.step()
         step_loss = total / max(n_answer, 1)

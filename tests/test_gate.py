@@ -29,7 +29,7 @@ def test_distinctive_words_pick_names_and_codes():
 def memory(tiny_model_dir):
     base = load_base(str(tiny_model_dir))
     model = lora.wrap(base.model, Config().lora)
-    mem = gate.KeyMemory.create(model, base.tokenizer, gate.GENERAL_PROMPTS, 6, base.device)
+    mem = gate.KeyMemory.create(model, base.tokenizer, 6, base.device)
     mem = mem.extend(model, base.tokenizer, ["Who is Orla Vantrees?", "Where does Zorblax live?"], base.device)
     return mem, model, base
 

@@ -1,0 +1,27 @@
+"""bench/speed.py --quick runs end to end and writes its figures (no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_quick_speed_benchmark_writes_its_figures(tmp_path):
+    out = tmp_path / "speed.json"
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "speed.py"), "--quick", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads(out.read_text())
+    t = r["training"]
+    for method in ("memz", "memz_fp32", "plain_a_one_per_step_fp32", "plain_b_padded_batch16_fp32"):
+        assert t["tokens_per_s"][method] > 0
+    assert t["ratio_vs_a"] > 0 and t["ratio_vs_b"] > 0 and t["peak_gflops"]["bf16"] > 0
+    assert len(t["loss_auto"]) == len(t["loss_fp32"]) > 0
+    a = r["answers"]
+    assert a["startup_s"] > 0 and a["idle"]["p50_s"] > 0 and a["direct"]["p50_s"] > 0
+    assert a["training"]["p95_s"] > 0 and a["idle_p50_vs_direct"] > 0
+    i = r["ingestion"]
+    assert i["memz"]["rows"] == i["examples"] and i["per_s"] > 0
+    assert "| training tok/s" in run.stdout
