@@ -30,30 +30,53 @@ def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclas
 class LoraConfig:
     r: int = _help("LoRA rank.", 8)
     alpha: int = _help("LoRA scaling numerator (scale = alpha / r).", 16)
-    dropout: float = _help("Dropout on the LoRA input, 0 to 1.", 0.05)
+    dropout: float = _help("Dropout on the LoRA input, 0 to 1.", 0.0)
     target_modules: list[str] = _help(
-        "Module names LoRA wraps.", factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+        "Module names LoRA wraps.",
+        factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    layers: str = _help("Decoder layers LoRA wraps: 'all', 'top-half', or a range such as '15-29'.", "top-half")
 
     def __post_init__(self):
         _check(self.r >= 1, "lora.r", "an integer >= 1")
         _check(self.alpha >= 1, "lora.alpha", "an integer >= 1")
         _check(0.0 <= self.dropout < 1.0, "lora.dropout", "a number in [0, 1)")
         _check(len(self.target_modules) > 0, "lora.target_modules", "a non-empty list of module names")
+        _check(self.layers in ("all", "top-half") or _is_range(self.layers), "lora.layers",
+               "'all', 'top-half' or a range of layer numbers such as '15-29'")
+
+    def layer_indices(self, n_layers: int) -> list[int] | None:
+        """The decoder layers to wrap in a model of `n_layers` (None: all of them)."""
+        if self.layers == "all":
+            return None
+        if self.layers == "top-half":
+            return list(range(n_layers // 2, n_layers))
+        first, last = (int(x) for x in self.layers.split("-"))
+        chosen = [i for i in range(first, last + 1) if i < n_layers]
+        if not chosen:
+            raise ConfigError(f"config.yaml: lora.layers '{self.layers}' matches none of this model's "
+                              f"{n_layers} layers (0-{n_layers - 1})")
+        return chosen
+
+
+def _is_range(text: str) -> bool:
+    parts = text.split("-")
+    return len(parts) == 2 and all(p.strip().isdigit() for p in parts) and int(parts[0]) <= int(parts[1])
 
 
 @dataclass
 class TrainingConfig:
-    batch_size: int = _help("Examples per micro-batch (packed by length).", 1)
-    grad_accum: int = _help("Micro-batches per optimizer step.", 16)
-    lr: float = _help("AdamW learning rate.", 1e-4)
-    max_steps: int = _help("Most optimizer steps for one batch.", 200)
-    eval_every: int = _help("Sample forgetting_loss on anchors every N steps (0: never during training).", 1)
+    batch_size: int = _help("Examples per micro-batch at least; length-grouped micro-batches hold up to 1024 padded tokens.", 5)
+    grad_accum: int = _help("Micro-batches per optimizer step.", 1)
+    lr: float = _help("AdamW learning rate.", 2e-3)
+    max_steps: int = _help("Most optimizer steps for one batch.", 32)
+    eval_every: int = _help("Sample forgetting_loss on anchors every N steps (0: never during training).", 8)
     max_seq_len: int = _help("Tokens kept per example; longer ones are cut from the left of the prompt.", 512)
     seed: int = _help("Seed for shuffling, dropout and anchor sampling.", 0)
-    stop_loss: float = _help("Stop a batch early once a step's answer loss is below this (0: never).", 0.0)
-    replay: int = _help("Earlier examples of the lineage mixed into each batch, so it is not erased.", 0)
-    precision: Literal["auto", "fp32", "bf16"] = _help("Training math: auto is bf16 on cuda, fp32 elsewhere.", "auto")
+    stop_loss: float = _help("Stop after the first epoch in which every example's answer loss is below this (0: never).", 0.1)
+    replay: int = _help("Earlier examples of the lineage mixed into every epoch (drawn afresh), so they are not erased.", 20)
+    threads: int = _help("CPU threads for torch (0: torch's default). 1 keeps a shared 2-core machine responsive.", 1)
+    precision: Literal["auto", "fp32", "bf16"] = _help("Training math: auto is bf16 on cuda and on CPUs with AVX512-BF16/AMX, fp32 elsewhere.", "auto")
 
     def __post_init__(self):
         for key in ("batch_size", "grad_accum", "max_steps", "max_seq_len"):
@@ -62,6 +85,7 @@ class TrainingConfig:
         _check(self.eval_every >= 0, "training.eval_every", "an integer >= 0")
         _check(self.stop_loss >= 0, "training.stop_loss", "a number >= 0")
         _check(self.replay >= 0, "training.replay", "an integer >= 0")
+        _check(self.threads >= 0, "training.threads", "an integer >= 0")
 
 
 @dataclass

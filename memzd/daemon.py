@@ -42,6 +42,7 @@ from .watch import StableFiles, Watcher
 log = logging.getLogger("memz.daemon")
 
 TRAINING_CURVE_ANCHORS = 32  # anchors sampled for the during-training forgetting curve
+REPLAY_POOL = 10             # replay draws from at most this many times training.replay earlier examples
 MAX_ATTEMPTS = 3             # a batch that fails this often is set aside as failed
 DISK_FULL_RETRY_SECONDS = 60  # after a full disk, wait this long before training again
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -168,6 +169,8 @@ class Daemon:
         self.store = Store(self.home.db_path)
         self.reconcile()
         t0 = time.perf_counter()
+        if self.config.training.threads:
+            torch.set_num_threads(self.config.training.threads)
         base = load_base(self.config.base_model, self.config.backend)
         self.base_name, self.device, self.tokenizer = base.name, base.device, base.tokenizer
         self.model = lora.wrap(base.model, self.config.lora)
@@ -337,23 +340,28 @@ class Daemon:
         parent_state, parent_memory = None, None
         if parent:
             parent_config, parent_state, parent_memory = self.server.adapter_state(parent)
-            if parent_config.r != cfg.lora.r or sorted(parent_config.target_modules) != sorted(cfg.lora.target_modules):
+            wanted = lora.peft_config(cfg.lora, lora.n_layers(self.model))
+            if (parent_config.r != wanted.r or set(parent_config.target_modules) != set(wanted.target_modules)
+                    or parent_config.layers_to_transform != wanted.layers_to_transform):
                 log.warning("lora settings changed since %s: this batch starts a fresh adapter", parent)
                 parent_state = None
-        replay = self.store.lineage_examples(parent, exclude_batch=batch_id)
-        if cfg.training.replay and replay:
-            replay = random.Random(cfg.training.seed + batch_id).sample(replay, min(cfg.training.replay, len(replay)))
-        else:
-            replay = []
-        encoded = [encode(e, self.tokenizer, cfg.training.max_seq_len) for e in examples + replay]
+        # Replay: earlier examples of this lineage, drawn afresh every epoch from a pool
+        # of at most REPLAY_POOL times the per-epoch count.
+        replay = self.store.lineage_examples(parent, exclude_batch=batch_id) if cfg.training.replay else []
+        rng = random.Random(cfg.training.seed + batch_id)
+        replay = rng.sample(replay, min(len(replay), REPLAY_POOL * cfg.training.replay))
+        encoded = [encode(e, self.tokenizer, cfg.training.max_seq_len) for e in examples]
+        replayed = [encode(e, self.tokenizer, cfg.training.max_seq_len) for e in replay]
         anchor_set = self.anchor_set  # prepared before training, so its cost is not in the curve
         lora.start_training(self.model, cfg.lora, parent_state)
-        log.info("batch %d: training on %d examples (+%d replayed) from %s", batch_id, len(examples),
-                 len(replay), parent or "the base model")
+        log.info("batch %d: training on %d examples (+%d per epoch replayed from %d earlier) from %s",
+                 batch_id, len(examples), min(cfg.training.replay, len(replay)), len(replay),
+                 parent or "the base model")
         torch.manual_seed(cfg.training.seed)
         result = train(self.model, encoded, cfg.training, pad_id=self.tokenizer.pad_token_id,
                        device=self.device, callback=_Steps(self, batch_id, cfg.training.max_steps),
-                       precision=cfg.training.precision, stop_loss=cfg.training.stop_loss)
+                       precision=cfg.training.precision, stop_loss=cfg.training.stop_loss,
+                       replay=replayed, replay_per_epoch=cfg.training.replay)
         self.set_activity(f"evaluating batch {batch_id}")
         memory = self._memory(parent_memory, examples)
         def route(chat):

@@ -18,15 +18,20 @@ from .config import LoraConfig
 TRAIN = "candidate"  # the adapter being trained ("train" would clash with nn.Module.train)
 
 
-def peft_config(cfg: LoraConfig) -> PeftLoraConfig:
+def peft_config(cfg: LoraConfig, n_layers: int) -> PeftLoraConfig:
     return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                           target_modules=list(cfg.target_modules), bias="none",
-                          task_type="CAUSAL_LM")
+                          layers_to_transform=cfg.layer_indices(n_layers), task_type="CAUSAL_LM")
+
+
+def n_layers(model) -> int:
+    config = model.config if not isinstance(model, PeftModel) else model.base_model.model.config
+    return int(config.num_hidden_layers)
 
 
 def wrap(base_model: torch.nn.Module, cfg: LoraConfig) -> PeftModel:
     """Wrap the frozen base once; the first adapter is the (empty) training one."""
-    model = get_peft_model(base_model, peft_config(cfg), adapter_name=TRAIN)
+    model = get_peft_model(base_model, peft_config(cfg, n_layers(base_model)), adapter_name=TRAIN)
     model.eval()
     return model
 
@@ -71,7 +76,7 @@ def adapter_state(model: PeftModel, name: str) -> dict[str, torch.Tensor]:
 
 def start_training(model: PeftModel, cfg: LoraConfig, parent_state: dict | None) -> list[torch.nn.Parameter]:
     """Reset the "candidate" adapter to the parent's weights (or empty) and make it trainable."""
-    add_adapter(model, TRAIN, peft_config(cfg), parent_state)
+    add_adapter(model, TRAIN, peft_config(cfg, n_layers(model)), parent_state)
     model.set_adapter(TRAIN)
     params = []
     for n, p in model.named_parameters():

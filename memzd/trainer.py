@@ -105,14 +105,24 @@ def micro_batches(examples: list[Encoded], size: int,
     return batches
 
 
+def _epoch(n_new: int, n_replay: int, per_epoch: int, rng: random.Random) -> list[int]:
+    """One epoch's example indices: every new example, plus a fresh sample of the replay pool."""
+    picked = list(range(n_new)) + [n_new + i for i in rng.sample(range(n_replay), min(per_epoch, n_replay))]
+    rng.shuffle(picked)
+    return picked
+
+
 def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
           device: torch.device, callback: TrainCallback | None = None,
-          precision: str = "fp32", stop_loss: float = 0.0) -> TrainResult:
+          precision: str = "fp32", stop_loss: float = 0.0,
+          replay: list[Encoded] = (), replay_per_epoch: int = 0) -> TrainResult:
     """Run up to cfg.max_steps AdamW steps on the trainable parameters of `model`.
 
-    A step covers batch_size * grad_accum examples (all of them when the batch
-    is smaller), and its loss is averaged over answer tokens. The run stops
-    early once a step's loss is below `stop_loss` (0 disables that).
+    An epoch is every example plus `replay_per_epoch` examples drawn afresh from
+    `replay` (earlier batches, so that they are not erased). A step covers
+    batch_size * grad_accum of them, and its loss is averaged over answer
+    tokens. The run stops after the first epoch in which every example's loss
+    was below `stop_loss` (0: run all the steps).
     """
     callback = callback or TrainCallback()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -120,32 +130,35 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
         raise ValueError("model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
-    per_step = min(cfg.batch_size * cfg.grad_accum, len(examples))
+    pool = list(examples) + list(replay)
+    per_step = max(1, min(cfg.batch_size * cfg.grad_accum, len(examples)))
     order: list[int] = []
+    epoch_worst = 0.0  # the highest per-example loss seen in the current epoch
     result = TrainResult()
     start = time.perf_counter()
     model.train()
     for step in range(1, cfg.max_steps + 1):
         if callback.should_stop():
             raise Interrupted()
-        chosen = []
-        while len(chosen) < per_step:
-            if not order:
-                order = list(range(len(examples)))
-                rng.shuffle(order)
-            chosen.append(examples[order.pop()])
+        if not order:
+            order = _epoch(len(examples), len(replay), replay_per_epoch, rng)
+            epoch_worst = 0.0
+        chosen = [pool[i] for i in order[:per_step]]
+        del order[:per_step]
         n_answer = sum(e.n_answer for e in chosen)
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        parts = micro_batches(chosen, cfg.batch_size)
-        for i, mb in enumerate(parts):
+        for i, mb in enumerate(micro_batches(chosen, cfg.batch_size)):
             if i:
                 callback.between_micro_batches(step)
             ids, mask, labels = collate(mb, pad_id, device)
             with autocast_for(device, precision):
-                loss, _ = answer_loss(model, ids, mask, labels)
+                row_loss, row_tokens = answer_loss(model, ids, mask, labels, reduction="none")
+                loss = row_loss.sum()
             (loss / max(n_answer, 1)).backward()
             total += loss.item()
+            per_example = (row_loss.detach() / row_tokens.clamp(min=1)).max().item()
+            epoch_worst = max(epoch_worst, per_example)
             result.tokens += int(mask.sum())
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # clip the global grad norm at 1.0
         optimizer.step()
@@ -156,8 +169,8 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
         callback.on_step(step, step_loss, n_answer)
         callback.between_steps(step)
         model.train()
-        if stop_loss and step_loss < stop_loss:
-            result.stopped_early = True
+        if stop_loss and not order and epoch_worst < stop_loss:
+            result.stopped_early = True  # every example of this epoch is learned
             break
     model.eval()
     result.seconds = time.perf_counter() - start

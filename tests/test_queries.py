@@ -140,7 +140,7 @@ def test_query_without_daemon_says_so_at_once(home):
 
 
 def test_query_is_answered_while_a_long_batch_trains(home):
-    write_config(home, training={"max_steps": 400, "lr": 1e-3}, update_mode="immediate")
+    write_config(home, training={"max_steps": 400, "lr": 1e-3, "stop_loss": 0}, update_mode="immediate")
     daemon = Daemon(Home(home))
     answered = threading.Event()
     original = daemon.serve_requests

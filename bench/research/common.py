@@ -87,6 +87,25 @@ def greedy(model, tok, question, max_new_tokens=48, system=None):
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
+@torch.no_grad()
+def greedy_batch(model, tok, questions, max_new_tokens=48, system=None, chunk=16):
+    """Greedy answers for many questions at once (left padding): ~5x faster on CPU."""
+    outs = []
+    for i in range(0, len(questions), chunk):
+        ps = [prompt_ids(tok, q, system) for q in questions[i:i + chunk]]
+        n = max(len(p) for p in ps)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        ids = torch.full((len(ps), n), pad)
+        att = torch.zeros((len(ps), n), dtype=torch.long)
+        for k, p in enumerate(ps):
+            ids[k, n - len(p):] = p
+            att[k, n - len(p):] = 1
+        out = model.generate(ids, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=pad, eos_token_id=tok.eos_token_id)
+        outs += [tok.decode(o[n:], skip_special_tokens=True) for o in out]
+    return outs
+
+
 def hit(text, key):
     return key.lower() in text.lower()
 

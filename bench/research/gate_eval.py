@@ -63,23 +63,27 @@ def main():
     t0 = time.perf_counter()
     ref = G.build_reference(G.token_states(model, tok, REF_PROMPTS))
     t1 = time.perf_counter()
-    taught = G.compute_keys_for_prompts(model, tok, teach, ref)
+    taught = G.compute_keys_for_prompts(model, tok, teach, ref, taught=True)
+    for t, k in list(zip(teach, taught))[::2]:
+        print('  distinctive:', sorted(k.words), '<-', t)
     t2 = time.perf_counter()
     print(f"reference {len(REF_PROMPTS)} prompts: {t1 - t0:.2f}s; keys for {len(teach)} taught: {t2 - t1:.2f}s")
     for name, qs, want in (("paraphrase", para, True), ("locality", loc, False),
                            ("hard-neg", HARD_NEGATIVES, False), ("teach", teach, True)):
         t = time.perf_counter()
-        rs = [G.route(k, taught, ref) for k in G.compute_keys_for_prompts(model, tok, qs, ref)]
+        qk = G.compute_keys_for_prompts(model, tok, qs, ref)
         dt = (time.perf_counter() - t) / len(qs)
+        rs = [G.route(k, taught, ref) for k in qk]
+        acc = {rule: sum(G.route(k, taught, ref, rule).use_adapter == want for k in qk) for rule in ("lex", "sent", "lex_and_sent", "lex_or_sent")}
         ok = sum(r.use_adapter == want for r in rs)
-        ts = torch.tensor([r.token_score for r in rs])
+        ts = torch.tensor([r.lex_score for r in rs])
         sm = torch.tensor([r.sent_margin for r in rs])
         q = lambda x: " ".join(f"{v:.2f}" for v in x.quantile(torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])).tolist())
-        print(f"{name:10} correct {ok}/{len(qs)}  {dt * 1000:.0f} ms/query\n"
-              f"   token_score min/p10/med/p90/max {q(ts)}\n   sent_margin min/p10/med/p90/max {q(sm)}")
+        print(f"{name:10} correct {ok}/{len(qs)}  {dt * 1000:.0f} ms/query  by rule: {acc}\n"
+              f"   lex_score   min/p10/med/p90/max {q(ts)}\n   sent_margin min/p10/med/p90/max {q(sm)}")
         for qq, r in zip(qs, rs):
-            if r.use_adapter != want or (want and r.token_score < G.TOKEN_THRESHOLD) or (not want and r.token_score > 0.75):
-                print(f"   {'WRONG' if r.use_adapter != want else 'near '} tok={r.token_score:.2f} sent={r.sent_margin:.3f} {qq}"
+            if r.use_adapter != want or (want and r.lex_score < 1) or (not want and r.lex_score > 0):
+                print(f"   {'WRONG' if r.use_adapter != want else 'near '} lex={r.lex_score:.2f} sent={r.sent_margin:.3f} {qq}"
                       f"  ~ {teach[r.nearest] if r.nearest >= 0 else ''}")
 
 

@@ -1,71 +1,116 @@
 """Reference implementation of the memz key-memory gate (GRACE/WISE-style routing).
 
-Idea: the adapter is only used for questions that are about something it was taught.
-For every taught example we store keys computed by the BASE model (adapter disabled)
-from the example's user text; a query is routed to the adapter only when its key is
-close to a taught key, else it is answered by the base model (adapter disabled), so
-unrelated questions keep the base model's answers exactly.
+Idea: the adapter is only used for questions about something it was taught. For
+every taught example we store a key computed from its user text; a query is
+routed to the adapter only when it matches a taught key, else it is answered by
+the base model with the adapter disabled, so unrelated questions keep the base
+model's answers exactly (locality 1.0 by construction for them).
 
-Two complementary signals, both computed on the raw user text (no chat template,
-no special tokens), dropping position 0 (an attention-sink position whose hidden
-state has a huge norm and carries no content):
+Two signals (see bench/RESEARCH_NOTES.md for the measurements):
 
-1. Token signal (lexical-semantic, layer 0 = input embeddings, no forward needed):
-   tokens of a taught prompt whose z-scored embedding has cosine < NOVELTY (0.6) to
-   every token of the reference prompts are its *distinctive* tokens (names, codes,
-   invented words). token_score(query, taught) = mean of the top-2 (or 1 if only one)
-   best cosines between each distinctive token and any query token.
-2. Sentence signal (layer 6, max-pool over tokens, z-scored per dimension with the
-   reference prompts' mean/std, L2-normalised):
-   sent_margin(query) = max cos to taught keys - max cos to reference keys.
+1. Lexical key (primary): the taught prompt's *distinctive words*, chosen with the
+   tokenizer as a frequency proxy: a word (punctuation and possessive 's stripped)
+   is rare if the BPE tokenizer splits " "+word into >= 2 pieces (invented names:
+   "Vantrees" -> V|ant|rees, while "Tower", "London", "flower" are one token).
+   Distinctive = capitalised rare words and words with digits; if none, lower-case
+   rare words; if none, capitalised non-initial words; else words of >= 4 letters.
+   lex_score = share of the taught prompt's distinctive words that occur in the
+   query; best over taught prompts.
+2. Sentence key (secondary): base-model hidden states of layer SENT_LAYER (6) over
+   the raw prompt tokens (no chat template, position 0 dropped: attention sink),
+   max-pooled over tokens, z-scored per dimension with the reference prompts'
+   mean/std, L2-normalised. sent_margin = max cos to taught keys - max cos to the
+   reference prompts' keys.
 
-Route to the adapter iff token_score >= TOKEN_THRESHOLD (0.9) or sent_margin >=
-SENT_MARGIN (0.16) [see RESEARCH_NOTES.md for the measured distributions].
+Default rule (RULE = "lex_and_sent"): route to the adapter iff
+lex_score >= LEX_THRESHOLD (0.5) and sent_margin >= SENT_MARGIN (0.0).
 
-The reference prompts are general prompts (e.g. the anchor prompts); they define
-both the z-scoring statistics and the "general" negatives. Everything is torch only.
+The reference prompts are general prompts (e.g. the anchor prompts). Needs only
+torch, a transformers causal LM and its tokenizer.
 """
+import re
 from dataclasses import dataclass, field
 
 import torch
 
 SENT_LAYER = 6          # hidden_states index (0 = embeddings) for the sentence key
-TOKEN_LAYER = 0         # embeddings for the token key
-NOVELTY = 0.6           # taught token is distinctive if max cos to reference tokens < this
-TOKEN_THRESHOLD = 0.9   # route if top-2 mean distinctive-token match >= this
-SENT_MARGIN = 0.16      # route if sentence margin >= this
+LEX_THRESHOLD = 0.5     # share of a taught prompt's distinctive words found in the query
+SENT_MARGIN = 0.0       # cos to nearest taught key minus cos to nearest reference key
+RULE = "lex_and_sent"   # lex | sent | lex_and_sent | lex_or_sent
 EPS = 1e-3
+
+_WORD = re.compile(r"[^\W_][\w\-]*")  # unicode letters/digits, inner hyphens kept
+
+
+def _words(text):
+    """Words of a text, original case (callers strip possessives first)."""
+    out = []
+    for w in _WORD.findall(text.replace("\u2019", "'")):
+        w = w.strip("-")
+        if w:
+            out.append(w)
+    return out
 
 
 def _norm(x):
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
+def _rare(tokenizer, w):
+    return any(c.isdigit() for c in w) or len(tokenizer.tokenize(" " + w)) >= 2
+
+
+def distinctive_words(tokenizer, text):
+    """The words that identify what a taught prompt is about (lower-cased set).
+
+    Tiers, first non-empty wins: (1) capitalised rare words and words with digits
+    (names, codes), (2) lower-case rare words ("ravenite", "hydro-loom"),
+    (3) capitalised non-initial words ("Maple Ridge"), (4) words of >= 4 letters.
+    A word is rare when the tokenizer splits " "+word into >= 2 pieces.
+    """
+    text = re.sub(r"(\w)'s?\b", r"\1", text.replace("\u2019", "'"))
+    words = _words(text)
+    tiers = (
+        [w for w in words if any(c.isdigit() for c in w) or (w[0].isupper() and _rare(tokenizer, w))],
+        [w for w in words if _rare(tokenizer, w)],
+        [w for w in words[1:] if w[0].isupper()],
+        [w for w in words if len(w) >= 4],
+    )
+    for tier in tiers:
+        if tier:
+            return {w.lower() for w in tier}
+    return set()
+
+
+def lexical_words(text):
+    """All words of a query (lower-cased set, possessives stripped); hyphenated
+    words also contribute their parts ("Tarnholm-Eskerby" -> tarnholm, eskerby)."""
+    text = re.sub(r"(\w)'s?\b", r"\1", text.replace("\u2019", "'"))
+    out = set()
+    for w in _words(text):
+        out.add(w.lower())
+        out.update(p.lower() for p in w.split("-") if p)
+    return out
+
+
 @torch.no_grad()
-def token_states(model, tokenizer, prompts, layers=(TOKEN_LAYER, SENT_LAYER)):
+def token_states(model, tokenizer, prompts, layers=(SENT_LAYER,)):
     """Per prompt: {layer: [T, H] float tensor} of base-model hidden states over the
     prompt's tokens (raw text, no template), position 0 dropped. Call with the
     adapter disabled (``with peft_model.disable_adapter():``)."""
     out = []
-    need_forward = any(l > 0 for l in layers)
     for p in prompts:
         ids = tokenizer(p, add_special_tokens=False, return_tensors="pt")["input_ids"]
         if ids.shape[1] < 2:  # one-token prompt: keep it rather than drop everything
             ids = torch.cat([ids, ids], 1)
-        if need_forward:
-            hs = model(ids, output_hidden_states=True).hidden_states
-        else:
-            hs = [model.get_input_embeddings()(ids)]
+        hs = model(ids, output_hidden_states=True).hidden_states
         out.append({l: hs[l][0, 1:].float() for l in layers})
     return out
 
 
 @dataclass
 class Reference:
-    """Statistics of the reference (general) prompts."""
-    tok_mu: torch.Tensor
-    tok_sd: torch.Tensor
-    tok_bank: torch.Tensor    # z-scored, normalised reference tokens [N, H]
+    """Statistics of the reference (general) prompts for the sentence key."""
     sent_mu: torch.Tensor
     sent_sd: torch.Tensor
     sent_keys: torch.Tensor   # z-scored, normalised reference sentence keys [M, H]
@@ -73,60 +118,51 @@ class Reference:
 
 def build_reference(states):
     """states: token_states() of the reference prompts."""
-    toks = torch.cat([s[TOKEN_LAYER] for s in states])
-    tmu, tsd = toks.mean(0), toks.std(0) + EPS
     sent = torch.stack([s[SENT_LAYER].max(0).values for s in states])
-    smu, ssd = sent.mean(0), sent.std(0) + EPS
-    return Reference(tmu, tsd, _norm((toks - tmu) / tsd), smu, ssd, _norm((sent - smu) / ssd))
+    mu, sd = sent.mean(0), sent.std(0) + EPS
+    return Reference(mu, sd, _norm((sent - mu) / sd))
 
 
 @dataclass
 class Key:
-    sent: torch.Tensor          # [H] sentence key
-    toks: torch.Tensor          # [T, H] all tokens (z-scored, normalised)
-    distinctive: torch.Tensor   # [D, H] distinctive tokens (D >= 1)
+    sent: torch.Tensor    # [H] sentence key
+    words: set            # distinctive words (taught) or all words (query)
 
 
-def compute_keys(states, ref):
-    """Keys for taught prompts or queries from their token_states()."""
-    keys = []
-    for s in states:
-        t = _norm((s[TOKEN_LAYER] - ref.tok_mu) / ref.tok_sd)
-        novelty = (t @ ref.tok_bank.T).max(1).values
-        d = t[novelty < NOVELTY]
-        if len(d) == 0:
-            d = t[novelty.argmin()].unsqueeze(0)
-        sent = _norm((s[SENT_LAYER].max(0).values - ref.sent_mu) / ref.sent_sd)
-        keys.append(Key(sent, t, d))
-    return keys
+def compute_keys(states, ref, words):
+    """Keys from token_states() and the matching word sets."""
+    return [Key(_norm((s[SENT_LAYER].max(0).values - ref.sent_mu) / ref.sent_sd), w)
+            for s, w in zip(states, words)]
 
 
-def compute_keys_for_prompts(model, tokenizer, prompts, ref):
-    """Convenience: base-model keys for a list of prompts (adapter must be disabled)."""
-    return compute_keys(token_states(model, tokenizer, prompts), ref)
+def compute_keys_for_prompts(model, tokenizer, prompts, ref, taught=False):
+    """Base-model keys for a list of prompts (call with the adapter disabled).
+    taught=True stores distinctive words; False (a query) stores all its words."""
+    words = [distinctive_words(tokenizer, p) if taught else lexical_words(p) for p in prompts]
+    return compute_keys(token_states(model, tokenizer, prompts), ref, words)
 
 
 @dataclass
 class Route:
     use_adapter: bool
-    token_score: float
+    lex_score: float
     sent_margin: float
-    nearest: int = -1           # index of the taught key with the best token score
+    nearest: int = -1     # index of the taught key with the best lexical score
 
 
-def route(query, taught, ref):
-    """Decide whether `query` (a Key) should be answered with the adapter."""
+def route(query, taught, ref, rule=RULE):
+    """Decide whether `query` (a query Key) should be answered with the adapter."""
     if not taught:
         return Route(False, 0.0, -1.0)
     best, nearest = -1.0, -1
     for i, k in enumerate(taught):
-        s = (k.distinctive @ query.toks.T).max(1).values
-        v = s.topk(min(2, len(s))).values.mean().item()
+        v = len(k.words & query.words) / max(1, len(k.words))
         if v > best:
             best, nearest = v, i
     sent_taught = torch.stack([k.sent for k in taught]) @ query.sent
     margin = (sent_taught.max() - (ref.sent_keys @ query.sent).max()).item()
-    use = best >= TOKEN_THRESHOLD or margin >= SENT_MARGIN
+    lex, sent = best >= LEX_THRESHOLD, margin >= SENT_MARGIN
+    use = {"lex": lex, "sent": sent, "lex_and_sent": lex and sent, "lex_or_sent": lex or sent}[rule]
     return Route(use, best, margin, nearest)
 
 
@@ -138,8 +174,9 @@ class GateMemory:
     prompts: list = field(default_factory=list)
 
     def add(self, model, tokenizer, prompts):
-        self.keys += compute_keys_for_prompts(model, tokenizer, prompts, self.ref)
+        self.keys += compute_keys_for_prompts(model, tokenizer, prompts, self.ref, taught=True)
         self.prompts += list(prompts)
 
     def decide(self, model, tokenizer, prompt):
-        return route(compute_keys_for_prompts(model, tokenizer, [prompt], self.ref)[0], self.keys, self.ref)
+        q = compute_keys_for_prompts(model, tokenizer, [prompt], self.ref)[0]
+        return route(q, self.keys, self.ref)
