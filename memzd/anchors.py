@@ -6,7 +6,7 @@ a folder (one {"prompt"} or {"messages"} per line, an optional "answer",
 `none` yields nothing. A seeded sample of `anchor_sample` is drawn once, so
 every checkpoint is measured on the same prompts. Reference answers default
 to the base model's own greedy answers, computed once per base model and
-anchor set and cached in the home.
+anchor set and cached for the user (every home on the machine shares them).
 """
 
 from __future__ import annotations
@@ -120,8 +120,9 @@ def cache_key(base_name: str, anchors: list[Anchor], max_tokens: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def cached_reference(home: Home, key: str) -> dict | None:
-    path = home.cache / f"anchors-{key}.json"
+def cached_reference(folder: Path, key: str) -> dict | None:
+    """The base model's answers to an anchor sample, cached per machine (see model.cache_root)."""
+    path = folder / f"anchors-{key}.json"
     if path.exists():
         try:
             return json.loads(path.read_text(encoding="utf-8"))
@@ -130,9 +131,9 @@ def cached_reference(home: Home, key: str) -> dict | None:
     return None
 
 
-def store_reference(home: Home, key: str, reference: dict) -> None:
-    home.cache.mkdir(parents=True, exist_ok=True)
-    path = home.cache / f"anchors-{key}.json"
+def store_reference(folder: Path, key: str, reference: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"anchors-{key}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(reference), encoding="utf-8")
     tmp.replace(path)

@@ -32,7 +32,7 @@ from .errors import MemzError
 from .evaluator import AnchorSet, evaluate, forgetting_loss, prepare_anchor_set
 from .examples import to_chat
 from .inbox import ingest_file, reject_whole
-from .model import load_base
+from .model import cache_root, load_base
 from .queries import Server
 from .store import CheckpointRow, Store, utcnow
 from .tokens import encode
@@ -164,6 +164,7 @@ class Daemon:
     # -- start-up ---------------------------------------------------------------
 
     def start(self) -> None:
+        anchor_mod.load_anchors(self.config.evaluation, self.home)  # a bad anchor set is refused at start
         self.home.ensure()
         self._lock = acquire_lock(self.home)
         self.store = Store(self.home.db_path)
@@ -211,14 +212,14 @@ class Daemon:
             if all_anchors:
                 sample = anchor_mod.sample(all_anchors, cfg.anchor_sample, self.config.training.seed)
                 key = anchor_mod.cache_key(self.base_name, sample, cfg.anchor_max_tokens)
-                cached = anchor_mod.cached_reference(self.home, key)
+                cached = anchor_mod.cached_reference(cache_root() / "anchors", key)
                 if cached is None:
                     log.info("computing the base model's answers to %d anchors (once per base model)", len(sample))
                 self._anchor_set, fresh = prepare_anchor_set(
                     self.model, self.tokenizer, sample, self.device, cfg.anchor_max_tokens,
                     self.config.training.max_seq_len, cached)
                 if cached is None:
-                    anchor_mod.store_reference(self.home, key, fresh)
+                    anchor_mod.store_reference(cache_root() / "anchors", key, fresh)
         return self._anchor_set
 
     def set_activity(self, text: str) -> None:
@@ -236,7 +237,11 @@ class Daemon:
                 ingested = self.ingest()
                 self.serve_requests()
                 trained = self.train_due()
-                if self.once and not ingested and not trained and not self.inbox_files.waiting():
+                idle = not (ingested or trained or self.inbox_files.waiting())
+                if idle and not self._anchors_ready:
+                    _ = self.anchor_set  # idle: prepare the anchors (once per machine) before a batch needs them
+                    continue
+                if self.once and idle:
                     self.serve_requests()
                     break
                 if not (ingested or trained):

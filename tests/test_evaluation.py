@@ -101,10 +101,10 @@ def test_no_anchors_means_null_not_zero(home):
         assert ckpt.metrics[key] is None
 
 
-def test_base_answers_to_anchors_are_cached(home):
+def test_base_answers_to_anchors_are_cached(home, tmp_path):
     drop(home, "a.jsonl", FACTS[:1])
     run_once(home)
-    (cache,) = (home / ".cache").glob("anchors-*.json")
+    (cache,) = (tmp_path / "cache" / "anchors").glob("anchors-*.json")  # MEMZ_CACHE, per machine
     cached = json.loads(cache.read_text())
     assert len(cached["answers"]) == 6 and "base_ce" in cached
     stamp = cache.stat().st_mtime_ns
