@@ -533,8 +533,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from memzd.model import load_base
 
+    # Everything here runs with the threads memzd uses by default (training.threads),
+    # so that the in-process baselines and the daemon compute with the same cores.
+    threads = Config().training.threads or os.cpu_count()
+    torch.set_num_threads(threads)
     started = time.perf_counter()
-    result: dict = {"machine": machine(), "quick": args.quick}
+    result: dict = {"machine": machine(), "quick": args.quick, "threads": threads}
     if args.quick:
         from tiny import build_tiny_model
         tmp = Path(tempfile.mkdtemp(prefix="memz-tiny-"))

@@ -70,7 +70,7 @@ class TrainingConfig:
     grad_accum: int = _help("Micro-batches per optimizer step.", 1)
     lr: float = _help("AdamW learning rate.", 2e-3)
     max_steps: int = _help("Most optimizer steps for one batch.", 32)
-    eval_every: int = _help("Sample forgetting_loss on anchors every N steps (0: never during training).", 8)
+    eval_every: int = _help("Sample forgetting_loss on anchors every N steps (0: never during training).", 16)
     max_seq_len: int = _help("Tokens kept per example; longer ones are cut from the left of the prompt.", 512)
     seed: int = _help("Seed for shuffling, dropout and anchor sampling.", 0)
     stop_loss: float = _help("Stop after the first epoch in which every example's answer loss is below this (0: never).", 0.1)

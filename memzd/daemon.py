@@ -41,7 +41,7 @@ from .watch import StableFiles, Watcher
 
 log = logging.getLogger("memz.daemon")
 
-TRAINING_CURVE_ANCHORS = 32  # anchors sampled for the during-training forgetting curve
+TRAINING_CURVE_ANCHORS = 8   # anchors sampled for the during-training forgetting curve (a few seconds each)
 REPLAY_POOL = 10             # replay draws from at most this many times training.replay earlier examples
 MAX_ATTEMPTS = 3             # a batch that fails this often is set aside as failed
 DISK_FULL_RETRY_SECONDS = 60  # after a full disk, wait this long before training again

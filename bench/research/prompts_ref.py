@@ -1,70 +1,12 @@
-"""General prompts used as the gate's reference set: their mean key is the centring
-vector, and they serve as 'general' negatives for the margin rule. Deliberately
-distinct from bench/data/locality.jsonl (held-out test) and from the facts."""
+"""General prompts used as the gate's reference set: their statistics z-score the
+hidden keys, and they serve as 'general' negatives for the margin rule.
 
-REF_PROMPTS = [
-    "Write a short poem about the sea.",
-    "Explain how photosynthesis works.",
-    "Give me three tips for better sleep.",
-    "What is the capital of Peru?",
-    "What is the capital of Norway?",
-    "Who wrote the novel Moby Dick?",
-    "Who painted The Starry Night?",
-    "Summarise the plot of Cinderella in two sentences.",
-    "How do I boil an egg?",
-    "What is 6 times 7?",
-    "What is 15 divided by 3?",
-    "Translate 'good morning' into German.",
-    "What is the boiling point of water in Fahrenheit?",
-    "Name three primary colours.",
-    "What is the largest city in the United States?",
-    "Why is the sky blue?",
-    "What is a black hole?",
-    "Tell me a joke about computers.",
-    "Write a haiku about autumn leaves.",
-    "How many planets are in the solar system?",
-    "What is the difference between a virus and a bacterium?",
-    "Explain what a prime number is.",
-    "Give me a recipe for pancakes.",
-    "What is the chemical symbol for silver?",
-    "Who was Napoleon Bonaparte?",
-    "What year did World War II end?",
-    "Describe the water cycle.",
-    "What is machine learning?",
-    "How does a rainbow form?",
-    "List the days of the week.",
-    "What is the tallest animal?",
-    "What does DNA stand for?",
-    "Can you recommend a good book to read?",
-    "How do I make a cup of tea?",
-    "What is the population of the world?",
-    "Explain gravity to a child.",
-    "What is the currency of the European Union?",
-    "Who invented the light bulb?",
-    "What is the fastest land animal?",
-    "What language is spoken in Argentina?",
-    "Write a sentence using the word 'serendipity'.",
-    "What is the meaning of the word 'ephemeral'?",
-    "How far is the Moon from the Earth?",
-    "What is the largest bone in the human body?",
-    "What are the three states of matter?",
-    "Who is the author of The Odyssey?",
-    "What is the name of Sherlock Holmes's assistant?",
-    "What is the main ingredient in bread?",
-    "Which country has the most people?",
-    "What is the square of 12?",
-    "Convert 5 kilometres to miles.",
-    "What is an adjective?",
-    "Give an example of a mammal that can fly.",
-    "Where is the Great Wall located?",
-    "What do pandas eat?",
-    "How many strings does a standard guitar have?",
-    "What is the opposite of 'fast'?",
-    "Write a short thank-you note to a teacher.",
-    "What is the name of the longest river in South America?",
-    "Who discovered gravity?",
-    "What is the freezing point of water in Fahrenheit?",
-    "What is a synonym for 'happy'?",
-    "How do airplanes stay in the air?",
-    "What is the name of the dog in the Wizard of Oz?",
-]
+They now live in the package (memzd.gate.REFERENCE_PROMPTS), minus the one prompt
+that was also an anchor ("What is the freezing point of water in Fahrenheit?"), so that the anchors
+measure forgetting independently of the gate.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from memzd.gate import REFERENCE_PROMPTS as REF_PROMPTS  # noqa: E402,F401
