@@ -44,6 +44,7 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # memzd and memzctl of this environment, activated or not
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -247,7 +248,7 @@ class Daemon:
     def start(self) -> float:
         self.log = open(self.home / "bench-daemon.log", "ab")
         t = time.perf_counter()
-        self.proc = subprocess.Popen([shutil.which("memzd") or "memzd", "--home", str(self.home)],
+        self.proc = subprocess.Popen([str(BIN / "memzd"), "--home", str(self.home)],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         return t
 
@@ -334,7 +335,7 @@ def bench_daemon(base, base_model: str, quick: bool) -> dict:
     n_idle, n_busy, max_tokens = (3, 3, 8) if quick else (20, 20, 32)
     root = Path(tempfile.mkdtemp(prefix="memz-speed-"))
     home = root / "home"
-    subprocess.run([shutil.which("memzctl") or "memzctl", "init", str(home)], check=True,
+    subprocess.run([str(BIN / "memzctl"), "init", str(home)], check=True,
                    stdout=subprocess.DEVNULL)
     write_config(home, base_model, max_steps=4)
     d = Daemon(home)
