@@ -253,7 +253,7 @@ def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", hel
 
 @app.command()
 def checkpoints(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """The checkpoint lineage, newest first, with each one's figures."""
+    """The checkpoint lineage, newest first, with each one's figures (--json: all of them)."""
     try:
         store = _store(ctx.obj)
     except MemzError as exc:
@@ -268,12 +268,13 @@ def checkpoints(ctx: typer.Context, as_json: bool = typer.Option(False, "--json"
     if not rows:
         console.print("no checkpoints yet: drop a .jsonl file into inbox/ (or memzctl add FILE)")
         return
-    t = Table("", "id", "parent", "status", "examples", "recall", "eval_loss", "ce_delta", "retention", "created")
+    t = Table("", "id", "parent", "status", "n", "recall", "ce_delta", "retention")
+    for column in t.columns[1:3]:
+        column.no_wrap = True  # ids are what people copy into --to
     for r in rows:
         m = r.metrics
         t.add_row("*" if r.id == current else "", r.id, r.parent or "(base)", r.status, _fmt(m.get("n_examples")),
-                  _fmt(m.get("recall")), _fmt(m.get("eval_loss")), _fmt(m.get("anchor_ce_delta")),
-                  _fmt(m.get("retention_score")), r.created_at)
+                  _fmt(m.get("recall")), _fmt(m.get("anchor_ce_delta")), _fmt(m.get("retention_score")))
     console.print(t)
 
 

@@ -376,7 +376,8 @@ class Daemon:
 
         metrics = evaluate(self.model, self.tokenizer, self.device, examples, anchor_set, route,
                            cfg.training.max_seq_len, cfg.evaluation.anchor_max_tokens)
-        metrics.update(finetune_loss=result.losses[-1] if result.losses else None, steps=len(result.losses),
+        metrics.update(n_examples=len(examples),
+                       finetune_loss=result.losses[-1] if result.losses else None, steps=len(result.losses),
                        train_seconds=round(result.seconds, 2), trained_tokens=result.tokens,
                        eval_seconds=round(time.perf_counter() - t0 - result.seconds, 2))
         status = self._verdict(metrics)
