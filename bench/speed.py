@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import random
-import resource
 import shutil
 import signal
 import sqlite3

@@ -36,7 +36,7 @@ from .model import cache_root, load_base
 from .queries import Server
 from .store import CheckpointRow, Store, utcnow
 from .tokens import encode
-from .trainer import Interrupted, TrainCallback, autocast_for, train
+from .trainer import Interrupted, TrainCallback, train
 from .watch import StableFiles, Watcher
 
 log = logging.getLogger("memz.daemon")

@@ -22,7 +22,7 @@ from .anchors import Anchor
 from .examples import answer_of, to_chat
 from .inference import greedy_answers
 from .lora import using
-from .tokens import Encoded, answer_loss, collate, encode, prompt_ids
+from .tokens import Encoded, answer_loss, collate, encode
 
 Route = Callable[[list[dict]], "str | None"]  # chat -> adapter name, or None for the base
 
