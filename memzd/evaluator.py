@@ -101,17 +101,18 @@ def evaluate(model, tokenizer, device: torch.device, batch: list[dict], anchor_s
              route: Route, max_len: int, max_tokens: int) -> dict:
     """All figures for one checkpoint, measured through `route`."""
     metrics: dict = {}
-    chats = [(to_chat(d), answer_of(d)) for d in batch]
-    probes = [(c[:-1], a) for c, a in chats if c is not None and c[-1]["role"] == "assistant"]
+    chats = [to_chat(d) for d in batch]
+    questions = [c[:-1] if c else [{"role": "user", "content": d["text"]}] for c, d in zip(chats, batch)]
+    routes = [route(q) for q in questions]  # one routing forward per question, reused below
     encoded = [encode(d, tokenizer, max_len) for d in batch]
-    routes = [route(to_chat(d)[:-1] if to_chat(d) else [{"role": "user", "content": d["text"]}])
-              for d in batch]
     metrics["eval_loss"] = _routed_ce(model, tokenizer, encoded, routes, device)[0]
+    probes = [(q, answer_of(d), r) for q, c, d, r in zip(questions, chats, batch, routes)
+              if c is not None and c[-1]["role"] == "assistant"]
     if probes:
         hits = 0
         by_route: dict = {}
-        for chat, expected in probes:
-            by_route.setdefault(route(chat), []).append((chat, expected))
+        for chat, expected, adapter in probes:
+            by_route.setdefault(adapter, []).append((chat, expected))
         for adapter, items in by_route.items():
             longest = max(len(tokenizer(e, add_special_tokens=False)["input_ids"]) for _, e in items)
             outs = greedy_answers(model, tokenizer, [c for c, _ in items], adapter=adapter,
@@ -137,17 +138,16 @@ def evaluate(model, tokenizer, device: torch.device, batch: list[dict], anchor_s
     metrics["anchor_ce_delta"] = metrics["forgetting_loss"] - anchor_set.base_ce
     # An anchor routed to the base model answers exactly as the base did: only
     # the ones the adapter answers need generating.
-    kept = sum(1 for r in anchor_routes if r is None)
-    routed = [i for i, r in enumerate(anchor_routes) if r is not None]
+    kept = len(anchor_routes) - len(routed_idx)
     by_adapter: dict = {}
-    for i in routed:
+    for i in routed_idx:
         by_adapter.setdefault(anchor_routes[i], []).append(i)
     for adapter, idx in by_adapter.items():
         outs = greedy_answers(model, tokenizer, [anchor_set.anchors[i].chat for i in idx], adapter=adapter,
                               device=device, max_tokens=max_tokens)
         kept += sum(normalize(o) == normalize(anchor_set.base_greedy[i]) for o, i in zip(outs, idx))
     metrics["retention_score"] = kept / len(anchor_set.anchors)
-    metrics["anchors_routed_to_adapter"] = len(routed)
+    metrics["anchors_routed_to_adapter"] = len(routed_idx)
     return metrics
 
 
