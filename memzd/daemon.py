@@ -358,11 +358,11 @@ class Daemon:
         encoded = [encode(e, self.tokenizer, cfg.training.max_seq_len) for e in examples]
         replayed = [encode(e, self.tokenizer, cfg.training.max_seq_len) for e in replay]
         anchor_set = self.anchor_set  # prepared before training, so its cost is not in the curve
+        torch.manual_seed(cfg.training.seed)  # a fresh adapter's init, then the steps: reproducible
         lora.start_training(self.model, cfg.lora, parent_state)
         log.info("batch %d: training on %d examples (+%d per epoch replayed from %d earlier) from %s",
                  batch_id, len(examples), min(cfg.training.replay, len(replay)), len(replay),
                  parent or "the base model")
-        torch.manual_seed(cfg.training.seed)
         result = train(self.model, encoded, cfg.training, pad_id=self.tokenizer.pad_token_id,
                        device=self.device, callback=_Steps(self, batch_id, cfg.training.max_steps),
                        precision=cfg.training.precision, stop_loss=cfg.training.stop_loss,

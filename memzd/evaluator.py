@@ -66,7 +66,7 @@ def mean_ce(model, tokenizer, encoded: list[Encoded], adapter: str | None, devic
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             ids, mask, labels = collate([encoded[i] for i in chunk], tokenizer.pad_token_id, device)
-            losses, counts = answer_loss(model, ids, mask, labels, reduction="none")
+            losses, counts, _ = answer_loss(model, ids, mask, labels, reduction="none")
             for i, loss, n in zip(chunk, losses.tolist(), counts.tolist()):
                 per_example[i] = loss / max(n, 1)
                 total += loss

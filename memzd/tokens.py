@@ -10,6 +10,7 @@ is a large share of the work, and the prompt's logits are never used.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -100,10 +101,19 @@ def causal_lm(model):
     return inner
 
 
+class RowLoss(NamedTuple):
+    """Per-row answer figures: summed loss, answer tokens, and whether every
+    answer token was the model's first choice (teacher-forced exact recall)."""
+
+    loss: torch.Tensor
+    tokens: torch.Tensor
+    all_top1: torch.Tensor
+
+
 def answer_loss(model, ids, mask, labels, reduction: str = "sum"):
     """Cross-entropy on answer tokens, with the LM head run only where it counts.
 
-    Returns (loss, n_tokens). reduction="none" gives one summed loss per row.
+    Returns (loss, n_tokens). reduction="none" gives a RowLoss, one entry per row.
     No KV cache is built (use_cache=False): a loss never needs one.
     """
     lm = causal_lm(model)
@@ -115,5 +125,8 @@ def answer_loss(model, ids, mask, labels, reduction: str = "sum"):
     n = int(keep.sum())
     if reduction == "none":
         rows = keep.nonzero()[:, 0]
-        return torch.zeros(ids.shape[0], device=ids.device).index_add_(0, rows, token_loss), keep.sum(1)
+        missed = (logits.detach().argmax(-1) != target[keep]).float()
+        zeros = torch.zeros(ids.shape[0], device=ids.device)
+        return RowLoss(zeros.index_add(0, rows, token_loss), keep.sum(1),
+                       zeros.index_add(0, rows, missed) == 0)
     return token_loss.sum(), n

@@ -11,6 +11,7 @@ from memzd import lora, tokens
 from memzd.checkpoints import load_checkpoint, write_checkpoint
 from memzd.config import Config, Home
 from memzd.errors import CheckpointError
+from memzd.inference import greedy_answers
 from memzd.model import load_base
 from memzd.trainer import train
 
@@ -59,6 +60,37 @@ def test_training_lowers_the_loss_and_touches_only_lora(base):
     assert len(result.losses) == 15
     assert result.losses[-1] < result.losses[0] - 0.3
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+
+
+def test_row_loss_flags_an_answer_token_the_model_would_not_pick(base):
+    enc = [tokens.encode(e, base.tokenizer, 512) for e in EXAMPLES]
+    ids, mask, labels = tokens.collate(enc, base.tokenizer.pad_token_id, base.device)
+    with torch.no_grad():
+        rows = tokens.answer_loss(base.model, ids, mask, labels, reduction="none")
+        logits = base.model(input_ids=ids, attention_mask=mask).logits
+    for r in range(len(enc)):
+        keep = labels[r, 1:] != tokens.IGNORE
+        top1 = logits[r, :-1][keep].argmax(-1) == labels[r, 1:][keep]
+        assert bool(rows.all_top1[r]) == bool(top1.all())
+        assert int(rows.tokens[r]) == int(keep.sum())
+    assert not rows.all_top1.all()  # an untrained model misses some of the answer
+
+
+def test_training_stops_once_greedy_decoding_gives_every_answer_back(base):
+    cfg = Config()
+    model = lora.wrap(base.model, cfg.lora)
+    lora.start_training(model, cfg.lora, None)
+    cfg.training.lr, cfg.training.max_steps = 1e-2, 300
+    enc = [tokens.encode(e, base.tokenizer, 512) for e in EXAMPLES]
+    torch.manual_seed(0)
+    # The tiny model's LoRA (one layer) cannot push the loss near 0.1; a loose
+    # loss bound leaves the stop to the word-for-word rule.
+    result = train(model, enc, cfg.training, pad_id=base.tokenizer.pad_token_id, device=base.device,
+                   stop_loss=3.0)
+    assert result.stopped_early and len(result.losses) < 300
+    chats = [[{"role": "user", "content": "Who is Orla?"}], [{"role": "user", "content": "Where is Zorblax?"}]]
+    got = greedy_answers(model, base.tokenizer, chats, adapter=lora.TRAIN, device=base.device, max_tokens=40)
+    assert got == ["Orla keeps a cat named Biscuit.", "Zorblax lives on Mars."]
 
 
 def test_checkpoint_round_trip_tensor_by_tensor(base, tmp_path, tiny_model_dir):
