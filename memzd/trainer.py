@@ -161,6 +161,10 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
     if not params:
         raise ValueError("model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    # Cosine decay to a tenth of lr by max_steps: early steps move fast, late
+    # ones settle instead of overshooting an answer that was already learned.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.max_steps) / cfg.max_steps)))
     rng = random.Random(cfg.seed)
     pool = list(examples) + list(replay)
     per_step = max(1, min(cfg.batch_size * cfg.grad_accum, len(examples)))
@@ -197,6 +201,7 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
             result.tokens += int(mask.sum())
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # clip the global grad norm at 1.0
         optimizer.step()
+        schedule.step()
         step_loss = total / max(n_answer, 1)
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"training loss became {step_loss} at step {step}")
