@@ -6,9 +6,11 @@
 Four measurements, each with its baseline taken in the same run:
 
 - training: tokens/s (prompt + answer, no padding) of memzd.trainer.train on 64
-  examples of 20-100 tokens, against (a) a plain peft loop, fp32, one example
+  examples of 20-100 tokens over `--epochs` epochs (4), against (a) a plain peft loop, fp32, one example
   per step, HF loss with full logits, and (b) the same padded to the longest
-  in batches of 16; plus the share of this CPU's fp32 and bf16 matmul peak;
+  in batches of 16 (the same epochs); memz again with each of its speed
+  levers off in turn (frozen-prefix cache, eager attention, bf16 weight
+  copies) to show what each is worth; plus the share of this CPU's fp32 and bf16 matmul peak;
 - answers: p50/p95 latency of a 32-token greedy answer through requests/ ->
   responses/ of a real `memzd` (with a checkpoint, so the key-memory gate
   runs), against model.generate on the same model and adapter in this
@@ -144,14 +146,15 @@ def train_flops(model, encoded: list[tokens.Encoded]) -> float:
     return 4 * linear * n_tok + 4 * vocab * d * n_ans + attn
 
 
-def plain_loop(model, encoded: list[tokens.Encoded], batch: int, pad_id: int, lr: float) -> tuple[float, float]:
+def plain_loop(model, encoded: list[tokens.Encoded], batch: int, pad_id: int, lr: float,
+               epochs: int = 1) -> tuple[float, float]:
     """The tutorial loop: fp32, HF loss on full logits, right-padded batches in data order.
     Returns (tokens/s, mean loss)."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
     model.train()
     n_tok, losses, start = 0, [], time.perf_counter()
-    for i in range(0, len(encoded), batch):
+    for i in [i for _ in range(epochs) for i in range(0, len(encoded), batch)]:
         chunk = encoded[i:i + batch]
         width = max(len(e.input_ids) for e in chunk)
         ids = torch.tensor([e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in chunk])
@@ -181,17 +184,23 @@ def bench_training(base, n_examples: int, rounds: int, epochs: int) -> dict:
         torch.manual_seed(0)
         lora.start_training(model, cfg.lora, None)
 
-    def memz(precision: str):
+    def memz(precision: str, **levers):
         fresh()
-        cfg.training.max_steps = max(1, epochs * len(encoded) // per_step)
-        r = train(model, encoded, cfg.training, pad_id=pad, device=base.device, precision=precision)
+        cfg.training.max_steps = max(1, epochs * -(-len(encoded) // per_step))
+        r = train(model, encoded, cfg.training, pad_id=pad, device=base.device, precision=precision, **levers)
         return r.tokens / r.seconds, r.losses, r.tokens / sum(len(e.input_ids) for e in encoded)
 
+    # Every method trains the same examples for the same number of epochs (memz
+    # trains a batch for several: its stop rule took 4-6 on ten facts).
     methods = {
-        "plain_a_one_per_step_fp32": lambda: plain_loop(model, encoded, 1, pad, cfg.training.lr),
-        "plain_b_padded_batch16_fp32": lambda: plain_loop(model, encoded, 16, pad, cfg.training.lr),
+        "plain_a_one_per_step_fp32": lambda: plain_loop(model, encoded, 1, pad, cfg.training.lr, epochs),
+        "plain_b_padded_batch16_fp32": lambda: plain_loop(model, encoded, 16, pad, cfg.training.lr, epochs),
         "memz": lambda: memz("auto"),
         "memz_fp32": lambda: memz("fp32"),
+        # memz with one speed lever off at a time: what each is worth
+        "memz_without_prefix_cache": lambda: memz("auto", prefix_cache=False),
+        "memz_without_eager_attention": lambda: memz("auto", eager_attention=False),
+        "memz_without_bf16_weights": lambda: memz("auto", bf16_weights=False),
     }
     # warm-up: one small pass each (allocator, oneDNN kernels for the shapes)
     fresh()
@@ -210,7 +219,7 @@ def bench_training(base, n_examples: int, rounds: int, epochs: int) -> dict:
             out = fn()
             runs[name].append(out[0])
             print(f"  {name}: {out[0]:.0f} tokens/s", flush=True)
-            if name.startswith("memz"):
+            if name in ("memz", "memz_fp32"):
                 extra[name + "_losses"] = out[1]
                 extra["epochs"] = out[2]
     best = {k: max(v) for k, v in runs.items()}
@@ -223,7 +232,9 @@ def bench_training(base, n_examples: int, rounds: int, epochs: int) -> dict:
         "examples": len(encoded), "tokens_per_epoch": sum(len(e.input_ids) for e in encoded),
         "answer_tokens_per_epoch": sum(e.n_answer for e in encoded),
         "lengths": [min(len(e.input_ids) for e in encoded), max(len(e.input_ids) for e in encoded)],
-        "memz_precision": auto, "memz_steps": len(lb), "rounds": rounds,
+        "memz_precision": auto, "memz_steps": len(lb), "rounds": rounds, "epochs": epochs,
+        "lever_gains": {k[len("memz_without_"):]: best["memz"] / v for k, v in best.items()
+                        if k.startswith("memz_without_")},
         "tokens_per_s": best, "tokens_per_s_all_rounds": runs,
         "ratio_vs_a": best["memz"] / best["plain_a_one_per_step_fp32"],
         "ratio_vs_b": best["memz"] / best["plain_b_padded_batch16_fp32"],
@@ -501,6 +512,8 @@ def table(r: dict) -> str:
         f"| training tok/s vs (b) padded batches of 16 fp32 | {tp['memz']:.0f} | {tp['plain_b_padded_batch16_fp32']:.0f} "
         f"| {t['ratio_vs_b']:.2f}x | >= 1.5x |",
         f"| memz {t['memz_precision']} vs memz fp32 | {tp['memz']:.0f} | {tp['memz_fp32']:.0f} | {t['bf16_vs_fp32']:.2f}x | |",
+        *[f"| memz with vs without {lever.replace('_', ' ')} | | | {gain:.2f}x | |"
+          for lever, gain in t["lever_gains"].items()],
         f"| share of matmul peak (fp32 {t['peak_gflops']['fp32']:.0f} / bf16 {t['peak_gflops']['bf16']:.0f} GFLOP/s) "
         f"| {t['memz_gflops']:.0f} GFLOP/s | | {100 * t['memz_share_of_peak']['fp32']:.0f}% / "
         f"{100 * t['memz_share_of_peak']['bf16']:.0f}% | |",
@@ -528,6 +541,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny in-code model, small counts (seconds)")
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds per training method (best counts)")
+    ap.add_argument("--epochs", type=int, default=4, help="epochs over the 64 training examples, every method")
     ap.add_argument("--skip", action="append", default=[], choices=["training", "answers", "ingestion"])
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "speed.json")
     args = ap.parse_args(argv)
@@ -549,7 +563,7 @@ def main(argv=None) -> int:
     result["base_model"] = base.name
     if "training" not in args.skip:
         n, rounds = (16, 1) if args.quick else (64, 1)
-        result["training"] = bench_training(base, n, args.rounds or rounds, epochs=1 if args.quick else 1)
+        result["training"] = bench_training(base, n, args.rounds or rounds, epochs=args.epochs)
         print(f"training done ({time.perf_counter() - started:.0f}s)", flush=True)
     if "answers" not in args.skip:
         result["answers"] = bench_daemon(base, base_model, args.quick)

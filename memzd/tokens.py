@@ -110,14 +110,17 @@ class RowLoss(NamedTuple):
     all_top1: torch.Tensor
 
 
-def answer_loss(model, ids, mask, labels, reduction: str = "sum"):
+def answer_loss(model, ids, mask, labels, reduction: str = "sum", hidden=None):
     """Cross-entropy on answer tokens, with the LM head run only where it counts.
 
     Returns (loss, n_tokens). reduction="none" gives a RowLoss, one entry per row.
-    No KV cache is built (use_cache=False): a loss never needs one.
+    No KV cache is built (use_cache=False): a loss never needs one. `hidden`,
+    when given, is the decoder's last hidden state, already computed (see
+    memzd.prefix); otherwise the decoder runs here.
     """
     lm = causal_lm(model)
-    hidden = lm.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    if hidden is None:
+        hidden = lm.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     target = labels[:, 1:]
     keep = target != IGNORE
     logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()

@@ -9,7 +9,9 @@ examples go through in a few large length-sorted micro-batches (little
 padding, large matmuls) whatever `batch_size` says, the LM head runs only on
 answer tokens, no KV cache is built, and the math runs under bf16
 autocast where the hardware has fast bf16 (CUDA, and CPUs with AVX512-BF16 or
-AMX). A step's gradient does not depend on how it is split into micro-batches:
+AMX). After the first epoch the frozen layers below LoRA are not run again
+(memzd.prefix); on the CPU the frozen weights are used from a bf16 copy and
+attention runs eagerly (see Passes). A step's gradient does not depend on how it is split into micro-batches:
 losses are summed over answer tokens and divided once by their count.
 """
 
@@ -18,13 +20,14 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
 from .config import TrainingConfig
-from .tokens import Encoded, answer_loss, collate
+from .prefix import Bf16Weights, FrozenPrefix
+from .tokens import Encoded, RowLoss, answer_loss, causal_lm, collate
 
 MICRO_BATCH_TOKENS = 1024  # padded tokens per forward/backward: bounds memory and a query's wait
 
@@ -120,29 +123,68 @@ def _split(epoch: list[int], per_step: int) -> list[list[int]]:
     return [epoch[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
-@torch.no_grad()
-def recalled(model, examples: list[Encoded], pad_id: int, device: torch.device,
-             precision: str, stop_loss: float) -> bool:
-    """Does the model, as it is now, give every example back: each answer token
-    its top choice and each example's loss below `stop_loss`?"""
-    was_training = model.training
-    model.eval()
-    try:
-        for mb in micro_batches(examples, 1):
-            ids, mask, labels = collate(mb, pad_id, device)
-            with autocast_for(device, precision):
-                row_loss, row_tokens, row_exact = answer_loss(model, ids, mask, labels, reduction="none")
-            if not row_exact.all() or (row_loss / row_tokens.clamp(min=1)).max().item() >= stop_loss:
-                return False
-        return True
-    finally:
-        model.train(was_training)
+class Passes:
+    """How this run computes a micro-batch's loss: under bf16 autocast where
+    asked for, with bf16 copies of the frozen weights (CPU), from the
+    frozen-prefix cache (memzd.prefix), and with eager attention on the CPU
+    (its backward pass is several times faster there than the fused SDPA
+    kernel's at these lengths). Each can be turned off, to measure it."""
+
+    def __init__(self, model, examples: list[Encoded], pad_id: int, device: torch.device,
+                 precision: str, prefix_cache: bool = True, bf16_weights: bool = True,
+                 eager_attention: bool = True):
+        self.model, self.pad_id, self.device, self.precision = model, pad_id, device, precision
+        bf16 = resolve_precision(device, precision) == "bf16"
+        self.weights = Bf16Weights(model) if bf16 and bf16_weights and device.type == "cpu" else None
+        self.prefix = FrozenPrefix.for_model(model) if prefix_cache and examples else None
+        if self.prefix and not self.prefix.agrees(min(examples, key=lambda e: len(e.input_ids)), device):
+            self.prefix = None
+        lm = causal_lm(model)
+        self.serving_attention = lm.config._attn_implementation
+        self.attention = "eager" if eager_attention and device.type == "cpu" else self.serving_attention
+
+    @contextmanager
+    def micro_batch(self):
+        """Hold this around a micro-batch's forward *and* backward pass; what it
+        switches (weights, attention) is switched back before anything else runs."""
+        lm = causal_lm(self.model)
+        if self.attention != self.serving_attention:
+            lm.set_attn_implementation(self.attention)
+        try:
+            with self.weights.active() if self.weights else nullcontext():
+                yield
+        finally:
+            if self.attention != self.serving_attention:
+                lm.set_attn_implementation(self.serving_attention)
+
+    def loss(self, examples: list[Encoded]) -> RowLoss:
+        ids, mask, labels = collate(examples, self.pad_id, self.device)
+        with autocast_for(self.device, self.precision):
+            hidden = self.prefix.hidden(examples, ids, mask) if self.prefix else None
+            return answer_loss(self.model, ids, mask, labels, reduction="none", hidden=hidden)
+
+    @torch.no_grad()
+    def recalled(self, examples: list[Encoded], stop_loss: float) -> bool:
+        """Does the model, as it is now, give every example back: each answer token
+        its top choice and each example's loss below `stop_loss`?"""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for mb in micro_batches(examples, 1):
+                with self.micro_batch():
+                    row_loss, row_tokens, row_exact = self.loss(mb)
+                if not row_exact.all() or (row_loss / row_tokens.clamp(min=1)).max().item() >= stop_loss:
+                    return False
+            return True
+        finally:
+            self.model.train(was_training)
 
 
 def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
           device: torch.device, callback: TrainCallback | None = None,
           precision: str = "fp32", stop_loss: float = 0.0,
-          replay: list[Encoded] = (), replay_per_epoch: int = 0) -> TrainResult:
+          replay: list[Encoded] = (), replay_per_epoch: int = 0,
+          prefix_cache: bool = True, bf16_weights: bool = True, eager_attention: bool = True) -> TrainResult:
     """Run up to cfg.max_steps AdamW steps on the trainable parameters of `model`.
 
     An epoch is every example plus `replay_per_epoch` examples drawn afresh from
@@ -167,6 +209,7 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
         optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.max_steps) / cfg.max_steps)))
     rng = random.Random(cfg.seed)
     pool = list(examples) + list(replay)
+    passes = Passes(model, pool, pad_id, device, precision, prefix_cache, bf16_weights, eager_attention)
     per_step = max(1, min(cfg.batch_size * cfg.grad_accum, len(examples)))
     steps: list[list[int]] = []  # the rest of this epoch, step by step
     epoch: list[int] = []
@@ -189,16 +232,15 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
         for i, mb in enumerate(micro_batches(chosen, cfg.batch_size)):
             if i:
                 callback.between_micro_batches(step)
-            ids, mask, labels = collate(mb, pad_id, device)
-            with autocast_for(device, precision):
-                row_loss, row_tokens, row_exact = answer_loss(model, ids, mask, labels, reduction="none")
+            with passes.micro_batch():
+                row_loss, row_tokens, row_exact = passes.loss(mb)
                 loss = row_loss.sum()
-            (loss / max(n_answer, 1)).backward()
+                (loss / max(n_answer, 1)).backward()
             total += loss.item()
             per_example = (row_loss.detach() / row_tokens.clamp(min=1)).max().item()
             epoch_worst = max(epoch_worst, per_example)
             epoch_exact = epoch_exact and bool(row_exact.all())
-            result.tokens += int(mask.sum())
+            result.tokens += sum(len(e.input_ids) for e in mb)
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # clip the global grad norm at 1.0
         optimizer.step()
         schedule.step()
@@ -212,7 +254,7 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
         # The epoch's figures were taken before each step's update, and a later
         # update can undo an earlier example: confirm on the weights as they are now.
         if (stop_loss and not steps and epoch_worst < stop_loss and epoch_exact
-                and recalled(model, [pool[i] for i in epoch], pad_id, device, precision, stop_loss)):
+                and passes.recalled([pool[i] for i in epoch], stop_loss)):
             result.stopped_early = True  # every example of this epoch is learned
             break
     model.eval()

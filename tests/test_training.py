@@ -13,7 +13,8 @@ from memzd.config import Config, Home
 from memzd.errors import CheckpointError
 from memzd.inference import greedy_answers
 from memzd.model import load_base
-from memzd.trainer import train
+from memzd.prefix import FrozenPrefix
+from memzd.trainer import Passes, train
 
 EXAMPLES = [{"input": "Who is Orla?", "output": "Orla keeps a cat named Biscuit."},
             {"prompt": "Where is Zorblax?", "completion": "Zorblax lives on Mars."}]
@@ -91,6 +92,43 @@ def test_training_stops_once_greedy_decoding_gives_every_answer_back(base):
     chats = [[{"role": "user", "content": "Who is Orla?"}], [{"role": "user", "content": "Where is Zorblax?"}]]
     got = greedy_answers(model, base.tokenizer, chats, adapter=lora.TRAIN, device=base.device, max_tokens=40)
     assert got == ["Orla keeps a cat named Biscuit.", "Zorblax lives on Mars."]
+
+
+def _train_losses(base, model, cfg, **speedups) -> list[float]:
+    torch.manual_seed(0)
+    lora.start_training(model, cfg.lora, None)
+    enc = [tokens.encode(e, base.tokenizer, 512) for e in EXAMPLES * 3]
+    return train(model, enc, cfg.training, pad_id=base.tokenizer.pad_token_id, device=base.device,
+                 **speedups).losses
+
+
+def test_the_frozen_prefix_cache_gives_the_same_losses_as_whole_passes(base, tiny_model_dir):
+    cfg = Config()
+    cfg.training.lr, cfg.training.max_steps, cfg.training.batch_size = 1e-2, 12, 2
+    model = lora.wrap(base.model, cfg.lora)
+    lora.start_training(model, cfg.lora, None)
+    assert FrozenPrefix.for_model(model).first == 1  # the tiny model has 2 layers; LoRA on the top one
+    enc = [tokens.encode(e, base.tokenizer, 512) for e in EXAMPLES]
+    assert Passes(model, enc, base.tokenizer.pad_token_id, base.device, "fp32").prefix is not None  # agrees
+    whole = _train_losses(base, model, cfg, prefix_cache=False)
+    cached = _train_losses(base, model, cfg, prefix_cache=True)
+    assert cached == pytest.approx(whole, rel=1e-4)
+    # with LoRA on every layer nothing below is frozen: no cache, still trains
+    cfg.lora.layers = "all"
+    model = lora.wrap(load_base(str(tiny_model_dir)).model, cfg.lora)
+    lora.start_training(model, cfg.lora, None)
+    assert FrozenPrefix.for_model(model) is None
+    assert len(_train_losses(base, model, cfg)) == 12
+
+
+def test_training_leaves_the_serving_model_as_it_found_it(base):
+    cfg = Config()
+    cfg.training.max_steps = 4
+    model = lora.wrap(base.model, cfg.lora)
+    attention = tokens.causal_lm(model).config._attn_implementation
+    _train_losses(base, model, cfg, precision="bf16")  # bf16 weight copies and eager attention
+    assert tokens.causal_lm(model).config._attn_implementation == attention
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_checkpoint_round_trip_tensor_by_tensor(base, tmp_path, tiny_model_dir):
