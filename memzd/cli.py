@@ -20,8 +20,8 @@ from rich.table import Table
 
 from . import service as service_mod
 from .config import Home
-from .errors import ConfigError, DaemonNotRunning, ExampleError, MemzError
-from .examples import parse_example
+from .errors import ConfigError, DaemonNotRunning, MemzError
+from .inbox import read_examples
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -114,7 +114,7 @@ def add(ctx: typer.Context, files: list[Path] = typer.Argument(..., help="JSONL 
     failed = False
     for path in files:
         try:
-            good, bad = _validate_file(path)
+            good, bad = _validate_file(path, home.load_config().daemon.max_line_bytes)
         except OSError as exc:
             err.print(f"[red]{path}[/]: {exc.strerror or exc}")
             failed = True
@@ -137,22 +137,15 @@ def add(ctx: typer.Context, files: list[Path] = typer.Argument(..., help="JSONL 
         raise typer.Exit(1)
 
 
-def _validate_file(path: Path) -> tuple[int, list[tuple[int, str]]]:
+def _validate_file(path: Path, max_line_bytes: int) -> tuple[int, list[tuple[int, str]]]:
+    """Check a file line by line as the daemon will (streamed, same caps and messages)."""
     good, bad = 0, []
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8").lstrip("\ufeff").strip()
-                if not text:
-                    continue
-                parse_example(json.loads(text))
+        for number, example, error, _ in read_examples(f, max_line_bytes):
+            if error:
+                bad.append((number, error))
+            elif example is not None:
                 good += 1
-            except UnicodeDecodeError:
-                bad.append((number, "not UTF-8"))
-            except json.JSONDecodeError as exc:
-                bad.append((number, f"invalid JSON: {exc.msg}"))
-            except ExampleError as exc:
-                bad.append((number, str(exc)))
     return good, bad
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from .errors import ExampleError
@@ -26,18 +27,18 @@ EXPECTED = ('one of {"input", "output"}, {"prompt", "completion"}, '
             '{"messages": [{"role", "content"}, ...]} or {"text"}')
 
 
-@dataclass(frozen=True)
+@dataclass
 class Example:
     """A validated example: its shape, canonical fields, and content hash."""
 
     kind: str
     data: dict
 
-    @property
+    @cached_property
     def json(self) -> str:
         return json.dumps(self.data, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
-    @property
+    @cached_property
     def hash(self) -> str:
         content = {k: v for k, v in self.data.items() if k != "tags"}
         blob = json.dumps(content, ensure_ascii=False, sort_keys=True, separators=(",", ":"))

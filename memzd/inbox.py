@@ -112,6 +112,36 @@ def _decode(raw: bytes, first: bool) -> str:
     return text.strip()
 
 
+def read_examples(f, max_line_bytes: int):
+    """Stream a binary file of JSONL examples: yield (line number, Example or None,
+    error or None, raw bytes or None) for each non-blank line. memzctl add
+    checks a file with this before it enters the inbox; the daemon ingests with it."""
+    for number, raw, newline in _lines(f, max_line_bytes):
+        if raw is None:
+            yield number, None, f"line longer than the {max_line_bytes}-byte cap", None
+            continue
+        try:
+            text = _decode(raw, number == 1)
+            if not text:
+                yield number, None, None, raw  # blank: nothing to store, nothing wrong
+                continue
+            example = parse_example(json.loads(text))
+            example.hash, example.json  # computed (and kept) here: a lone surrogate fails only now
+        except UnicodeDecodeError as exc:
+            yield number, None, f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}", raw
+        except UnicodeEncodeError:  # JSON escapes such as \ud800 decode to text UTF-8 cannot hold
+            yield number, None, "invalid Unicode: a lone surrogate escape (\\ud800-\\udfff) in a string", raw
+        except json.JSONDecodeError as exc:
+            why = "partial last line (no newline at the end)" if not newline else "invalid JSON"
+            yield number, None, f"{why}: {exc.msg} at column {exc.colno}", raw
+        except RecursionError:
+            yield number, None, "invalid JSON: nested too deeply", raw
+        except ExampleError as exc:
+            yield number, None, str(exc), raw
+        else:
+            yield number, example, None, raw
+
+
 def ingest_file(path: Path, store: Store, home: Home, max_line_bytes: int = 1_000_000) -> IngestResult:
     """Read one stable inbox entry into the store and move it out of the inbox."""
     result = IngestResult(name=path.name)
@@ -128,33 +158,15 @@ def ingest_file(path: Path, store: Store, home: Home, max_line_bytes: int = 1_00
         result.file_id = store.add_file(path.name, "", os.fstat(f.fileno()).st_size)
         chunk: list[tuple[int, str, str, str]] = []
         chunk_bytes = 0
-        for number, raw, newline in _lines(f, max_line_bytes):
-            if raw is None:
-                errors.add(number, f"line longer than the {max_line_bytes}-byte cap")
+        for number, example, error, raw in read_examples(f, max_line_bytes):
+            if raw is not None:
+                digest.update(raw)
+            if error:
+                errors.add(number, error)
                 continue
-            digest.update(raw)
-            try:
-                text = _decode(raw, number == 1)
-                if not text:
-                    continue
-                example = parse_example(json.loads(text))
-                row = (number, example.hash, example.kind, example.json)
-            except UnicodeDecodeError as exc:
-                errors.add(number, f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}")
-                continue
-            except UnicodeEncodeError:  # JSON escapes such as \ud800 decode to text UTF-8 cannot hold
-                errors.add(number, "invalid Unicode: a lone surrogate escape (\\ud800-\\udfff) in a string")
-                continue
-            except json.JSONDecodeError as exc:
-                why = "partial last line (no newline at the end)" if not newline else "invalid JSON"
-                errors.add(number, f"{why}: {exc.msg} at column {exc.colno}")
-                continue
-            except RecursionError:
-                errors.add(number, "invalid JSON: nested too deeply")
-                continue
-            except ExampleError as exc:
-                errors.add(number, str(exc))
-                continue
+            if example is None:
+                continue  # a blank line
+            row = (number, example.hash, example.kind, example.json)
             chunk.append(row)
             chunk_bytes += len(row[3])
             if len(chunk) >= CHUNK_LINES or chunk_bytes >= CHUNK_BYTES:

@@ -106,6 +106,16 @@ def test_memzctl_checkpoints_and_add(home, tmp_path):
     assert result.exit_code == 1 and "no usable example" in result.output
 
 
+def test_memzctl_add_checks_lines_as_the_daemon_will(home, tmp_path):
+    write_config(home, daemon={"max_line_bytes": 200})
+    src = tmp_path / "notes.jsonl"
+    src.write_text(json.dumps(FACTS[0]) + "\n\n" + json.dumps({"text": "x" * 500}) + "\n")
+    result = CliRunner().invoke(app, ["--home", str(home), "add", str(src)])
+    assert result.exit_code == 0, result.output
+    assert "notes.jsonl:3" in result.output and "200-byte cap" in result.output
+    assert "1 examples, 1 bad lines" in result.output  # the blank line 2 is neither
+
+
 def test_bad_config_stops_start_with_the_key(home):
     (home / "config.yaml").write_text("training: {lr: quick}\n")
     from memzd.errors import ConfigError
