@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import gate, lora
-from .checkpoints import load_checkpoint
+from .checkpoints import load_checkpoint, update_meta
 from .config import Home, RoutingConfig
 from .errors import CheckpointError, RequestError
 from .inference import answer
@@ -159,6 +159,10 @@ class Server:
                         self.store.set_checkpoint_status(ckpt, "rolled_back")
                     self.store.set_current(parent)
                     self.store.log_event("rollback", f"{ckpt} could not serve: {exc}", checkpoint=ckpt)
+                try:  # keep the folder's own record in step, where the folder is still there
+                    update_meta(self.home.checkpoints / ckpt, status="rolled_back")
+                except (OSError, ValueError):
+                    pass
                 ckpt = parent
         return None
 

@@ -325,6 +325,8 @@ def test_bad_adapters_are_refused_and_the_last_good_one_keeps_serving(home, tmp_
     assert run_once(home) == 0  # start: each bad current one is rolled back to its parent, in turn
     assert store.current_checkpoint() == good
     assert all(store.checkpoint(f"B_{k}").status == "rolled_back" for k in KINDS)
+    metas = [home / "checkpoints" / f"B_{k}" / "meta.json" for k in KINDS]
+    assert all(json.loads(m.read_text())["status"] == "rolled_back" for m in metas if m.exists())
     assert response(home, "current")["checkpoint"] == good
     assert response(home, "pinned")["error"]["code"] == "bad_checkpoint"
     assert "safetensors only" in response(home, "pinned")["error"]["message"]
