@@ -69,7 +69,7 @@ class TrainingConfig:
     batch_size: int = _help("Examples per micro-batch at least; length-grouped micro-batches hold up to 1024 padded tokens.", 5)
     grad_accum: int = _help("Micro-batches per optimizer step.", 1)
     lr: float = _help("AdamW learning rate.", 2e-3)
-    max_steps: int = _help("Most optimizer steps for one batch.", 32)
+    max_steps: int = _help("Most optimizer steps for one batch (the learning rate decays over them).", 40)
     eval_every: int = _help("Sample forgetting_loss on anchors every N steps (0: never during training).", 16)
     max_seq_len: int = _help("Tokens kept per example; longer ones are cut from the left of the prompt.", 512)
     seed: int = _help("Seed for shuffling, dropout and anchor sampling.", 0)
