@@ -11,8 +11,9 @@ answer tokens, no KV cache is built, and the math runs under bf16
 autocast where the hardware has fast bf16 (CUDA, and CPUs with AVX512-BF16 or
 AMX). After the first epoch the frozen layers below LoRA are not run again
 (memzd.prefix); on the CPU the frozen weights are used from a bf16 copy and
-attention runs eagerly (see Passes). A step's gradient does not depend on how it is split into micro-batches:
-losses are summed over answer tokens and divided once by their count.
+attention runs eagerly (see Passes). A step's gradient does not depend on how
+it is split into micro-batches: losses are summed over answer tokens and
+divided once by their count.
 """
 
 from __future__ import annotations
@@ -123,6 +124,12 @@ def _split(epoch: list[int], per_step: int) -> list[list[int]]:
     return [epoch[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
+def learned(rows: RowLoss, stop_loss: float) -> bool:
+    """Has every row been learned: each answer token the model's top choice,
+    and the row's mean answer loss below `stop_loss`?"""
+    return bool(rows.all_top1.all()) and (rows.loss.detach() / rows.tokens.clamp(min=1)).max().item() < stop_loss
+
+
 class Passes:
     """How this run computes a micro-batch's loss: under bf16 autocast where
     asked for, with bf16 copies of the frozen weights (CPU), from the
@@ -139,23 +146,22 @@ class Passes:
         self.prefix = FrozenPrefix.for_model(model) if prefix_cache and examples else None
         if self.prefix and not self.prefix.agrees(min(examples, key=lambda e: len(e.input_ids)), device):
             self.prefix = None
-        lm = causal_lm(model)
-        self.serving_attention = lm.config._attn_implementation
+        self.lm = causal_lm(model)
+        self.serving_attention = self.lm.config._attn_implementation
         self.attention = "eager" if eager_attention and device.type == "cpu" else self.serving_attention
 
     @contextmanager
     def micro_batch(self):
         """Hold this around a micro-batch's forward *and* backward pass; what it
         switches (weights, attention) is switched back before anything else runs."""
-        lm = causal_lm(self.model)
         if self.attention != self.serving_attention:
-            lm.set_attn_implementation(self.attention)
+            self.lm.set_attn_implementation(self.attention)
         try:
             with self.weights.active() if self.weights else nullcontext():
                 yield
         finally:
             if self.attention != self.serving_attention:
-                lm.set_attn_implementation(self.serving_attention)
+                self.lm.set_attn_implementation(self.serving_attention)
 
     def loss(self, examples: list[Encoded]) -> RowLoss:
         ids, mask, labels = collate(examples, self.pad_id, self.device)
@@ -172,8 +178,8 @@ class Passes:
         try:
             for mb in micro_batches(examples, 1):
                 with self.micro_batch():
-                    row_loss, row_tokens, row_exact = self.loss(mb)
-                if not row_exact.all() or (row_loss / row_tokens.clamp(min=1)).max().item() >= stop_loss:
+                    rows = self.loss(mb)
+                if not learned(rows, stop_loss):
                     return False
             return True
         finally:
@@ -213,8 +219,7 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
     per_step = max(1, min(cfg.batch_size * cfg.grad_accum, len(examples)))
     steps: list[list[int]] = []  # the rest of this epoch, step by step
     epoch: list[int] = []
-    epoch_worst = 0.0  # the highest per-example loss seen in the current epoch
-    epoch_exact = True  # every example of the epoch had each answer token as the top choice
+    epoch_learned = True  # every example of the epoch so far was learned (see `learned`)
     result = TrainResult()
     start = time.perf_counter()
     model.train()
@@ -224,7 +229,7 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
         if not steps:
             epoch = _epoch(len(examples), len(replay), replay_per_epoch, rng)
             steps = _split(epoch, per_step)
-            epoch_worst, epoch_exact = 0.0, True
+            epoch_learned = True
         chosen = [pool[i] for i in steps.pop(0)]
         n_answer = sum(e.n_answer for e in chosen)
         optimizer.zero_grad(set_to_none=True)
@@ -233,13 +238,12 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
             if i:
                 callback.between_micro_batches(step)
             with passes.micro_batch():
-                row_loss, row_tokens, row_exact = passes.loss(mb)
-                loss = row_loss.sum()
+                rows = passes.loss(mb)
+                loss = rows.loss.sum()
                 (loss / max(n_answer, 1)).backward()
             total += loss.item()
-            per_example = (row_loss.detach() / row_tokens.clamp(min=1)).max().item()
-            epoch_worst = max(epoch_worst, per_example)
-            epoch_exact = epoch_exact and bool(row_exact.all())
+            if stop_loss and epoch_learned:
+                epoch_learned = learned(rows, stop_loss)
             result.tokens += sum(len(e.input_ids) for e in mb)
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # clip the global grad norm at 1.0
         optimizer.step()
@@ -253,7 +257,7 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
         model.train()
         # The epoch's figures were taken before each step's update, and a later
         # update can undo an earlier example: confirm on the weights as they are now.
-        if (stop_loss and not steps and epoch_worst < stop_loss and epoch_exact
+        if (stop_loss and not steps and epoch_learned
                 and passes.recalled([pool[i] for i in epoch], stop_loss)):
             result.stopped_early = True  # every example of this epoch is learned
             break
