@@ -8,7 +8,6 @@ then "efficacy E paraphrase P". --statements also teaches each answer as a bare
 {"text"} example. Used for the stop-rule and learning-rate-decay rows of
 bench/README.md (seeds 0, 1, 2).
 """
-import json
 import subprocess
 import sys
 import tempfile
@@ -17,32 +16,29 @@ from pathlib import Path
 
 import yaml
 
-from memzd.config import Home
-from memzd.daemon import Daemon
-from memzd.inference import greedy_answers
-from memzd.store import Store
-
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO / "bench"))
+from knowledge import BIN, DATA, drop, load_jsonl, set_key  # noqa: E402  (the benchmark's own helpers)
+
+from memzd.config import Home  # noqa: E402
+from memzd.daemon import Daemon  # noqa: E402
+from memzd.evaluator import holds  # noqa: E402  (the benchmark's scoring rule)
+from memzd.inference import greedy_answers  # noqa: E402
+from memzd.store import Store  # noqa: E402
 
 
 def main() -> None:
-    facts = [json.loads(line) for line in open(REPO / "bench" / "data" / "facts.jsonl")][:10]
+    facts = load_jsonl(DATA / "facts.jsonl")[:10]
     statements = "--statements" in sys.argv
-    overrides = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+    overrides = [a for a in sys.argv[1:] if "=" in a]
     home = Path(tempfile.mkdtemp(prefix="memz-seed-")) / "home"
     subprocess.run([str(BIN / "memzctl"), "init", str(home)], check=True, capture_output=True)
     config = yaml.safe_load((home / "config.yaml").read_text())
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        config[section][name] = yaml.safe_load(value)
+    for override in overrides:
+        set_key(config, *override.split("=", 1))
     (home / "config.yaml").write_text(yaml.safe_dump(config))
-    with open(home / "inbox" / "facts.jsonl", "w") as f:
-        for fact in facts:
-            for t in fact["teach"]:
-                f.write(json.dumps(t) + "\n")
-                if statements:
-                    f.write(json.dumps({"text": t["output"]}) + "\n")
+    teach = [t for fact in facts for t in fact["teach"]]
+    drop(home, "facts.jsonl", teach + ([{"text": t["output"]} for t in teach] if statements else []))
     started = time.time()
     daemon = Daemon(Home(home), once=True)
     daemon.run()
@@ -58,7 +54,7 @@ def main() -> None:
             route = daemon.server.route(ckpt, chat)
             answer = greedy_answers(daemon.model, daemon.tokenizer, [chat], adapter=route,
                                     device=daemon.device, max_tokens=48)[0]
-            if key.lower() in answer.lower():
+            if holds(answer, key):
                 hits += 1
             else:
                 print(f"  miss [{'adapter' if route else 'base'}] {question!r} -> {answer!r} (want {key})")
