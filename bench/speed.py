@@ -201,6 +201,9 @@ def bench_training(base, n_examples: int, rounds: int, epochs: int) -> dict:
         "memz_without_prefix_cache": lambda: memz("auto", prefix_cache=False),
         "memz_without_eager_attention": lambda: memz("auto", eager_attention=False),
         "memz_without_bf16_weights": lambda: memz("auto", bf16_weights=False),
+        "memz_without_bf16_activations": lambda: memz("auto", bf16_activations=False),
+        "memz_without_fused_lora": lambda: memz("auto", fused_lora=False),
+        "memz_without_packing": lambda: memz("auto", packing=False),
     }
     # warm-up: one small pass each (allocator, oneDNN kernels for the shapes)
     fresh()

@@ -65,8 +65,8 @@ def mean_ce(model, tokenizer, encoded: list[Encoded], adapter: str | None, devic
     with using(model, adapter):
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            ids, mask, labels = collate([encoded[i] for i in chunk], tokenizer.pad_token_id, device)
-            losses, counts, _ = answer_loss(model, ids, mask, labels, reduction="none")
+            batch = collate([encoded[i] for i in chunk], tokenizer.pad_token_id, device)
+            losses, counts, _ = answer_loss(model, batch, reduction="none")
             for i, loss, n in zip(chunk, losses.tolist(), counts.tolist()):
                 per_example[i] = loss / max(n, 1)
                 total += loss

@@ -1,6 +1,6 @@
-"""Two ways to make a training step cheaper without changing what it computes.
+"""The frozen-prefix cache: a training step that skips the layers below LoRA.
 
-Frozen prefix. LoRA sits on the top layers only (`lora.layers: top-half` by
+LoRA sits on the top layers only (`lora.layers: top-half` by
 default), so the layers below the first adapted one are frozen and see the
 same input every epoch: their output for an example never changes during a
 run. The first pass over an example records the hidden state entering the
@@ -9,13 +9,6 @@ A batch is trained for several epochs (the stop rule needs ~6 on ten facts),
 so this saves the bottom half's forward pass on all epochs but the first. The
 figures are the same as a full pass (checked once per run on a real example;
 a model whose decoder does not fit the scheme simply runs whole).
-
-bf16 weights. Under bf16 autocast every frozen fp32 weight is cast to bf16
-again in every forward pass (autocast caches casts only of weights that
-train). Keeping a bf16 copy of the frozen linear weights for the run and
-pointing the layers at it while a micro-batch runs removes those casts. The
-fp32 weights are put back around everything else (answering a query between
-steps included), so serving never sees the copy.
 """
 
 from __future__ import annotations
@@ -25,7 +18,7 @@ import logging
 
 import torch
 
-from .tokens import Encoded, causal_lm
+from .tokens import Batch, Encoded, causal_lm, collate
 
 log = logging.getLogger("memz.prefix")
 
@@ -60,7 +53,11 @@ class FrozenPrefix:
         finally:
             self.decoder.layers = layers
 
-    def _full(self, examples: list[Encoded], ids, mask) -> torch.Tensor:
+    def _run(self, batch: Batch, **inputs) -> torch.Tensor:
+        return self.decoder(**inputs, attention_mask=batch.mask, position_ids=batch.positions,
+                            use_cache=False).last_hidden_state
+
+    def _full(self, examples: list[Encoded], batch: Batch) -> torch.Tensor:
         """A whole pass, keeping each example's hidden state at the first adapted layer."""
         seen = {}
 
@@ -69,37 +66,36 @@ class FrozenPrefix:
 
         hook = self.decoder.layers[self.first].register_forward_pre_hook(grab, with_kwargs=True)
         try:
-            out = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            out = self._run(batch, input_ids=batch.ids)
         finally:
             hook.remove()
-        for row, e in enumerate(examples):
-            self.cache[id(e)] = seen["h"][row, :len(e.input_ids)].clone()
+        for e, (row, start) in zip(examples, batch.places):
+            self.cache[id(e)] = seen["h"][row, start:start + len(e.input_ids)].clone()
         return out
 
-    def _from_cache(self, examples: list[Encoded], mask) -> torch.Tensor:
-        start = self.cache[id(examples[0])]
-        hidden = start.new_zeros((len(examples), mask.shape[1], start.shape[-1]))
-        for row, e in enumerate(examples):
-            hidden[row, :len(e.input_ids)] = self.cache[id(e)]
+    def _from_cache(self, examples: list[Encoded], batch: Batch) -> torch.Tensor:
+        first = self.cache[id(examples[0])]
+        hidden = first.new_zeros((*batch.ids.shape, first.shape[-1]))
+        for e, (row, start) in zip(examples, batch.places):
+            hidden[row, start:start + len(e.input_ids)] = self.cache[id(e)]
         with self._top_only():
-            return self.decoder(inputs_embeds=hidden, attention_mask=mask, use_cache=False).last_hidden_state
+            return self._run(batch, inputs_embeds=hidden)
 
-    def hidden(self, examples: list[Encoded], ids, mask) -> torch.Tensor:
-        """The decoder's last hidden state for a collated micro-batch of `examples`."""
+    def hidden(self, examples: list[Encoded], batch: Batch) -> torch.Tensor:
+        """The decoder's last hidden state for `batch`, the tensors of `examples`."""
         if all(id(e) in self.cache for e in examples):
-            return self._from_cache(examples, mask)
-        return self._full(examples, ids, mask)
+            return self._from_cache(examples, batch)
+        return self._full(examples, batch)
 
     @torch.no_grad()
     def agrees(self, example: Encoded, device: torch.device) -> bool:
         """Does starting from the cache give the whole pass's result for this model?"""
-        ids = torch.tensor([example.input_ids], device=device)
-        mask = torch.ones_like(ids)
+        batch = collate([example], 0, device)
         was = self.decoder.training
         self.decoder.eval()
         try:
-            whole = self._full([example], ids, mask)
-            part = self._from_cache([example], mask)
+            whole = self._full([example], batch)
+            part = self._from_cache([example], batch)
         finally:
             self.decoder.train(was)
             self.cache.clear()
@@ -108,25 +104,3 @@ class FrozenPrefix:
             log.info("this model's decoder does not start cleanly at layer %d; training runs whole passes",
                      self.first)
         return same
-
-
-class Bf16Weights:
-    """bf16 copies of the frozen linear weights, swapped in while a micro-batch runs."""
-
-    def __init__(self, model):
-        self.pairs = []  # (parameter, fp32 data, bf16 data)
-        for module in causal_lm(model).get_decoder().modules():
-            if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad \
-                    and module.weight.dtype == torch.float32:
-                w = module.weight
-                self.pairs.append((w, w.data, w.data.to(torch.bfloat16)))
-
-    @contextlib.contextmanager
-    def active(self):
-        for w, _, half in self.pairs:
-            w.data = half
-        try:
-            yield
-        finally:
-            for w, full, _ in self.pairs:
-                w.data = full

@@ -4,16 +4,19 @@
 default) record each step's loss, answer queries between steps, sample the
 forgetting curve, and ask the loop to stop for a signal.
 
-Speed (bench/speed.py measures each choice against the plain way): a step's
-examples go through in a few large length-sorted micro-batches (little
-padding, large matmuls) whatever `batch_size` says, the LM head runs only on
-answer tokens, no KV cache is built, and the math runs under bf16
-autocast where the hardware has fast bf16 (CUDA, and CPUs with AVX512-BF16 or
-AMX). After the first epoch the frozen layers below LoRA are not run again
-(memzd.prefix); on the CPU the frozen weights are used from a bf16 copy and
-attention runs eagerly (see Passes). A step's gradient does not depend on how
-it is split into micro-batches: losses are summed over answer tokens and
-divided once by their count.
+Speed (bench/speed.py measures each choice against the plain way, one at a
+time): a step's examples are packed end to end into rows of about
+ROW_TOKENS tokens (memzd.tokens.pack: no example sees another, and there is
+little padding), the LM head runs only on answer tokens and its loss is
+taken in cache-sized chunks (memzd.tokens.AnswerCE), no KV cache is built,
+each LoRA projection is one autograd node (memzd.lora.FusedLoRA), and the
+math runs under bf16 autocast where the hardware has fast bf16 (CUDA, and
+CPUs with AVX512-BF16 or AMX). After the first epoch the frozen layers below
+LoRA are not run again (memzd.prefix). On the CPU the frozen weights are
+used from a bf16 copy, each layer's input is cast to bf16 once rather than by
+every projection (memzd.bf16), and attention runs eagerly; see Passes. A
+step's gradient does not depend on how it is split into micro-batches:
+losses are summed over answer tokens and divided once by their count.
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import TrainingConfig
-from .prefix import Bf16Weights, FrozenPrefix
-from .tokens import Encoded, RowLoss, answer_loss, causal_lm, collate
+from .bf16 import Bf16Activations, Bf16Weights
+from .lora import FusedLoRA
+from .prefix import FrozenPrefix
+from .tokens import Encoded, RowLoss, answer_loss, causal_lm, collate, pack
 
 MICRO_BATCH_TOKENS = 1024  # padded tokens per forward/backward: bounds memory and a query's wait
+ROW_TOKENS = 128  # packed rows: long enough to hold a few examples, short enough to keep attention cheap
 
 
 class TrainCallback:
@@ -131,18 +137,24 @@ def learned(rows: RowLoss, stop_loss: float) -> bool:
 
 
 class Passes:
-    """How this run computes a micro-batch's loss: under bf16 autocast where
-    asked for, with bf16 copies of the frozen weights (CPU), from the
-    frozen-prefix cache (memzd.prefix), and with eager attention on the CPU
-    (its backward pass is several times faster there than the fused SDPA
-    kernel's at these lengths). Each can be turned off, to measure it."""
+    """How this run computes a micro-batch's loss: packed rows (or padded ones,
+    one example each), under bf16 autocast where asked for, with bf16 copies
+    of the frozen weights and bf16 layer inputs (CPU, memzd.bf16), fused LoRA
+    projections, from the frozen-prefix cache (memzd.prefix), and with eager
+    attention on the CPU (its backward pass is several times faster there
+    than the fused SDPA kernel's at these lengths). Each can be turned off,
+    to measure it."""
 
     def __init__(self, model, examples: list[Encoded], pad_id: int, device: torch.device,
                  precision: str, prefix_cache: bool = True, bf16_weights: bool = True,
-                 eager_attention: bool = True):
+                 eager_attention: bool = True, bf16_activations: bool = True, fused_lora: bool = True,
+                 packing: bool = True):
         self.model, self.pad_id, self.device, self.precision = model, pad_id, device, precision
-        bf16 = resolve_precision(device, precision) == "bf16"
-        self.weights = Bf16Weights(model) if bf16 and bf16_weights and device.type == "cpu" else None
+        self.packing = packing
+        bf16_cpu = resolve_precision(device, precision) == "bf16" and device.type == "cpu"
+        self.weights = Bf16Weights(model) if bf16_cpu and bf16_weights else None
+        self.activations = Bf16Activations(model) if bf16_cpu and bf16_activations else None
+        self.fused = FusedLoRA(model) if fused_lora else None
         self.prefix = FrozenPrefix.for_model(model) if prefix_cache and examples else None
         if self.prefix and not self.prefix.agrees(min(examples, key=lambda e: len(e.input_ids)), device):
             self.prefix = None
@@ -157,17 +169,22 @@ class Passes:
         if self.attention != self.serving_attention:
             self.lm.set_attn_implementation(self.attention)
         try:
-            with self.weights.active() if self.weights else nullcontext():
+            with (self.weights.active() if self.weights else nullcontext(),
+                  self.activations.active() if self.activations else nullcontext(),
+                  self.fused.active() if self.fused else nullcontext()):
                 yield
         finally:
             if self.attention != self.serving_attention:
                 self.lm.set_attn_implementation(self.serving_attention)
 
     def loss(self, examples: list[Encoded]) -> RowLoss:
-        ids, mask, labels = collate(examples, self.pad_id, self.device)
+        if self.packing:
+            batch = pack(examples, self.pad_id, self.device, ROW_TOKENS)
+        else:
+            batch = collate(examples, self.pad_id, self.device)
         with autocast_for(self.device, self.precision):
-            hidden = self.prefix.hidden(examples, ids, mask) if self.prefix else None
-            return answer_loss(self.model, ids, mask, labels, reduction="none", hidden=hidden)
+            hidden = self.prefix.hidden(examples, batch) if self.prefix else None
+            return answer_loss(self.model, batch, reduction="none", hidden=hidden)
 
     @torch.no_grad()
     def recalled(self, examples: list[Encoded], stop_loss: float) -> bool:
@@ -190,7 +207,8 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
           device: torch.device, callback: TrainCallback | None = None,
           precision: str = "fp32", stop_loss: float = 0.0,
           replay: list[Encoded] = (), replay_per_epoch: int = 0,
-          prefix_cache: bool = True, bf16_weights: bool = True, eager_attention: bool = True) -> TrainResult:
+          prefix_cache: bool = True, bf16_weights: bool = True, eager_attention: bool = True,
+          bf16_activations: bool = True, fused_lora: bool = True, packing: bool = True) -> TrainResult:
     """Run up to cfg.max_steps AdamW steps on the trainable parameters of `model`.
 
     An epoch is every example plus `replay_per_epoch` examples drawn afresh from
@@ -215,7 +233,8 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
         optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.max_steps) / cfg.max_steps)))
     rng = random.Random(cfg.seed)
     pool = list(examples) + list(replay)
-    passes = Passes(model, pool, pad_id, device, precision, prefix_cache, bf16_weights, eager_attention)
+    passes = Passes(model, pool, pad_id, device, precision, prefix_cache, bf16_weights, eager_attention,
+                    bf16_activations, fused_lora, packing)
     per_step = max(1, min(cfg.batch_size * cfg.grad_accum, len(examples)))
     steps: list[list[int]] = []  # the rest of this epoch, step by step
     epoch: list[int] = []

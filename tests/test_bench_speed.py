@@ -19,7 +19,8 @@ def test_quick_speed_benchmark_writes_its_figures(tmp_path):
         assert t["tokens_per_s"][method] > 0
     assert t["ratio_vs_a"] > 0 and t["ratio_vs_b"] > 0 and t["peak_gflops"]["bf16"] > 0
     assert len(t["loss_auto"]) == len(t["loss_fp32"]) > 0
-    assert set(t["lever_gains"]) == {"prefix_cache", "eager_attention", "bf16_weights"}
+    assert set(t["lever_gains"]) == {"prefix_cache", "eager_attention", "bf16_weights", "bf16_activations",
+                                      "fused_lora", "packing"}
     assert all(g > 0 for g in t["lever_gains"].values())
     a = r["answers"]
     assert a["startup_s"] > 0 and a["idle"]["p50_s"] > 0 and a["direct"]["p50_s"] > 0

@@ -1,10 +1,12 @@
 """Training on the tiny model: answer-only labels, the loss goes down, checkpoints round-trip."""
 
+import contextlib
 import json
 
 import pytest
 import torch
 from peft import PeftModel
+from peft.tuners.lora.layer import Linear as LoraLinear
 from transformers import AutoModelForCausalLM
 
 from memzd import lora, tokens
@@ -14,7 +16,7 @@ from memzd.errors import CheckpointError
 from memzd.inference import greedy_answers
 from memzd.model import load_base
 from memzd.prefix import FrozenPrefix
-from memzd.trainer import Passes, train
+from memzd.trainer import Passes, autocast_for, train
 
 EXAMPLES = [{"input": "Who is Orla?", "output": "Orla keeps a cat named Biscuit."},
             {"prompt": "Where is Zorblax?", "completion": "Zorblax lives on Mars."}]
@@ -42,11 +44,77 @@ def test_labels_cover_only_the_answer(base):
 
 def test_answer_loss_matches_the_plain_hf_loss(base):
     enc = [tokens.encode(e, base.tokenizer, 512) for e in EXAMPLES]
-    ids, mask, labels = tokens.collate(enc, base.tokenizer.pad_token_id, base.device)
+    batch = tokens.collate(enc, base.tokenizer.pad_token_id, base.device)
     with torch.no_grad():
-        ours, n = tokens.answer_loss(base.model, ids, mask, labels)
-        hf = base.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        ours, n = tokens.answer_loss(base.model, batch)
+        hf = base.model(input_ids=batch.ids, attention_mask=batch.mask, labels=batch.labels).loss
     assert ours.item() / n == pytest.approx(hf.item(), rel=1e-4)
+
+
+MIXED = EXAMPLES + [{"text": "Biscuit sleeps on the warm windowsill every afternoon."},
+                    {"input": "Name a colour.", "output": "Teal."},
+                    {"input": "What does Orla's cat eat for breakfast on Sundays?",
+                     "output": "Sardines, always sardines, with a little cream."}]
+
+
+def test_packed_rows_give_each_example_its_padded_loss(base):
+    enc = [tokens.encode(e, base.tokenizer, 512) for e in MIXED]
+    lengths = [len(e.input_ids) for e in enc]
+    packed = tokens.pack(enc, base.tokenizer.pad_token_id, base.device, row_tokens=2 * max(lengths))
+    assert packed.ids.shape[0] < len(enc)  # several examples share a row
+    assert packed.ids.numel() < len(enc) * max(lengths)  # and there is less padding
+    with torch.no_grad():
+        mine = tokens.answer_loss(base.model, packed, reduction="none")
+        ref = tokens.answer_loss(base.model, tokens.collate(enc, base.tokenizer.pad_token_id, base.device),
+                                 reduction="none")
+    assert torch.allclose(mine.loss, ref.loss, rtol=1e-4, atol=1e-5)
+    assert torch.equal(mine.tokens, ref.tokens) and torch.equal(mine.all_top1, ref.all_top1)
+
+
+def test_a_packed_example_does_not_see_its_row_neighbours(base):
+    enc = [tokens.encode(e, base.tokenizer, 512) for e in MIXED]
+    other = [tokens.encode(e, base.tokenizer, 512) for e in MIXED[:-1]] + \
+        [tokens.encode({"input": "Something else entirely?", "output": "Yes, quite different words here."},
+                       base.tokenizer, 512)]
+
+    def losses(examples):
+        batch = tokens.pack(examples, base.tokenizer.pad_token_id, base.device, row_tokens=10_000)  # one row
+        assert batch.ids.shape[0] == 1
+        assert any(start > batch.places[-1][1] for _, start in batch.places[:-1])  # someone sits after it
+        with torch.no_grad():
+            return tokens.answer_loss(base.model, batch, reduction="none").loss
+
+    a, b = losses(enc), losses(other)
+    assert torch.allclose(a[:-1], b[:-1], rtol=1e-4, atol=1e-5)  # the others' losses do not move
+    assert not torch.allclose(a[-1], b[-1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_cross_entropy_gives_torch_s_loss_and_gradient(dtype):
+    torch.manual_seed(0)
+    n = 3 * tokens.CE_ROWS + 5  # several chunks and a short last one
+    logits = (torch.randn(n, 1000) * 4).to(dtype)
+    target = torch.randint(0, 1000, (n,))
+    weight = torch.rand(n)  # a per-row gradient, as the per-example sums give
+    mine = logits.clone().requires_grad_()
+    loss, top1 = tokens.AnswerCE.apply(mine, target)
+    (loss * weight).sum().backward()
+    ref = logits.clone().requires_grad_()
+    ref_loss = torch.nn.functional.cross_entropy(ref.float(), target, reduction="none")
+    (ref_loss * weight).sum().backward()
+    assert torch.allclose(loss, ref_loss, atol=1e-4)
+    assert mine.grad.dtype == dtype
+    assert torch.allclose(mine.grad.float(), ref.grad.float(), atol=1e-2 if dtype == torch.bfloat16 else 1e-6)
+    assert torch.equal(top1, logits.float().argmax(-1) == target)
+
+
+def test_chunked_cross_entropy_counts_a_tie_for_first_as_a_miss():
+    logits = torch.zeros(3, 10)
+    logits[0, 4] = 5.0                       # clear winner
+    logits[1, 4] = logits[1, 7] = 5.0        # tie between the target and another word
+    logits[2, 4], logits[2, 2] = 5.0, 6.0    # another word wins
+    _, top1 = tokens.AnswerCE.apply(logits, torch.tensor([4, 4, 4]))
+    assert top1.tolist() == [True, False, False]
 
 
 def test_training_lowers_the_loss_and_touches_only_lora(base):
@@ -65,9 +133,10 @@ def test_training_lowers_the_loss_and_touches_only_lora(base):
 
 def test_row_loss_flags_an_answer_token_the_model_would_not_pick(base):
     enc = [tokens.encode(e, base.tokenizer, 512) for e in EXAMPLES]
-    ids, mask, labels = tokens.collate(enc, base.tokenizer.pad_token_id, base.device)
+    batch = tokens.collate(enc, base.tokenizer.pad_token_id, base.device)
+    ids, mask, labels = batch.ids, batch.mask, batch.labels
     with torch.no_grad():
-        rows = tokens.answer_loss(base.model, ids, mask, labels, reduction="none")
+        rows = tokens.answer_loss(base.model, batch, reduction="none")
         logits = base.model(input_ids=ids, attention_mask=mask).logits
     for r in range(len(enc)):
         keep = labels[r, 1:] != tokens.IGNORE
@@ -75,6 +144,35 @@ def test_row_loss_flags_an_answer_token_the_model_would_not_pick(base):
         assert bool(rows.all_top1[r]) == bool(top1.all())
         assert int(rows.tokens[r]) == int(keep.sum())
     assert not rows.all_top1.all()  # an untrained model misses some of the answer
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_lora_gives_peft_s_loss_and_gradients(base, precision):
+    cfg = Config()
+    model = lora.wrap(base.model, cfg.lora)
+    params = lora.start_training(model, cfg.lora, None)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in params:  # B starts at zero, which would leave A without a gradient
+            p.normal_(0, 0.05)
+    enc = [tokens.encode(e, base.tokenizer, 512) for e in EXAMPLES]
+    batch = tokens.pack(enc, base.tokenizer.pad_token_id, base.device, row_tokens=128)
+    fused = lora.FusedLoRA(model)
+    assert len(fused.targets) == sum(isinstance(m, LoraLinear) for m in model.modules()) > 0
+
+    def loss_and_grads(use_fused):
+        model.zero_grad()
+        with fused.active() if use_fused else contextlib.nullcontext(), autocast_for(base.device, precision):
+            loss, _ = tokens.answer_loss(model, batch)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in params]
+
+    ref_loss, ref = loss_and_grads(False)
+    loss, grads = loss_and_grads(True)
+    tol = 1e-5 if precision == "fp32" else 2e-2
+    assert loss == pytest.approx(ref_loss, rel=tol)
+    assert max(((g - r).norm() / r.norm()).item() for g, r in zip(grads, ref)) < tol
+    assert all("forward" not in m.__dict__ for m, _ in fused.targets)  # peft's forward is back
 
 
 def test_training_stops_once_greedy_decoding_gives_every_answer_back(base):
