@@ -133,7 +133,7 @@ def _fill_rows(lengths: list[int], cap: int) -> list[list[int]]:
             r = min(range(n_rows), key=loads.__getitem__)
             rows[r].append(i)
             loads[r] += lengths[i]
-        if max(loads) <= cap:  # always true by one example per row
+        if max(loads) <= cap:  # true at the latest with one example per row (cap >= the longest)
             return rows
         n_rows += 1
 
