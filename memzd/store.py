@@ -96,25 +96,42 @@ class Store:
                                isolation_level=None)
         self.db = sqlite_utils.Database(conn)
         self.db.execute("PRAGMA busy_timeout = 30000")
-        self.db.execute("PRAGMA journal_mode = WAL")
+        self._use_wal()
         self.db.execute("PRAGMA synchronous = NORMAL")
         self.db.execute("PRAGMA foreign_keys = ON")
         self._migrate()
 
-    def _migrate(self) -> None:
-        """Apply pending migrations; a second process migrating at the same moment is waited out."""
-        for attempt in range(50):
+    def _use_wal(self) -> None:
+        """Switch to WAL (kept in the file, so only a new database changes).
+
+        The switch needs an exclusive lock and SQLite does not call the busy
+        handler for it, so connections opening a new file together try again.
+        """
+        for attempt in range(100):
             try:
-                migrations.apply(self.db)
+                self.db.execute("PRAGMA journal_mode = WAL")
                 return
             except sqlite3.OperationalError as exc:
-                # Two connections upgrading read locks at once get SQLITE_BUSY at
-                # once (no busy wait); one of them simply tries again.
-                if "locked" not in str(exc) or attempt == 49:
+                if "locked" not in str(exc) or attempt == 99:
                     raise
-                if self.db.conn.in_transaction:
-                    self.db.conn.rollback()
-                time.sleep(0.1)
+                time.sleep(0.05)
+
+    def _migrate(self) -> None:
+        """Apply pending migrations, one connection at a time.
+
+        A current schema is only read. Otherwise BEGIN IMMEDIATE takes the write
+        lock before anything is checked, so a second process opening a new home at
+        the same moment waits (busy_timeout) and then finds nothing left to apply.
+        """
+        if not migrations.pending(self.db):
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            migrations.apply(self.db)
+        except BaseException:
+            self.db.conn.rollback()
+            raise
+        self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.conn.close()

@@ -63,3 +63,31 @@ def test_reader_works_while_writer_holds_a_transaction(tmp_path):
     assert reader.execute("SELECT count(*) FROM events").fetchone()[0] == 0  # WAL: no lock wait
     store.db.execute("COMMIT")
     assert reader.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+
+
+def test_stores_opened_at_once_on_a_fresh_db_migrate_once(tmp_path):
+    # The daemon and memzctl (or a test) may open a new home's database at the
+    # same moment; each must wait for the other's migration, not repeat it.
+    import threading
+
+    for attempt in range(10):
+        path = tmp_path / f"memz{attempt}.db"
+        errors, start = [], threading.Barrier(6)
+
+        def open_store():
+            start.wait()
+            try:
+                Store(path).close()
+            except Exception as exc:  # noqa: BLE001 - the test reports every failure
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        store = Store(path)
+        assert [m.name for m in migrations.applied(store.db)] == [
+            "m001_files_examples", "m002_batches_checkpoints"]
+        store.close()
