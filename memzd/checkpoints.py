@@ -11,6 +11,7 @@ shapes and values before an adapter may serve.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +27,8 @@ from safetensors.torch import load_file, save_file
 
 from .config import Home
 from .errors import CheckpointError
+
+log = logging.getLogger("memz.checkpoints")
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -112,6 +115,20 @@ def update_meta(path: Path, **changes) -> None:
     tmp = path / (META + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
     os.replace(tmp, path / META)
+
+
+def sync_status(folder: Path, store, *checkpoint_ids: str | None) -> None:
+    """Copy each checkpoint's status from the store into its folder's meta.json, where
+    the folder is still there; the store is the record, so a folder that cannot be
+    written is only logged."""
+    for ckpt in filter(None, checkpoint_ids):
+        row = store.checkpoint(ckpt)
+        if row is None or not (folder / ckpt).is_dir():
+            continue
+        try:
+            update_meta(folder / ckpt, status=row.status)
+        except (OSError, CheckpointError) as exc:
+            log.warning("%s: meta.json not updated: %s", ckpt, exc)
 
 
 def load_checkpoint(path: Path, base_model: str | None = None):

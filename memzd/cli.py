@@ -306,18 +306,10 @@ def rollback(ctx: typer.Context, to: Optional[str] = typer.Option(None, "--to", 
                 load_checkpoint(home.checkpoints / target, base)
             except CheckpointError as exc:
                 _fail(MemzError(f"{target} cannot serve: {exc}; nothing was changed"))
-        with store.db.atomic():
-            if current and current != target:
-                store.set_checkpoint_status(current, "rolled_back")
-            if target and store.checkpoint(target).status == "rolled_back":
-                store.set_checkpoint_status(target, "stable")
-            store.set_current(target)
-            store.log_event("rollback", f"by hand: {current} -> {target or 'base model'}")
-        from .checkpoints import update_meta
+        from .checkpoints import sync_status
 
-        for ckpt_id in (current, target):
-            if ckpt_id and (home.checkpoints / ckpt_id).is_dir():
-                update_meta(home.checkpoints / ckpt_id, status=store.checkpoint(ckpt_id).status)
+        store.roll_back(current, target, f"by hand: {current} -> {target or 'base model'}")
+        sync_status(home.checkpoints, store, current, target)
     finally:
         store.close()
     console.print(f"now serving {target or 'the base model'}" + (f" ({current} rolled back)" if current else ""))

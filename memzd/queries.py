@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import gate, lora
-from .checkpoints import load_checkpoint, update_meta
+from .checkpoints import load_checkpoint, sync_status
 from .config import Home, RoutingConfig
 from .errors import CheckpointError, RequestError
 from .inference import answer
@@ -154,15 +154,8 @@ class Server:
                 parent = row.parent if row else None
                 log.error("current checkpoint %s cannot serve (%s); %s serves instead", ckpt, exc,
                           parent or "the base model")
-                with self.store.db.atomic():
-                    if row:
-                        self.store.set_checkpoint_status(ckpt, "rolled_back")
-                    self.store.set_current(parent)
-                    self.store.log_event("rollback", f"{ckpt} could not serve: {exc}", checkpoint=ckpt)
-                try:  # keep the folder's own record in step, where the folder is still there
-                    update_meta(self.home.checkpoints / ckpt, status="rolled_back")
-                except (OSError, ValueError):
-                    pass
+                self.store.roll_back(ckpt, parent, f"{ckpt} could not serve: {exc}")
+                sync_status(self.home.checkpoints, self.store, ckpt)
                 ckpt = parent
         return None
 

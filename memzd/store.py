@@ -315,6 +315,18 @@ class Store:
         with self.db.atomic():
             self._set_state("current_checkpoint", checkpoint_id)
 
+    def roll_back(self, current: str | None, target: str | None, why: str) -> None:
+        """Serve `target` (None: the base model) instead of `current`, in one transaction:
+        `current` is marked rolled_back, a rolled-back `target` stable again, and an event
+        says why."""
+        with self.db.atomic():
+            if current and current != target and self.checkpoint(current):
+                self.set_checkpoint_status(current, "rolled_back")
+            if target and self.checkpoint(target).status == "rolled_back":
+                self.set_checkpoint_status(target, "stable")
+            self.set_current(target)
+            self.log_event("rollback", why, checkpoint=current)
+
     # -- events and state -----------------------------------------------------
 
     def log_event(self, kind: str, message: str, **data: Any) -> None:

@@ -64,6 +64,9 @@ def test_answers_follow_the_checkpoint_and_rollback(home):
     assert result.exit_code == 0, result.output
     store = Store(home / "memz.db")
     assert store.current_checkpoint() is None and store.checkpoint(ckpt).status == "rolled_back"
+    meta = home / "checkpoints" / ckpt / "meta.json"
+    assert json.loads(meta.read_text())["status"] == "rolled_back"  # the folder agrees
+    assert store.events(1)[0]["kind"] == "rollback"
     assert store.example_count() == 1  # its examples stay
     ask(home, "after", {"prompt": "Who is Orla?", "max_tokens": 8, "temperature": 0})
     run_once(home)
@@ -72,6 +75,7 @@ def test_answers_follow_the_checkpoint_and_rollback(home):
 
     result = CliRunner().invoke(app, ["--home", str(home), "rollback", "--to", ckpt])
     assert result.exit_code == 0 and store.current_checkpoint() == ckpt
+    assert store.checkpoint(ckpt).status == "stable" and json.loads(meta.read_text())["status"] == "stable"
 
 
 def test_rollback_refuses_unknown_or_foreign_checkpoints(home):
