@@ -8,6 +8,7 @@ to by name, so a new checkpoint serves without reloading the base model.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from functools import partial
 
 import torch
@@ -33,7 +34,9 @@ def n_layers(model) -> int:
 
 def wrap(base_model: torch.nn.Module, cfg: LoraConfig) -> PeftModel:
     """Wrap the frozen base once; the first adapter is the (empty) training one."""
-    model = get_peft_model(base_model, peft_config(cfg, n_layers(base_model)), adapter_name=TRAIN)
+    with warnings.catch_warnings():  # peft probes an attribute transformers 5 deprecates
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        model = get_peft_model(base_model, peft_config(cfg, n_layers(base_model)), adapter_name=TRAIN)
     model.eval()
     return model
 
