@@ -144,7 +144,8 @@ def test_query_without_daemon_says_so_at_once(home):
 
 
 def test_query_is_answered_while_a_long_batch_trains(home):
-    write_config(home, training={"max_steps": 400, "lr": 1e-3, "stop_loss": 0}, update_mode="immediate")
+    # 5000 steps (~45 s here) outlast any slow machine; the test stops the daemon once answered.
+    write_config(home, training={"max_steps": 5000, "lr": 1e-3, "stop_loss": 0}, update_mode="immediate")
     daemon = Daemon(Home(home))
     answered = threading.Event()
     original = daemon.serve_requests
@@ -162,6 +163,7 @@ def test_query_is_answered_while_a_long_batch_trains(home):
         import time
         deadline = time.time() + 60
         while time.time() < deadline and len(store.curve(1, "finetune_loss")) < 2:
+            assert thread.is_alive(), "the daemon stopped before training"
             time.sleep(0.05)
         assert store.batch(1)["status"] == "training"
         ask(home, "mid", {"prompt": "Hi", "max_tokens": 2})
