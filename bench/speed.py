@@ -39,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import fields
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -51,7 +53,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from memzd import lora, tokens  # noqa: E402
 from memzd.config import Config  # noqa: E402
-from memzd.trainer import resolve_precision, train  # noqa: E402
+from memzd.trainer import Levers, resolve_precision, train  # noqa: E402
 
 WORDS = ("apple river stone cloud garden silver engine market violet harbor candle orbit meadow copper "
          "lantern falcon quiet ember tunnel saddle pepper glacier mosaic thunder willow compass velvet "
@@ -187,7 +189,8 @@ def bench_training(base, n_examples: int, rounds: int, epochs: int) -> dict:
     def memz(precision: str, **levers):
         fresh()
         cfg.training.max_steps = max(1, epochs * -(-len(encoded) // per_step))
-        r = train(model, encoded, cfg.training, pad_id=pad, device=base.device, precision=precision, **levers)
+        r = train(model, encoded, cfg.training, pad_id=pad, device=base.device, precision=precision,
+                  levers=Levers(**levers))
         return r.tokens / r.seconds, r.losses, r.tokens / sum(len(e.input_ids) for e in encoded)
 
     # Every method trains the same examples for the same number of epochs (memz
@@ -198,12 +201,7 @@ def bench_training(base, n_examples: int, rounds: int, epochs: int) -> dict:
         "memz": lambda: memz("auto"),
         "memz_fp32": lambda: memz("fp32"),
         # memz with one speed lever off at a time: what each is worth
-        "memz_without_prefix_cache": lambda: memz("auto", prefix_cache=False),
-        "memz_without_eager_attention": lambda: memz("auto", eager_attention=False),
-        "memz_without_bf16_weights": lambda: memz("auto", bf16_weights=False),
-        "memz_without_bf16_activations": lambda: memz("auto", bf16_activations=False),
-        "memz_without_fused_lora": lambda: memz("auto", fused_lora=False),
-        "memz_without_packing": lambda: memz("auto", packing=False),
+        **{f"memz_without_{lever.name}": partial(memz, "auto", **{lever.name: False}) for lever in fields(Levers)},
     }
     # warm-up: one small pass each (allocator, oneDNN kernels for the shapes)
     fresh()

@@ -7,7 +7,7 @@ every pass (autocast caches casts only of weights that train), and a layer's
 normalised input is cast once per projection that reads it (q, k, v and
 their LoRA A: six times), then cast back to fp32 for LoRA by peft. Two
 switches, each on only while a micro-batch runs (bench/speed.py measures
-them, memzd.trainer.Passes turns them on):
+them, memzd.trainer.Levers turns them on):
 
 - Bf16Weights: bf16 copies of the frozen linear weights, the LM head's
   included, are put in place of the fp32 ones.

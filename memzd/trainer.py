@@ -14,7 +14,7 @@ math runs under bf16 autocast where the hardware has fast bf16 (CUDA, and
 CPUs with AVX512-BF16 or AMX). After the first epoch the frozen layers below
 LoRA are not run again (memzd.prefix). On the CPU the frozen weights are
 used from a bf16 copy, each layer's input is cast to bf16 once rather than by
-every projection (memzd.bf16), and attention runs eagerly; see Passes. A
+every projection (memzd.bf16), and attention runs eagerly; see Levers. A
 step's gradient does not depend on how it is split into micro-batches:
 losses are summed over answer tokens and divided once by their count.
 """
@@ -136,31 +136,37 @@ def learned(rows: RowLoss, stop_loss: float) -> bool:
     return bool(rows.all_top1.all()) and (rows.loss.detach() / rows.tokens.clamp(min=1)).max().item() < stop_loss
 
 
+@dataclass(frozen=True)
+class Levers:
+    """The speed choices of a run, all on by default; bench/speed.py turns each
+    off in turn to measure it. They change how a loss is computed, not what."""
+
+    packing: bool = True  # examples end to end in rows (memzd.tokens.pack), else one per padded row
+    prefix_cache: bool = True  # the frozen layers below LoRA run once per example (memzd.prefix)
+    fused_lora: bool = True  # one autograd node per LoRA projection (memzd.lora.FusedLoRA)
+    bf16_weights: bool = True  # CPU bf16: bf16 copies of the frozen weights (memzd.bf16)
+    bf16_activations: bool = True  # CPU bf16: layer inputs cast to bf16 once (memzd.bf16)
+    eager_attention: bool = True  # CPU: its backward is several times faster than SDPA's at these lengths
+
+
 class Passes:
-    """How this run computes a micro-batch's loss: packed rows (or padded ones,
-    one example each), under bf16 autocast where asked for, with bf16 copies
-    of the frozen weights and bf16 layer inputs (CPU, memzd.bf16), fused LoRA
-    projections, from the frozen-prefix cache (memzd.prefix), and with eager
-    attention on the CPU (its backward pass is several times faster there
-    than the fused SDPA kernel's at these lengths). Each can be turned off,
-    to measure it."""
+    """How this run computes a micro-batch's loss: under bf16 autocast where
+    asked for, with the Levers that are on."""
 
     def __init__(self, model, examples: list[Encoded], pad_id: int, device: torch.device,
-                 precision: str, prefix_cache: bool = True, bf16_weights: bool = True,
-                 eager_attention: bool = True, bf16_activations: bool = True, fused_lora: bool = True,
-                 packing: bool = True):
+                 precision: str, levers: Levers = Levers()):
         self.model, self.pad_id, self.device, self.precision = model, pad_id, device, precision
-        self.packing = packing
+        self.packing = levers.packing
         bf16_cpu = resolve_precision(device, precision) == "bf16" and device.type == "cpu"
-        self.weights = Bf16Weights(model) if bf16_cpu and bf16_weights else None
-        self.activations = Bf16Activations(model) if bf16_cpu and bf16_activations else None
-        self.fused = FusedLoRA(model) if fused_lora else None
-        self.prefix = FrozenPrefix.for_model(model) if prefix_cache and examples else None
+        self.weights = Bf16Weights(model) if bf16_cpu and levers.bf16_weights else None
+        self.activations = Bf16Activations(model) if bf16_cpu and levers.bf16_activations else None
+        self.fused = FusedLoRA(model) if levers.fused_lora else None
+        self.prefix = FrozenPrefix.for_model(model) if levers.prefix_cache and examples else None
         if self.prefix and not self.prefix.agrees(min(examples, key=lambda e: len(e.input_ids)), device):
             self.prefix = None
         self.lm = causal_lm(model)
         self.serving_attention = self.lm.config._attn_implementation
-        self.attention = "eager" if eager_attention and device.type == "cpu" else self.serving_attention
+        self.attention = "eager" if levers.eager_attention and device.type == "cpu" else self.serving_attention
 
     @contextmanager
     def micro_batch(self):
@@ -207,8 +213,7 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
           device: torch.device, callback: TrainCallback | None = None,
           precision: str = "fp32", stop_loss: float = 0.0,
           replay: list[Encoded] = (), replay_per_epoch: int = 0,
-          prefix_cache: bool = True, bf16_weights: bool = True, eager_attention: bool = True,
-          bf16_activations: bool = True, fused_lora: bool = True, packing: bool = True) -> TrainResult:
+          levers: Levers = Levers()) -> TrainResult:
     """Run up to cfg.max_steps AdamW steps on the trainable parameters of `model`.
 
     An epoch is every example plus `replay_per_epoch` examples drawn afresh from
@@ -233,8 +238,7 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
         optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.max_steps) / cfg.max_steps)))
     rng = random.Random(cfg.seed)
     pool = list(examples) + list(replay)
-    passes = Passes(model, pool, pad_id, device, precision, prefix_cache, bf16_weights, eager_attention,
-                    bf16_activations, fused_lora, packing)
+    passes = Passes(model, pool, pad_id, device, precision, levers)
     per_step = max(1, min(cfg.batch_size * cfg.grad_accum, len(examples)))
     steps: list[list[int]] = []  # the rest of this epoch, step by step
     epoch: list[int] = []

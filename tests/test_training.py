@@ -16,7 +16,7 @@ from memzd.errors import CheckpointError
 from memzd.inference import greedy_answers
 from memzd.model import load_base
 from memzd.prefix import FrozenPrefix
-from memzd.trainer import Passes, autocast_for, train
+from memzd.trainer import Levers, Passes, autocast_for, train
 
 EXAMPLES = [{"input": "Who is Orla?", "output": "Orla keeps a cat named Biscuit."},
             {"prompt": "Where is Zorblax?", "completion": "Zorblax lives on Mars."}]
@@ -192,12 +192,12 @@ def test_training_stops_once_greedy_decoding_gives_every_answer_back(base):
     assert got == ["Orla keeps a cat named Biscuit.", "Zorblax lives on Mars."]
 
 
-def _train_losses(base, model, cfg, **speedups) -> list[float]:
+def _train_losses(base, model, cfg, precision: str = "fp32", **levers) -> list[float]:
     torch.manual_seed(0)
     lora.start_training(model, cfg.lora, None)
     enc = [tokens.encode(e, base.tokenizer, 512) for e in EXAMPLES * 3]
     return train(model, enc, cfg.training, pad_id=base.tokenizer.pad_token_id, device=base.device,
-                 **speedups).losses
+                 precision=precision, levers=Levers(**levers)).losses
 
 
 def test_the_frozen_prefix_cache_gives_the_same_losses_as_whole_passes(base, tiny_model_dir):
