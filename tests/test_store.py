@@ -1,6 +1,7 @@
 """The SQLite store: migrations, dedup, batches, lineage, concurrent readers."""
 
 import sqlite3
+import threading
 
 from memzd.examples import parse_example
 from memzd.store import CheckpointRow, Store, migrations
@@ -68,8 +69,6 @@ def test_reader_works_while_writer_holds_a_transaction(tmp_path):
 def test_stores_opened_at_once_on_a_fresh_db_migrate_once(tmp_path):
     # The daemon and memzctl (or a test) may open a new home's database at the
     # same moment; each must wait for the other's migration, not repeat it.
-    import threading
-
     for attempt in range(10):
         path = tmp_path / f"memz{attempt}.db"
         errors, start = [], threading.Barrier(6)
