@@ -1,0 +1,261 @@
+"""The light control layer: what memzctl needs to drive a home without the ML stack.
+
+Owns the daemon's lock and pid, what makes a folder a home, the status
+object, asking a running daemon to train now, and asking it a question
+through requests/ (with the answer streamed as it is generated, and the
+request cancelled when the asker gives up). Imports no torch: every command
+that needs no model starts in a fraction of a second.
+
+The folder protocol for a question, shared with memzd.queries:
+- the asker writes requests/<id>.json atomically;
+- while answering, the daemon appends the text so far to responses/.<id>.partial;
+- the answer lands atomically as responses/<id>.json, then the request and the
+  partial file are removed;
+- an asker that gives up removes requests/<id>.json: the daemon stops
+  generating at the next token and writes no response.
+"""
+
+from __future__ import annotations
+
+import codecs
+import fcntl
+import json
+import os
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from .config import Config, Home, base_model_name
+from .errors import DaemonNotRunning, MemzError
+from .files import write_atomic, write_json_atomic
+
+TRAIN_NOW = ".train-now"  # in inbox/: a running daemon trains what waits, then removes it
+
+
+# -- one daemon per home -------------------------------------------------------
+
+def acquire_lock(home: Home):
+    """One daemon per home: hold an flock on logs/memzd.pid for the process's life."""
+    home.logs.mkdir(parents=True, exist_ok=True)
+    f = open(home.pid_file, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise MemzError(f"another memzd (pid {pid}) already runs for {home.root}")
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def daemon_pid(home: Home) -> int | None:
+    """The pid of the memzd running for this home, or None."""
+    if not home.pid_file.exists():
+        return None
+    try:
+        f = open(home.pid_file, "r")
+    except OSError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = f.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+# -- homes --------------------------------------------------------------------
+
+def is_home(home: Home) -> bool:
+    """A memz home has its config.yaml or its database."""
+    return home.config_path.is_file() or home.db_path.is_file()
+
+
+def require_home(home: Home) -> None:
+    """Refuse a folder that is not a memz home, with the command that makes one."""
+    if not home.root.is_dir():
+        raise MemzError(f"{home.root} does not exist; create a home there with: memzctl init {home.root}")
+    if not is_home(home):
+        raise MemzError(f"{home.root} is not a memz home (no config.yaml or memz.db); "
+                        f"create one with: memzctl init {home.root}")
+
+
+def open_store(home: Home):
+    """The home's database, refusing a folder that is not a home (imports sqlite only)."""
+    from .store import Store
+
+    require_home(home)
+    if not home.db_path.exists():
+        raise MemzError(f"no memz database at {home.db_path} yet; start the daemon once "
+                        f"(memzd --home {home.root}) or re-run memzctl init {home.root}")
+    return Store(home.db_path)
+
+
+# -- status --------------------------------------------------------------------
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def next_batch(store, config: Config, now: float | None = None) -> dict:
+    """When the next batch trains, and why: {"at": ISO time or None, "why": text}."""
+    now = time.time() if now is None else now
+    pending = store.next_batch()
+    if pending is not None:
+        return {"at": _iso(now), "why": f"batch {pending} is queued and trains next"}
+    count, oldest = store.unbatched()
+    if count == 0:
+        return {"at": None, "why": "nothing waits: drop a .jsonl file into inbox/ (or memzctl add FILE)"}
+    if config.update_mode == "immediate":
+        return {"at": _iso(now), "why": f"{count} example(s) wait; immediate mode trains them now"}
+    limit, age = config.batch.max_examples, config.batch.max_age_minutes * 60
+    due = oldest + age
+    return {"at": _iso(max(due, now)),
+            "why": f"{count} of {limit} examples wait; a batch trains at {limit} or when the oldest "
+                   f"is {config.batch.max_age_minutes:g} min old (memzctl train: now)"}
+
+
+def status_data(home: Home) -> dict:
+    """Everything `memzctl status` shows (the `status --json` object)."""
+    config = home.load_config()
+    store = open_store(home)
+    try:
+        current = store.current_checkpoint()
+        row = store.checkpoint(current) if current else None
+        lineage = list(reversed(store.lineage(current)))
+        rows = store.checkpoints()
+        latest = rows[0] if rows else None
+        curve_batch = latest.batch_id if latest else None
+        hw = store.get_json("hardware") or {"device": "not known until memzd has run", "backend": config.backend}
+        pid = daemon_pid(home)
+        activity = store.get_json("activity") or {}
+        metrics = row.metrics if row else {}
+        return {
+            "home": str(home.root),
+            "base_model": base_model_name(config.base_model),
+            "current_checkpoint": current,
+            "checkpoint_status": row.status if row else None,
+            "queue_depth": store.queue_depth(),
+            "last_update": store.last_update(),
+            "next_batch": next_batch(store, config),
+            "daemon": {"running": pid is not None, "pid": pid,
+                       "activity": activity.get("text") if pid else "not running",
+                       "since": activity.get("at") if pid else None},
+            "loss_curves": {
+                "finetune_loss": store.curve(curve_batch, "finetune_loss") if curve_batch else [],
+                "forgetting_loss": store.curve(curve_batch, "forgetting_loss") if curve_batch else [],
+                "eval_loss": [c.metrics.get("eval_loss") for c in lineage if c.metrics.get("eval_loss") is not None],
+            },
+            "forgetting_summary": {k: metrics.get(k) for k in
+                                   ("anchor_ce_delta", "retention_score", "forgetting_loss",
+                                    "adapter_anchor_ce_delta", "adapter_retention_score")},
+            "latest": {"checkpoint": latest.id if latest else None, "status": latest.status if latest else None,
+                       "recall": latest.metrics.get("recall") if latest else None},
+            "failed_batches": len(store.failed_batches()),
+            "update_mode": config.update_mode,
+            "rollback_mode": config.evaluation.rollback_mode,
+            "hardware": hw,
+        }
+    finally:
+        store.close()
+
+
+# -- driving a running daemon ---------------------------------------------------
+
+def require_daemon(home: Home) -> int:
+    pid = daemon_pid(home)
+    if pid is None:
+        raise DaemonNotRunning(f"no memzd is running for {home.root}; start one with: memzd --home {home.root}")
+    return pid
+
+
+def request_training(home: Home) -> None:
+    """Ask the running daemon to train every example that waits, below the batch thresholds too."""
+    require_home(home)
+    require_daemon(home)
+    home.inbox.mkdir(parents=True, exist_ok=True)
+    write_atomic(home.inbox / TRAIN_NOW, _iso(time.time()) + "\n")
+
+
+def partial_path(home: Home, rid: str) -> Path:
+    """Where the daemon streams an answer's text as it is generated."""
+    return home.responses / f".{rid}.partial"
+
+
+def ask(home: Home, body: dict, timeout: float = 120.0,
+        on_text: Callable[[str], None] | None = None, poll: float = 0.05) -> dict:
+    """Ask the running daemon `body` (a request object) and return its response.
+
+    Text is passed to `on_text` as it is generated. If no answer comes within
+    `timeout` seconds (or the caller is interrupted), the request is withdrawn,
+    the daemon stops generating it, and MemzError (or KeyboardInterrupt) is raised.
+    """
+    require_home(home)
+    require_daemon(home)
+    rid = body.get("id") or f"q-{uuid.uuid4().hex[:12]}"
+    request = home.requests / f"{rid}.json"
+    response = home.responses / f"{rid}.json"
+    partial = partial_path(home, rid)
+    home.requests.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(request, {k: v for k, v in body.items() if k != "id"})
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    shown: list[str] = []
+
+    def show(text: str) -> None:
+        shown.append(text)
+        on_text(text)
+
+    offset = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if on_text is not None:
+                offset = _follow(partial, offset, decoder, show)
+            if response.exists():
+                break
+            if time.monotonic() > deadline:
+                raise MemzError(f"no answer within {timeout:g}s (the daemon may be busy: memzctl status); "
+                                "the question was withdrawn")
+            if daemon_pid(home) is None:
+                raise DaemonNotRunning("memzd stopped before answering")
+            time.sleep(poll)
+    except BaseException:
+        _withdraw(request, response)
+        raise
+    payload = json.loads(response.read_text(encoding="utf-8"))
+    response.unlink(missing_ok=True)
+    if on_text is not None and isinstance(payload.get("response"), str):
+        # The partial file is removed with the answer: show what it had not carried yet.
+        so_far = "".join(shown).strip()
+        final = payload["response"]
+        if final.startswith(so_far) and len(final) > len(so_far):
+            on_text(final[len(so_far):] if so_far else final)
+    return payload
+
+
+def _follow(partial: Path, offset: int, decoder, on_text) -> int:
+    try:
+        with open(partial, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+    except FileNotFoundError:
+        return offset
+    if chunk:
+        text = decoder.decode(chunk)
+        if text:
+            on_text(text)
+    return offset + len(chunk)
+
+
+def _withdraw(request: Path, response: Path) -> None:
+    """The asker gave up: the daemon sees the request gone and stops; no answer is left behind."""
+    request.unlink(missing_ok=True)
+    response.unlink(missing_ok=True)
