@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
 
@@ -189,8 +189,8 @@ def bench_training(base, n_examples: int, rounds: int, epochs: int) -> dict:
     def memz(precision: str, **levers):
         fresh()
         cfg.training.max_steps = max(1, epochs * -(-len(encoded) // per_step))
-        r = train(model, encoded, cfg.training, pad_id=pad, device=base.device, precision=precision,
-                  levers=Levers(**levers))
+        run = replace(cfg.training, precision=precision, stop_loss=0.0, replay=0)  # every step, as the baselines
+        r = train(model, encoded, run, pad_id=pad, device=base.device, levers=Levers(**levers))
         return r.tokens / r.seconds, r.losses, r.tokens / sum(len(e.input_ids) for e in encoded)
 
     # Every method trains the same examples for the same number of epochs (memz
@@ -209,9 +209,8 @@ def bench_training(base, n_examples: int, rounds: int, epochs: int) -> dict:
     plain_loop(model, encoded[:16], 16, pad, 1e-4)
     for p in ("auto", "fp32"):
         fresh()
-        c = Config().training
-        c.max_steps = 1
-        train(model, encoded, c, pad_id=pad, device=base.device, precision=p)
+        train(model, encoded, replace(Config().training, max_steps=1, precision=p, stop_loss=0.0),
+              pad_id=pad, device=base.device)
     runs: dict[str, list[float]] = {k: [] for k in methods}
     extra: dict[str, object] = {}
     for _ in range(rounds):

@@ -365,8 +365,7 @@ class Daemon:
                  parent or "the base model")
         result = train(self.model, encoded, cfg.training, pad_id=self.tokenizer.pad_token_id,
                        device=self.device, callback=_Steps(self, batch_id, cfg.training.max_steps),
-                       precision=cfg.training.precision, stop_loss=cfg.training.stop_loss,
-                       replay=replayed, replay_per_epoch=cfg.training.replay)
+                       replay=replayed)
         self.set_activity(f"evaluating batch {batch_id}")
         memory = self._memory(parent_memory, examples)
         def route(chat):

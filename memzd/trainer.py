@@ -211,13 +211,13 @@ class Passes:
 
 def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
           device: torch.device, callback: TrainCallback | None = None,
-          precision: str = "fp32", stop_loss: float = 0.0,
-          replay: list[Encoded] = (), replay_per_epoch: int = 0,
-          levers: Levers = Levers()) -> TrainResult:
+          replay: list[Encoded] = (), levers: Levers = Levers()) -> TrainResult:
     """Run up to cfg.max_steps AdamW steps on the trainable parameters of `model`.
 
-    An epoch is every example plus `replay_per_epoch` examples drawn afresh from
-    `replay` (earlier batches, so that they are not erased). A step covers
+    Every setting comes from `cfg` (precision, stop_loss, replay per epoch);
+    the keyword arguments are data and plumbing, not settings. An epoch is
+    every example plus `cfg.replay` examples drawn afresh from `replay`
+    (earlier batches, so that they are not erased). A step covers
     batch_size * grad_accum of them, and its loss is averaged over answer
     tokens. The run stops after the first epoch in which every example's loss
     was below `stop_loss` and every answer token was the model's top choice
@@ -228,6 +228,7 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
     Strauder is credited...") hides in an average below 0.1.
     """
     callback = callback or TrainCallback()
+    precision, stop_loss, replay_per_epoch = cfg.precision, cfg.stop_loss, cfg.replay
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")

@@ -1,6 +1,7 @@
 """Training on the tiny model: answer-only labels, the loss goes down, checkpoints round-trip."""
 
 import contextlib
+import dataclasses
 import json
 
 import pytest
@@ -180,12 +181,12 @@ def test_training_stops_once_greedy_decoding_gives_every_answer_back(base):
     model = lora.wrap(base.model, cfg.lora)
     lora.start_training(model, cfg.lora, None)
     cfg.training.lr, cfg.training.max_steps = 1e-2, 300
-    enc = [tokens.encode(e, base.tokenizer, 512) for e in EXAMPLES]
-    torch.manual_seed(0)
     # The tiny model's LoRA (one layer) cannot push the loss near 0.1; a loose
     # loss bound leaves the stop to the word-for-word rule.
-    result = train(model, enc, cfg.training, pad_id=base.tokenizer.pad_token_id, device=base.device,
-                   stop_loss=3.0)
+    cfg.training.stop_loss = 3.0
+    enc = [tokens.encode(e, base.tokenizer, 512) for e in EXAMPLES]
+    torch.manual_seed(0)
+    result = train(model, enc, cfg.training, pad_id=base.tokenizer.pad_token_id, device=base.device)
     assert result.stopped_early and len(result.losses) < 300
     chats = [[{"role": "user", "content": "Who is Orla?"}], [{"role": "user", "content": "Where is Zorblax?"}]]
     got = greedy_answers(model, base.tokenizer, chats, adapter=lora.TRAIN, device=base.device, max_tokens=40)
@@ -196,8 +197,9 @@ def _train_losses(base, model, cfg, precision: str = "fp32", **levers) -> list[f
     torch.manual_seed(0)
     lora.start_training(model, cfg.lora, None)
     enc = [tokens.encode(e, base.tokenizer, 512) for e in EXAMPLES * 3]
-    return train(model, enc, cfg.training, pad_id=base.tokenizer.pad_token_id, device=base.device,
-                 precision=precision, levers=Levers(**levers)).losses
+    run = dataclasses.replace(cfg.training, precision=precision, stop_loss=0.0)  # every step, no stop rule
+    return train(model, enc, run, pad_id=base.tokenizer.pad_token_id, device=base.device,
+                 levers=Levers(**levers)).losses
 
 
 def test_the_frozen_prefix_cache_gives_the_same_losses_as_whole_passes(base, tiny_model_dir):
