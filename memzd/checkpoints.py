@@ -10,6 +10,8 @@ shapes and values before an adapter may serve.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
@@ -17,7 +19,6 @@ import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
@@ -27,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import Home
 from .errors import CheckpointError
+from .files import write_atomic
 
 log = logging.getLogger("memz.checkpoints")
 
@@ -46,6 +48,11 @@ def new_id(seq: int, now: datetime | None = None) -> str:
     return f"A_{now:%Y-%m-%d}_{seq:04d}"
 
 
+class StorageError(OSError):
+    """Writing a checkpoint failed for a reason of the disk's (full, read-only, gone),
+    not the batch's: the daemon retries later without counting it against the batch."""
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -54,37 +61,52 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_checkpoint(home: Home, checkpoint_id: str, state: dict[str, torch.Tensor],
                      config: PeftLoraConfig, meta: dict,
-                     keys: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None,
-                     after_weights: Callable[[], None] | None = None) -> Path:
+                     keys: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None) -> Path:
     """Write a checkpoint folder atomically and return its final path.
 
-    `after_weights` is a test-only hook, called once the weights are in the
-    staging folder and nothing else is (tests/test_crash.py kills the process there).
+    meta.json records the weights' sha256, so that weights changed on disk
+    (corrupted with finite values) are refused when they are loaded.
+    A failure of the disk raises StorageError; the staging folder is removed.
     """
     final = home.checkpoints / checkpoint_id
     if final.exists():
         raise CheckpointError(f"checkpoint {checkpoint_id} already exists at {final}")
-    home.staging.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{checkpoint_id}-", dir=home.staging))
+    staging = None
     try:
+        home.staging.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{checkpoint_id}-", dir=home.staging))
         save_file({k: v.contiguous() for k, v in state.items()}, str(staging / WEIGHTS),
                   metadata={"format": "pt"})
-        if after_weights is not None:
-            after_weights()
         config.save_pretrained(str(staging))
         if keys is not None:
             tensors, key_meta = keys
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / KEYS), metadata=key_meta)
-        (staging / META).write_text(json.dumps({**META_DEFAULTS, **meta}, indent=2, default=str),
-                                    encoding="utf-8")
+        meta = {**META_DEFAULTS, **meta, "weights_sha256": sha256_of(staging / WEIGHTS)}
+        (staging / META).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
         for f in staging.iterdir():
             _fsync(f)
         os.rename(staging, final)
         _fsync(home.checkpoints)
+    except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as its own error
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, CheckpointError):
+            raise
+        raise StorageError(getattr(exc, "errno", None) or errno.EIO,
+                           f"could not write checkpoint {checkpoint_id}: {exc}") from exc
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
 
@@ -112,9 +134,7 @@ def read_meta(path: Path) -> dict:
 
 def update_meta(path: Path, **changes) -> None:
     meta = {**read_meta(path), **changes}
-    tmp = path / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path / META)
+    write_atomic(path / META, json.dumps(meta, indent=2, default=str))
 
 
 def sync_status(folder: Path, store, *checkpoint_ids: str | None) -> None:
@@ -131,11 +151,18 @@ def sync_status(folder: Path, store, *checkpoint_ids: str | None) -> None:
             log.warning("%s: meta.json not updated: %s", ckpt, exc)
 
 
-def load_checkpoint(path: Path, base_model: str | None = None):
+def load_checkpoint(path: Path, base_model: str | None = None, root: Path | None = None):
     """(peft config, weights, meta, keys) of a checkpoint folder, after safety checks.
 
-    Only safetensors are read. Raises CheckpointError naming what is wrong.
+    Only safetensors are read; a folder that is a link, or that lies outside
+    `root` (the home's checkpoints/), is refused; weights whose sha256 differs
+    from the one meta.json recorded are refused; the adapter's init method is
+    forced to plain LoRA (an init such as "pissa" would rewrite the base
+    weights in memory). Raises CheckpointError naming what is wrong.
     """
+    if path.is_symlink() or (root is not None and path.resolve().parent != Path(root).resolve()):
+        raise CheckpointError(f"{path.name}: the checkpoint folder is a link or lies outside {root}; "
+                              "memz serves only folders inside the home's checkpoints/")
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint folder at {path}")
     weights = path / WEIGHTS
@@ -151,6 +178,12 @@ def load_checkpoint(path: Path, base_model: str | None = None):
         config = PeftLoraConfig.from_pretrained(str(path))
     except (OSError, ValueError, TypeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path.name}: bad {CONFIG}: {exc}") from exc
+    if getattr(config, "use_dora", False):
+        raise CheckpointError(f"{path.name}: DoRA adapters are not served by memz ({CONFIG}: use_dora)")
+    config.init_lora_weights = True  # the weights below replace the init: it must not touch the base
+    if meta.get("weights_sha256") and sha256_of(weights) != meta["weights_sha256"]:
+        raise CheckpointError(f"{path.name}: {WEIGHTS} does not match the sha256 in {META}: "
+                              "the weights changed on disk since they were written")
     try:
         state = load_file(str(weights))
         keys = _load_keys(path / KEYS) if (path / KEYS).is_file() else None

@@ -150,7 +150,7 @@ def _validate_file(path: Path, max_line_bytes: int) -> tuple[int, list[tuple[int
 
 
 def _status_data(home: Home) -> dict:
-    from .daemon import daemon_pid
+    from .control import daemon_pid
     from .model import base_model_name, pick_device
 
     config = home.load_config()
@@ -326,8 +326,8 @@ def query(
     as_json: bool = typer.Option(False, "--json", help="Print the whole response as JSON."),
 ) -> None:
     """Ask the running daemon a question and print its answer."""
-    from .daemon import daemon_pid
-    from .queries import write_json_atomic
+    from .control import daemon_pid
+    from .files import write_json_atomic
 
     home: Home = ctx.obj
     if daemon_pid(home) is None:

@@ -84,14 +84,15 @@ def unique_path(path: Path) -> Path:
     raise FileExistsError(f"no free name for {path}")
 
 
-def set_aside(path: Path, folder: Path, reason: str) -> Path:
-    """Move `path` into `folder` under a free name, with `<name>.reason.txt` saying why.
+def set_aside(path: Path, folder: Path, reason: str, name: str | None = None) -> Path:
+    """Move `path` into `folder` under a free name (its own, or `name`), with
+    `<name>.reason.txt` saying why.
 
     The move comes first: if the reason cannot be written (disk full), the
     entry is still out of the way and the reason is in the log.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    target = unique_path(folder / path.name)
+    target = unique_path(folder / (name or path.name))
     os.rename(path, target)
     write_atomic(target.with_name(target.name + ".reason.txt"), (reason or "no reason given") + "\n")
     return target

@@ -22,6 +22,7 @@ from pathlib import Path
 from .config import Home
 from .errors import ExampleError
 from .examples import parse_example
+from .files import set_aside, unique_path
 from .store import Store
 
 log = logging.getLogger("memz.inbox")
@@ -43,28 +44,14 @@ class IngestResult:
     duplicates: int = 0
     rejected: int = 0
     reason: str | None = None  # set when the whole file was refused
+    interrupted: bool = False  # stopped part-way (the daemon stops): the file stays and is read again
+    changed: bool = False  # it grew or changed while it was read: it stays and is read again once stable
     line_errors: list[tuple[int, str]] = field(default_factory=list)  # the first KEPT_ERRORS of them
-
-
-def _unique(path: Path) -> Path:
-    """`path`, or a free name beside it (name.<time>-<n>.ext) if it is taken."""
-    if not path.exists() and not path.is_symlink():
-        return path
-    stem, dot, ext = path.name.partition(".")
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    for n in range(1, 100000):
-        candidate = path.with_name(f"{stem}.{stamp}-{n}{dot}{ext}")
-        if not candidate.exists() and not candidate.is_symlink():
-            return candidate
-    raise RuntimeError(f"no free name for {path}")
 
 
 def reject_whole(home: Home, path: Path, reason: str) -> Path:
     """Move an unusable entry to inbox/rejected/ with a .reason.txt beside it."""
-    home.rejected.mkdir(parents=True, exist_ok=True)
-    target = _unique(home.rejected / path.name)
-    os.rename(path, target)
-    (target.parent / (target.name + ".reason.txt")).write_text(reason + "\n", encoding="utf-8")
+    target = set_aside(path, home.rejected, reason)
     log.warning("rejected %s: %s", path.name, reason)
     return target
 
@@ -136,14 +123,24 @@ def read_examples(f, max_line_bytes: int):
             yield number, None, f"{why}: {exc.msg} at column {exc.colno}", raw
         except RecursionError:
             yield number, None, "invalid JSON: nested too deeply", raw
+        except ValueError as exc:  # e.g. an integer of more digits than Python converts
+            yield number, None, f"invalid JSON: {exc}", raw
         except ExampleError as exc:
             yield number, None, str(exc), raw
         else:
             yield number, example, None, raw
 
 
-def ingest_file(path: Path, store: Store, home: Home, max_line_bytes: int = 1_000_000) -> IngestResult:
-    """Read one stable inbox entry into the store and move it out of the inbox."""
+def ingest_file(path: Path, store: Store, home: Home, max_line_bytes: int = 1_000_000,
+                stop=lambda: False, between=lambda: None) -> IngestResult:
+    """Read one stable inbox entry into the store and move it out of the inbox.
+
+    Between chunks, `between` runs (the daemon answers questions there) and
+    `stop` is checked: a stopped read leaves the file in place, and what was
+    stored is skipped as duplicates when it is read again. A file that changed
+    while it was read (someone still appends to it) also stays, to be read
+    again once it is stable.
+    """
     result = IngestResult(name=path.name)
     refusal = _refusal(path)
     if refusal:
@@ -155,7 +152,8 @@ def ingest_file(path: Path, store: Store, home: Home, max_line_bytes: int = 1_00
     digest = hashlib.sha256()
     errors = _LineErrors(home, path.name, result)
     with os.fdopen(fd, "rb") as f, errors:
-        result.file_id = store.add_file(path.name, "", os.fstat(f.fileno()).st_size)
+        before = os.fstat(f.fileno())
+        result.file_id = store.add_file(path.name, "", before.st_size)
         chunk: list[tuple[int, str, str, str]] = []
         chunk_bytes = 0
         for number, example, error, raw in read_examples(f, max_line_bytes):
@@ -172,15 +170,27 @@ def ingest_file(path: Path, store: Store, home: Home, max_line_bytes: int = 1_00
             if len(chunk) >= CHUNK_LINES or chunk_bytes >= CHUNK_BYTES:
                 _commit(store, result, chunk)
                 chunk, chunk_bytes = [], 0
+                between()
+                if stop():
+                    result.interrupted = True
+                    break
         _commit(store, result, chunk)
+        after = os.fstat(f.fileno())
+    if result.interrupted or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        result.changed = not result.interrupted
+        store.finish_file(result.file_id, "interrupted" if result.interrupted else "changed", result.rejected)
+        log.info("%s: %s while it was read; it stays in the inbox and is read again (stored lines are "
+                 "skipped as duplicates)", path.name, "stopped" if result.interrupted else "changed")
+        return result
     status = "processed" if result.accepted + result.duplicates else "rejected"
     store.db["files"].update(result.file_id, {"sha256": digest.hexdigest()})
     store.finish_file(result.file_id, status, result.rejected)
     if status == "processed":
         home.processed.mkdir(parents=True, exist_ok=True)
-        os.rename(path, _unique(home.processed / path.name))
+        os.rename(path, unique_path(home.processed / path.name))
     else:
-        result.reason = "no usable line: see the .errors.jsonl beside it"
+        result.reason = ("no usable line: see the .errors.jsonl beside it" if result.rejected
+                         else "no example in it: only blank lines")
         reject_whole(home, path, result.reason)
     log.info("%s: %d new, %d duplicate, %d rejected lines", path.name,
              result.accepted, result.duplicates, result.rejected)
@@ -216,7 +226,7 @@ class _LineErrors:
     def _write(self, record: dict) -> None:
         if self.out is None:
             self.home.rejected.mkdir(parents=True, exist_ok=True)
-            self.out = open(_unique(self.home.rejected / f"{self.name}.errors.jsonl"), "w", encoding="utf-8")
+            self.out = open(unique_path(self.home.rejected / f"{self.name}.errors.jsonl"), "w", encoding="utf-8")
         self.out.write(json.dumps(record) + "\n")
 
     def __enter__(self) -> "_LineErrors":

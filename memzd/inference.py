@@ -2,19 +2,90 @@
 
 Used by the evaluator (greedy answers to probes and anchors) and by queries.
 Batched generation pads on the left so that every row's answer starts at the
-same column.
+same column. Every generation checks, between tokens, whether it should stop
+(the daemon is stopping, or the asker went away) and then raises Cancelled;
+an answer can be streamed as it is generated; and a single answer stops once
+it only repeats itself (RepetitionGuard), so a model that loops does not run
+to max_tokens.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from .lora import using
 from .tokens import prompt_ids
 
+Check = Callable[[], bool]  # True: stop now
+
+
+class Cancelled(Exception):
+    """Generation was stopped from outside (the daemon stops, or the asker went away)."""
+
+
+class _Cancel(StoppingCriteria):
+    def __init__(self, cancelled: Check):
+        self.cancelled, self.hit = cancelled, False
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        self.hit = self.hit or bool(self.cancelled())
+        return torch.full((input_ids.shape[0],), self.hit, dtype=torch.bool, device=input_ids.device)
+
+
+class RepetitionGuard(StoppingCriteria):
+    """Stop a row whose last `span` or more tokens are one block of up to `period`
+    tokens said `times` times over ("the the the ...", or a sentence on a loop)."""
+
+    def __init__(self, prompt_len: int, period: int = 32, times: int = 4, span: int = 24):
+        self.prompt_len, self.period, self.times, self.span = prompt_len, period, times, span
+
+    def looping(self, tokens: list[int]) -> bool:
+        for p in range(1, self.period + 1):
+            n = max(p * self.times, self.span)
+            if len(tokens) < n:
+                break
+            tail = tokens[-n:]
+            if all(tail[i] == tail[i - p] for i in range(p, n)):
+                return True
+        return False
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        rows = input_ids[:, self.prompt_len:].tolist()
+        return torch.tensor([self.looping(r) for r in rows], dtype=torch.bool, device=input_ids.device)
+
+
+class _Stream(BaseStreamer):
+    """Hands each new piece of decoded text to `on_text` (whole characters only)."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None]):
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.ids: list[int] = []
+        self.sent = 0
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate() puts the prompt first
+            self.prompt_seen = True
+            return
+        self.ids += value.reshape(-1).tolist()
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # half a character: wait for the rest
+            return
+        if len(text) > self.sent:
+            self.on_text(text[self.sent:])
+            self.sent = len(text)
+
+    def end(self) -> None:
+        pass
+
 
 def _generate(model, tokenizer, rows: list[list[int]], max_tokens: int, temperature: float,
-              device: torch.device, seed: int | None) -> list[str]:
+              device: torch.device, seed: int | None, cancelled: Check | None = None,
+              on_text: Callable[[str], None] | None = None, guard: bool = False) -> list[str]:
     pad = tokenizer.pad_token_id
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -30,30 +101,52 @@ def _generate(model, tokenizer, rows: list[list[int]], max_tokens: int, temperat
             torch.manual_seed(seed)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
+    criteria = StoppingCriteriaList()
+    cancel = _Cancel(cancelled) if cancelled is not None else None
+    if cancel is not None:
+        criteria.append(cancel)
+    if guard:
+        criteria.append(RepetitionGuard(width))
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                          max_new_tokens=max_tokens, pad_token_id=pad,
-                         eos_token_id=tokenizer.eos_token_id, **kwargs)
+                         eos_token_id=tokenizer.eos_token_id, stopping_criteria=criteria,
+                         streamer=_Stream(tokenizer, on_text) if on_text is not None else None, **kwargs)
+    if cancel is not None and cancel.hit:
+        raise Cancelled()
     return [tokenizer.decode(o[width:], skip_special_tokens=True).strip() for o in out]
 
 
 def answer(model, tokenizer, messages: list[dict], *, adapter: str | None, device: torch.device,
-           max_tokens: int = 256, temperature: float = 0.0, seed: int | None = None) -> str:
-    """One answer to one chat, with adapter `adapter` (None: the base model)."""
+           max_tokens: int = 256, temperature: float = 0.0, seed: int | None = None,
+           cancelled: Check | None = None, on_text: Callable[[str], None] | None = None,
+           ids: list[int] | None = None) -> str:
+    """One answer to one chat, with adapter `adapter` (None: the base model).
+
+    `on_text` receives the text as it is generated; `cancelled` is checked
+    between tokens (Cancelled is raised); a loop of repeated text ends the
+    answer early. `ids` are the chat's prompt ids when already computed.
+    """
     with using(model, adapter):
-        return _generate(model, tokenizer, [prompt_ids(tokenizer, messages)], max_tokens,
-                         temperature, device, seed)[0]
+        return _generate(model, tokenizer, [ids or prompt_ids(tokenizer, messages)], max_tokens,
+                         temperature, device, seed, cancelled, on_text, guard=True)[0]
 
 
 def greedy_answers(model, tokenizer, chats: list[list[dict]], *, adapter: str | None,
-                   device: torch.device, max_tokens: int, batch_size: int = 16) -> list[str]:
-    """Greedy answers to many chats, generated in length-sorted batches."""
+                   device: torch.device, max_tokens: int, batch_size: int = 16,
+                   cancelled: Check | None = None, between: Callable[[], None] | None = None) -> list[str]:
+    """Greedy answers to many chats, generated in length-sorted batches.
+
+    `between` runs between two batches (the daemon answers requests there),
+    `cancelled` is checked between tokens."""
     rows = [prompt_ids(tokenizer, chat) for chat in chats]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     answers: list[str] = [""] * len(rows)
-    with using(model, adapter):
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            outs = _generate(model, tokenizer, [rows[i] for i in chunk], max_tokens, 0.0, device, None)
-            for i, text in zip(chunk, outs):
-                answers[i] = text
+    for start in range(0, len(order), batch_size):
+        if start and between is not None:
+            between()  # outside `using`: whoever runs here switches adapters as it needs
+        chunk = order[start:start + batch_size]
+        with using(model, adapter):
+            outs = _generate(model, tokenizer, [rows[i] for i in chunk], max_tokens, 0.0, device, None, cancelled)
+        for i, text in zip(chunk, outs):
+            answers[i] = text
     return answers

@@ -1,49 +1,82 @@
-"""Questions in requests/, answers in responses/, from the checkpoint that serves.
+"""Questions and answers: parsing a request, answering it, and the folder front end.
 
-A request is `requests/<id>.json` ({"prompt" | "messages", "max_tokens",
-"temperature", "checkpoint"}); its answer is written atomically to
-`responses/<id>.json`, then the request is removed. A bad request gets an
-error response; a file whose name cannot be a response id is moved to
-requests/rejected/. Checkpoints are loaded into the one live model once, by
-name, and switched to in memory.
+A question comes from requests/<id>.json or from another front end (HTTP)
+through `Daemon.submit`; either way it is parsed by `parse_request` and
+answered by `Answerer.answer`, one code path. The checkpoint that serves,
+and where a question is routed, are memzd.adapters' to say; this module only
+parses and answers.
+
+The folder protocol (memzd.control is the asker's side): the answer is
+written atomically to `responses/<id>.json`, then the request is removed.
+While it is generated, its text so far is appended to
+`responses/.<id>.partial`. An asker that removes its request file has given
+up: generation stops at the next token and no response is written. A bad
+request gets an error response; a file whose name cannot be a response id is
+set aside in requests/rejected/.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import os
 import re
+import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from . import gate, lora
-from .checkpoints import load_checkpoint, sync_status
-from .config import Home, RoutingConfig
+from .adapters import Adapters
+from .config import Home
+from .control import partial_path
 from .errors import CheckpointError, RequestError
-from .inference import answer
+from .files import safe_name, set_aside, write_json_atomic
+from .inference import Cancelled, answer
 from .store import Store
+from .tokens import prompt_ids
 
 log = logging.getLogger("memz.queries")
 
 ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")  # fullmatch: "$" would let a final newline in
+USER_RE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 MAX_TOKENS_LIMIT = 4096
-LOADED_ADAPTERS = 4  # checkpoints kept in memory at once (each a few MB)
+FIELDS = ("prompt", "messages", "max_tokens", "temperature", "checkpoint", "user", "id")
 
 
 @dataclass
-class Request:
-    """A validated request."""
+class Question:
+    """A validated request, from any front end."""
 
     id: str
     messages: list[dict]
     max_tokens: int = 256
     temperature: float = 0.2
     checkpoint: str | None = None
+    user: str | None = None
+
+
+@dataclass
+class Pending:
+    """A question submitted to the daemon: `future` gives the response object."""
+
+    question: Question
+    on_text: Callable[[str], None] | None = None
+    source: str = "api"
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    _cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """The asker went away: stop generating at the next token."""
+        self._cancelled.set()
+        self.future.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
 
 
 def request_id(path: Path) -> str | None:
@@ -54,20 +87,36 @@ def request_id(path: Path) -> str | None:
     return rid if ID_RE.fullmatch(rid) else None
 
 
-def parse_request(rid: str, raw: bytes, max_bytes: int) -> Request:
+def _string(value, what: str) -> str:
+    if not isinstance(value, str):
+        raise RequestError("invalid_request", f"{what} must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError("invalid_request", f"{what} holds a lone surrogate escape (\\ud800-\\udfff): "
+                           "not valid Unicode") from exc
+    return value
+
+
+def parse_request(rid: str, raw: bytes, max_bytes: int) -> Question:
     """Validate a request body; RequestError says which field is wrong."""
     if len(raw) > max_bytes:
         raise RequestError("too_large", f"request is {len(raw)} bytes; the limit is {max_bytes}")
     try:
         body = json.loads(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
         raise RequestError("invalid_json", f"request is not valid UTF-8 JSON: {exc}") from exc
+    return parse_body(rid, body)
+
+
+def parse_body(rid: str, body) -> Question:
+    """Validate a decoded request object (the HTTP front end decodes its own)."""
     if not isinstance(body, dict):
         raise RequestError("invalid_request", "request must be a JSON object")
-    unknown = set(body) - {"prompt", "messages", "max_tokens", "temperature", "checkpoint", "id"}
+    unknown = set(body) - set(FIELDS)
     if unknown:
-        raise RequestError("invalid_request", f"unknown field '{sorted(unknown)[0]}'; allowed: prompt, "
-                           "messages, max_tokens, temperature, checkpoint")
+        raise RequestError("invalid_request", f"unknown field '{sorted(unknown)[0]}'; allowed: "
+                           + ", ".join(FIELDS[:-1]))
     if "messages" in body:
         msgs = body["messages"]
         if (not isinstance(msgs, list) or not msgs or not all(
@@ -75,168 +124,195 @@ def parse_request(rid: str, raw: bytes, max_bytes: int) -> Request:
                 and isinstance(m.get("content"), str) for m in msgs)):
             raise RequestError("invalid_request", "'messages' must be a non-empty list of "
                                "{\"role\": system|user|assistant, \"content\": string}")
-        messages = [{"role": m["role"], "content": m["content"]} for m in msgs]
+        messages = [{"role": m["role"], "content": _string(m["content"], f"messages[{i}].content")}
+                    for i, m in enumerate(msgs)]
     elif isinstance(body.get("prompt"), str) and body["prompt"].strip():
-        messages = [{"role": "user", "content": body["prompt"]}]
+        messages = [{"role": "user", "content": _string(body["prompt"], "'prompt'")}]
     else:
         raise RequestError("invalid_request", "request needs a non-empty string 'prompt' (or 'messages')")
-    req = Request(id=rid, messages=messages)
+    q = Question(id=rid, messages=messages)
     if "max_tokens" in body:
         mt = body["max_tokens"]
         if isinstance(mt, bool) or not isinstance(mt, int) or not 1 <= mt <= MAX_TOKENS_LIMIT:
             raise RequestError("invalid_request", f"'max_tokens' must be an integer from 1 to {MAX_TOKENS_LIMIT}")
-        req.max_tokens = mt
+        q.max_tokens = mt
     if "temperature" in body:
         t = body["temperature"]
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 2:
             raise RequestError("invalid_request", "'temperature' must be a number from 0 to 2 (0 is greedy)")
-        req.temperature = float(t)
+        q.temperature = float(t)
     if body.get("checkpoint") is not None:
         if not isinstance(body["checkpoint"], str) or not ID_RE.fullmatch(body["checkpoint"]):
             raise RequestError("invalid_request", "'checkpoint' must be a checkpoint id string")
-        req.checkpoint = body["checkpoint"]
-    return req
+        q.checkpoint = body["checkpoint"]
+    if body.get("user") is not None:
+        if not isinstance(body["user"], str) or not USER_RE.fullmatch(body["user"]):
+            raise RequestError("invalid_request", "'user' must be 1-64 of A-Z a-z 0-9 _ . @ -")
+        q.user = body["user"]
+    return q
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    try:
-        data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate from the request: \u-escape everything
-        data = json.dumps(payload).encode("ascii")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def error_payload(rid: str, exc: Exception) -> dict:
+    if isinstance(exc, RequestError):
+        return {"id": rid, "error": {"code": exc.code, "message": str(exc)}}
+    return {"id": rid, "error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}}
 
 
-class Server:
-    """Answers requests with the current (or a pinned) checkpoint of the live model."""
+class Answerer:
+    """Answers questions with the checkpoint that serves (or a pinned one)."""
 
-    def __init__(self, home: Home, store: Store, model, tokenizer, device: torch.device,
-                 base_name: str, routing: RoutingConfig, max_request_bytes: int):
-        self.home, self.store = home, store
-        self.model, self.tokenizer, self.device = model, tokenizer, device
-        self.base_name = base_name
-        self.routing = routing
-        self.max_request_bytes = max_request_bytes
-        self.memories: OrderedDict[str, gate.KeyMemory | None] = OrderedDict()
-        self.configs: dict[str, object] = {}
+    def __init__(self, home: Home, store: Store, adapters: Adapters, max_request_bytes: int,
+                 max_prompt_tokens: int):
+        self.home, self.store, self.adapters = home, store, adapters
+        self.max_request_bytes, self.max_prompt_tokens = max_request_bytes, max_prompt_tokens
         self.answered = 0
 
-    # -- adapters ---------------------------------------------------------------
-
-    def load(self, checkpoint_id: str):
-        """Make a checkpoint's adapter available by name (loading it once)."""
-        if checkpoint_id in self.memories:
-            self.memories.move_to_end(checkpoint_id)
-            return
-        config, state, meta, keys = load_checkpoint(self.home.checkpoints / checkpoint_id, self.base_name)
-        try:
-            lora.add_adapter(self.model, checkpoint_id, config, state)
-        except (KeyError, RuntimeError, ValueError) as exc:  # ValueError: target modules the base lacks
-            lora.drop_adapter(self.model, checkpoint_id)
-            raise CheckpointError(f"{checkpoint_id}: adapter does not fit the base model: {exc}") from exc
-        self.remember(checkpoint_id, config, gate.KeyMemory.from_file(*keys) if keys else None)
-
-    def current(self) -> str | None:
-        """The current checkpoint, loaded. One that cannot serve is marked rolled_back and its
-        parent made current (the base model at worst), so a bad adapter never stops memz."""
-        ckpt, seen = self.store.current_checkpoint(), set()
-        while ckpt is not None and ckpt not in seen:
-            seen.add(ckpt)
-            try:
-                self.load(ckpt)
-                return ckpt
-            except CheckpointError as exc:
-                row = self.store.checkpoint(ckpt)
-                parent = row.parent if row else None
-                log.error("current checkpoint %s cannot serve (%s); %s serves instead", ckpt, exc,
-                          parent or "the base model")
-                self.store.roll_back(ckpt, parent, f"{ckpt} could not serve: {exc}")
-                sync_status(self.home.checkpoints, self.store, ckpt)
-                ckpt = parent
-        return None
-
-    def remember(self, checkpoint_id: str, config, memory: "gate.KeyMemory | None") -> None:
-        """Record an adapter already added to the model (e.g. a checkpoint just trained)."""
-        self.memories[checkpoint_id] = memory
-        self.configs[checkpoint_id] = config
-        while len(self.memories) > LOADED_ADAPTERS:
-            old, _ = self.memories.popitem(last=False)
-            self.configs.pop(old, None)
-            lora.drop_adapter(self.model, old)
-
-    def adapter_state(self, checkpoint_id: str):
-        """(peft config, weights, key memory) of a checkpoint, loading it if needed."""
-        self.load(checkpoint_id)
-        return self.configs[checkpoint_id], lora.adapter_state(self.model, checkpoint_id), self.memories[checkpoint_id]
-
-    def route(self, checkpoint_id: str | None, chat: list[dict]) -> str | None:
-        """The adapter that answers `chat`: the checkpoint's, or None for the base model."""
-        if checkpoint_id is None:
-            return None
-        memory = self.memories.get(checkpoint_id)
-        if not self.routing.enabled or memory is None:
-            return checkpoint_id
-        return checkpoint_id if memory.admits(self.model, self.tokenizer, chat, self.device) else None
-
-    # -- requests ---------------------------------------------------------------
-
-    def answer(self, req: Request) -> dict:
-        """Answer one validated request; RequestError for a bad checkpoint."""
+    def answer(self, q: Question, cancelled: Callable[[], bool] | None = None,
+               on_text: Callable[[str], None] | None = None) -> dict:
+        """Answer one validated question; RequestError for what the asker got wrong,
+        Cancelled when `cancelled()` turns true while it is generated."""
         start = time.perf_counter()
-        ckpt = req.checkpoint or self.current()
+        a = self.adapters
+        ids = prompt_ids(a.tokenizer, q.messages)
+        if len(ids) > self.max_prompt_tokens:
+            raise RequestError("too_long", f"the prompt is {len(ids)} tokens; the limit is "
+                               f"{self.max_prompt_tokens} (daemon.max_prompt_tokens)")
+        ckpt = q.checkpoint or a.serving()
         status = "base"
         if ckpt is not None:
             row = self.store.checkpoint(ckpt)
             if row is None:
                 raise RequestError("unknown_checkpoint", f"no checkpoint '{ckpt}'; see memzctl checkpoints")
             try:
-                self.load(ckpt)
+                a.ensure(ckpt)
             except CheckpointError as exc:
                 raise RequestError("bad_checkpoint", str(exc)) from exc
             status = row.status
-        adapter = self.route(ckpt, req.messages)
-        text = answer(self.model, self.tokenizer, req.messages, adapter=adapter, device=self.device,
-                      max_tokens=req.max_tokens, temperature=req.temperature)
+        adapter = a.route(ckpt, q.messages)
+        text = answer(a.model, a.tokenizer, q.messages, adapter=adapter, device=a.device,
+                      max_tokens=q.max_tokens, temperature=q.temperature, cancelled=cancelled,
+                      on_text=on_text, ids=ids)
         self.answered += 1
-        return {"id": req.id, "response": text, "checkpoint": ckpt, "checkpoint_status": status,
+        return {"id": q.id, "response": text, "checkpoint": ckpt, "checkpoint_status": status,
                 "routed_to": "adapter" if adapter else "base",
                 "latency_ms": round((time.perf_counter() - start) * 1000)}
 
-    def handle(self, path: Path) -> None:
-        """Answer or refuse one request file; never raises for bad input."""
+    def settle(self, pending: Pending, stopping: Callable[[], bool]) -> None:
+        """Answer a submitted question and resolve its future (never raises)."""
+        if pending.cancelled or not pending.future.set_running_or_notify_cancel():
+            return
+        q = pending.question
+        try:
+            payload = self.answer(q, cancelled=lambda: pending.cancelled or stopping(), on_text=pending.on_text)
+        except Cancelled:
+            payload = {"id": q.id, "error": {"code": "cancelled", "message": "the question was withdrawn "
+                                             "or the daemon is stopping"}}
+        except Exception as exc:  # a bug or a model failure: answer it, keep serving
+            if not isinstance(exc, RequestError):
+                log.exception("question %s failed", q.id)
+            payload = error_payload(q.id, exc)
+        self._log(q, payload, pending.source)
+        pending.future.set_result(payload)
+
+    def handle(self, path: Path, stopping: Callable[[], bool]) -> bool:
+        """Answer or refuse one request file; never raises for bad input. False when the
+        file is not complete yet (written in place, still being written): try again later."""
         rid = request_id(path)
         if rid is None or path.is_symlink() or not path.is_file():
             self._reject(path, "name is not <id>.json with an id of 1-64 of A-Z a-z 0-9 . _ -, "
                          "or not a regular file")
-            return
+            return True
+        partial = partial_path(self.home, rid)
+        q = None
         try:
             with open(path, "rb") as f:
                 raw = f.read(self.max_request_bytes + 1)
-            payload = self.answer(parse_request(rid, raw, self.max_request_bytes))
-        except RequestError as exc:
-            payload = {"id": rid, "error": {"code": exc.code, "message": str(exc)}}
-            log.warning("request %s refused: %s", rid, exc)
-        except Exception as exc:  # a bug or a model failure: answer it, keep serving
-            log.exception("request %s failed", rid)
-            payload = {"id": rid, "error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}}
+                mtime = _mtime(f)
+            try:
+                q = parse_request(rid, raw, self.max_request_bytes)
+            except RequestError as exc:
+                if exc.code == "invalid_json" and time.time() - mtime < 1.0:
+                    return False  # written in place a moment ago: maybe not finished
+                raise
+
+            def withdrawn() -> bool:
+                return stopping() or not path.exists()
+
+            stream = _Appender(partial)
+            try:
+                payload = self.answer(q, cancelled=withdrawn, on_text=stream.write)
+            finally:
+                stream.close()
+        except FileNotFoundError:
+            partial.unlink(missing_ok=True)
+            return True  # withdrawn before it was read
+        except Cancelled:
+            partial.unlink(missing_ok=True)
+            if stopping() and path.exists():
+                return False  # the daemon stops: the request stays for the next start
+            log.info("request %s withdrawn by its asker; no answer written", rid)
+            return True
+        except Exception as exc:
+            if not isinstance(exc, RequestError):
+                log.exception("request %s failed", rid)
+            else:
+                log.warning("request %s refused: %s", rid, exc)
+            payload = error_payload(rid, exc)
+        self._log(q, payload, "folder", rid)
+        if not path.exists():  # withdrawn while the answer was finished: leave no orphan
+            partial.unlink(missing_ok=True)
+            return True
         self.home.responses.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.home.responses / f"{rid}.json", payload)
+        partial.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        return True
+
+    def _log(self, q: Question | None, payload: dict, source: str, rid: str | None = None) -> None:
+        """Every answer and refusal is kept in memz.db (memzctl logs)."""
+        log_answer = getattr(self.store, "log_answer", None)
+        if log_answer is None:
+            return
         try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+            error = payload.get("error")
+            log_answer(request_id=payload.get("id") or rid or "", source=source,
+                       messages=q.messages if q else [], response=payload.get("response"),
+                       checkpoint=payload.get("checkpoint"), routed_to=payload.get("routed_to"),
+                       latency_ms=payload.get("latency_ms"),
+                       error=f"{error['code']}: {error['message']}" if error else None,
+                       user=q.user if q else None)
+        except Exception:  # the log is a record, not a reason to fail an answer
+            log.exception("could not record the answer to %s", payload.get("id"))
 
     def _reject(self, path: Path, reason: str) -> None:
         log.warning("request file %r set aside: %s", path.name, reason)
-        self.home.requests_rejected.mkdir(parents=True, exist_ok=True)
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", path.name)[:100] or "request"
-        target = self.home.requests_rejected / f"{safe}.{time.time_ns()}"
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", path.name).lstrip(".") or "request"
         try:
-            os.rename(path, target)
-            (target.parent / (target.name + ".reason.txt")).write_text(reason + "\n", encoding="utf-8")
+            set_aside(path, self.home.requests_rejected, reason, name=name)
         except OSError as exc:
             log.error("could not move %r aside: %s", path.name, exc)
+
+
+def _mtime(f) -> float:
+    return os.fstat(f.fileno()).st_mtime
+
+
+class _Appender:
+    """responses/.<id>.partial: the answer's text so far, for an asker that streams."""
+
+    def __init__(self, path: Path):
+        self.path, self.f = path, None
+
+    def write(self, text: str) -> None:
+        try:
+            if self.f is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.f = open(self.path, "ab")
+            self.f.write(text.encode("utf-8", "replace"))
+            self.f.flush()
+        except OSError:  # streaming is a courtesy; the answer still lands whole
+            pass
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()

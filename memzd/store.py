@@ -68,6 +68,15 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class ParentMoved(Exception):
+    """A new checkpoint's parent no longer serves (a rollback or a newer checkpoint intervened)."""
+
+    def __init__(self, parent: str | None, current: str | None):
+        super().__init__(f"trained from {parent or 'the base model'}, but {current or 'the base model'} "
+                         "serves now")
+        self.parent, self.current = parent, current
+
+
 @dataclass
 class CheckpointRow:
     """One checkpoint as the store records it."""
@@ -241,15 +250,19 @@ class Store:
     def failed_batches(self) -> list[dict]:
         return list(self.db["batches"].rows_where("status = 'failed'", order_by="id"))
 
-    def lineage_examples(self, checkpoint_id: str | None, exclude_batch: int | None = None) -> list[dict]:
-        """Examples trained into `checkpoint_id` and its ancestors (for replay)."""
-        batch_ids = [c.batch_id for c in self.lineage(checkpoint_id) if c.batch_id is not None]
-        batch_ids = [b for b in batch_ids if b != exclude_batch]
-        if not batch_ids:
+    def replay_sample(self, checkpoint_id: str | None, n: int, seed: int,
+                      exclude_batch: int | None = None) -> list[dict]:
+        """A seeded sample of at most `n` examples trained into `checkpoint_id` and its
+        ancestors (for replay). Only the sample leaves SQLite: the cost does not grow
+        with the lineage. The order is a fixed hash of (id, seed): the same seed draws
+        the same sample."""
+        batch_ids = [c.batch_id for c in self.lineage(checkpoint_id) if c.batch_id not in (None, exclude_batch)]
+        if not batch_ids or n <= 0:
             return []
         marks = ",".join("?" * len(batch_ids))
         return [json.loads(r[0]) for r in self.db.execute(
-            f"SELECT data FROM examples WHERE batch_id IN ({marks}) ORDER BY id", batch_ids)]
+            f"SELECT data FROM examples WHERE batch_id IN ({marks}) "
+            "ORDER BY ((id + ?) * 2654435761) % 4294967296 LIMIT ?", [*batch_ids, seed, n])]
 
     # -- metrics --------------------------------------------------------------
 
@@ -268,8 +281,16 @@ class Store:
         return (self.db.execute("SELECT max(seq) FROM checkpoints").fetchone()[0] or 0) + 1
 
     def add_checkpoint(self, row: CheckpointRow, make_current: bool) -> None:
-        """Record a checkpoint already renamed into place, and finish its batch, atomically."""
+        """Record a checkpoint already renamed into place, and finish its batch, atomically.
+
+        With `make_current`, the checkpoint becomes current only if its parent
+        still is (checked inside the transaction): if a rollback or another
+        checkpoint intervened while it trained, ParentMoved is raised and
+        nothing is recorded.
+        """
         with self.db.atomic():
+            if make_current and self.current_checkpoint() != row.parent:
+                raise ParentMoved(row.parent, self.current_checkpoint())
             self.db["checkpoints"].insert({**row.__dict__, "metrics": json.dumps(row.metrics)})
             if row.batch_id is not None:
                 self.db["batches"].update(row.batch_id, {"status": "done", "checkpoint_id": row.id,
@@ -290,15 +311,24 @@ class Store:
                 for r in self.db["checkpoints"].rows_where(order_by="seq desc")]
 
     def lineage(self, checkpoint_id: str | None) -> list[CheckpointRow]:
-        """The checkpoint and its ancestors, newest first."""
+        """The checkpoint and its ancestors, newest first (one query)."""
+        if not checkpoint_id:
+            return []
+        rows = self.db.execute(
+            "WITH RECURSIVE chain(id, depth) AS ("
+            " SELECT id, 0 FROM checkpoints WHERE id = ?"
+            " UNION SELECT c.parent, chain.depth + 1 FROM checkpoints c JOIN chain ON c.id = chain.id"
+            "  WHERE c.parent IS NOT NULL AND chain.depth < 100000)"
+            " SELECT c.* FROM chain JOIN checkpoints c ON c.id = chain.id ORDER BY chain.depth",
+            [checkpoint_id])
+        cols = [d[0] for d in rows.description]
         chain, seen = [], set()
-        while checkpoint_id and checkpoint_id not in seen:
-            seen.add(checkpoint_id)
-            row = self.checkpoint(checkpoint_id)
-            if row is None:
+        for values in rows.fetchall():
+            row = CheckpointRow.from_row(dict(zip(cols, values)))
+            if row.id in seen:  # a loop in a hand-edited database
                 break
+            seen.add(row.id)
             chain.append(row)
-            checkpoint_id = row.parent
         return chain
 
     def set_checkpoint_status(self, checkpoint_id: str, status: str) -> None:

@@ -3,11 +3,14 @@
 The watchdog callback only records that work exists (sets an Event); the one
 daemon worker then scans the folder. Events get lost, so the worker also
 rescans on a timer. A file is handed over only once its size and mtime have
-held for `stable_seconds`, so a file copied in slowly is read once, whole.
+held for `stable_seconds` and no process holds it open for writing, so a
+file copied in slowly, or appended to by a writer that keeps it open, is read
+once, whole.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -49,6 +52,38 @@ class Watcher:
         self._observer.join(timeout=5)
 
 
+def held_for_writing(path: Path) -> bool:
+    """Does a process of ours hold `path` open for writing? (Linux, through /proc; elsewhere
+    False.) A writer that keeps a file open and pauses between lines is not finished."""
+    proc = Path("/proc")
+    if not (proc / "self" / "fd").is_dir():
+        return False
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    target = (st.st_dev, st.st_ino)
+    for pid in os.listdir(proc):
+        if not pid.isdigit():
+            continue
+        fds = proc / pid / "fd"
+        try:
+            names = os.listdir(fds)
+        except OSError:  # gone, or another user's
+            continue
+        for fd in names:
+            try:
+                fst = os.stat(fds / fd)
+                if (fst.st_dev, fst.st_ino) != target:
+                    continue
+                flags = int((proc / pid / "fdinfo" / fd).read_text().split("flags:")[1].split()[0], 8)
+            except (OSError, IndexError, ValueError):
+                continue
+            if flags & (os.O_WRONLY | os.O_RDWR):
+                return True
+    return False
+
+
 class StableFiles:
     """Tracks entries until their (size, mtime) has held for `stable_seconds`."""
 
@@ -81,7 +116,7 @@ class StableFiles:
                 if self.stable_seconds > 0:
                     continue
                 prev = self._seen[name]
-            if now - prev[1] >= self.stable_seconds:
+            if now - prev[1] >= self.stable_seconds and not held_for_writing(path):
                 ready.append(path)
         for name in list(self._seen):
             if name not in present:

@@ -1,8 +1,9 @@
 """Crash safety, tested by really killing `memzd` subprocesses.
 
 Each test starts `memzd --home H` on the tiny-model home, waits for an
-observable point (the `activity` state row, or the marker file the test-only
-MEMZ_TEST_PAUSE_AT hook writes), kills it there with SIGKILL or SIGTERM,
+observable point (the `activity` state row, or the marker file that a pause
+this test puts into the daemon's checkpoint writing writes: PAUSE, through
+seams the test owns), kills it there with SIGKILL or SIGTERM,
 restarts it with `--once`, and checks what a user would: the database is
 intact, no example is lost or trained twice into the current lineage, no
 half-written checkpoint is current, and the interrupted batch trains again.
@@ -36,6 +37,42 @@ LONG = {"max_steps": 100_000, "eval_every": 0}  # trains until killed
 SHORT = {"max_steps": 4, "eval_every": 2}       # the fixture's default
 
 
+# memzd with a pause put in at one point of writing a checkpoint: the marker file
+# appears there, and the process sleeps until the test kills it.
+#   checkpoint_write: the weights are in the staging folder, nothing else is
+#   before_commit: the folder is renamed into place, not yet recorded
+PAUSE = """
+import os, sys, time
+point, marker = sys.argv[1], sys.argv[2]
+
+def pause():
+    open(marker, "w").write(str(os.getpid()))
+    time.sleep(3600)
+
+import memzd.checkpoints as checkpoints
+from memzd.learner import Learner
+if point == "checkpoint_write":
+    save_file = checkpoints.save_file
+    def save_then_pause(tensors, filename, *args, **kwargs):
+        save_file(tensors, filename, *args, **kwargs)
+        if filename.endswith(checkpoints.WEIGHTS):
+            pause()
+    checkpoints.save_file = save_then_pause
+elif point == "before_commit":
+    write = Learner.write
+    def write_then_pause(*args, **kwargs):
+        path = write(*args, **kwargs)
+        pause()
+        return path
+    Learner.write = staticmethod(write_then_pause)
+else:
+    raise SystemExit(f"unknown pause point {point}")
+sys.argv = ["memzd", *sys.argv[3:]]
+from memzd.cli import memzd_main
+memzd_main()
+"""
+
+
 @pytest.fixture(autouse=True)
 def _immediate(home):
     write_config(home, update_mode="immediate")  # each dropped file is a batch at once
@@ -48,12 +85,13 @@ def daemons(tmp_path):
 
     def start(home: Path, *args: str, pause_at: str | None = None) -> subprocess.Popen:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("MEMZ_TEST_PAUSE_AT", None)
-        if pause_at:
-            env["MEMZ_TEST_PAUSE_AT"] = pause_at
         log = open(tmp_path / f"memzd-{len(started)}.out", "wb")
-        proc = subprocess.Popen([str(MEMZD), "--home", str(home), *args], stdout=log,
-                                stderr=subprocess.STDOUT, env=env)
+        if pause_at:
+            marker = home / "logs" / f"test-pause-{pause_at}"
+            command = [sys.executable, "-c", PAUSE, pause_at, str(marker), "--home", str(home), *args]
+        else:
+            command = [str(MEMZD), "--home", str(home), *args]
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         proc.log_path = log.name
         log.close()
         started.append(proc)

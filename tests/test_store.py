@@ -52,7 +52,7 @@ def test_batches_and_lineage(tmp_path):
     b2 = store.create_batch()
     store.add_checkpoint(CheckpointRow("A_x_0002", 2, "A_x_0001", b2, "stable", "now", "p", "base", {}), True)
     assert [c.id for c in store.lineage("A_x_0002")] == ["A_x_0002", "A_x_0001"]
-    assert len(store.lineage_examples("A_x_0002", exclude_batch=b2)) == 3
+    assert len(store.replay_sample("A_x_0002", 10, seed=0, exclude_batch=b2)) == 3
     assert store.checkpoint("A_x_0001").metrics == {"recall": 1.0}
 
 

@@ -1,0 +1,134 @@
+"""Which checkpoint serves, which adapters are loaded, and which questions each answers.
+
+One owner for the serving state of the one live model. The learner asks it
+for the parent of a batch (its weights and key memory) and hands it each new
+checkpoint; the answerer asks it which checkpoint serves and where a
+question is routed. Checkpoints are loaded into the live model once, by
+name, and switched to in memory; at most LOADED_ADAPTERS stay loaded.
+
+A current checkpoint that cannot serve (its folder is corrupt, or it does not
+fit the base) is marked rolled_back and its parent serves instead, the base
+model at worst, so a bad adapter never stops memz.
+
+Routing is written here once: an adapter answers a question when it has no
+key memory (routing off) or its key memory admits the question (memzd.gate).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import gate, lora
+from .checkpoints import load_checkpoint, sync_status
+from .config import Home, RoutingConfig
+from .errors import CheckpointError
+from .store import Store
+
+log = logging.getLogger("memz.adapters")
+
+LOADED_ADAPTERS = 4  # checkpoints kept in memory at once (each a few MB)
+
+Route = Callable[[list[dict]], "str | None"]  # chat -> adapter name, or None for the base model
+
+
+@dataclass
+class Loaded:
+    """A checkpoint's adapter in the live model, with what routes to it."""
+
+    config: object  # peft LoraConfig
+    memory: gate.KeyMemory | None
+
+
+class Adapters:
+    """The serving state of the live model: loaded adapters, the current checkpoint, routing."""
+
+    def __init__(self, home: Home, store: Store, model, tokenizer, device: torch.device,
+                 base_name: str, routing: RoutingConfig):
+        self.home, self.store = home, store
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.base_name, self.routing = base_name, routing
+        self.loaded: OrderedDict[str, Loaded] = OrderedDict()
+
+    # -- loading --------------------------------------------------------------
+
+    def ensure(self, checkpoint_id: str) -> Loaded:
+        """A checkpoint's adapter, loaded by name once; CheckpointError if it cannot serve."""
+        if checkpoint_id in self.loaded:
+            self.loaded.move_to_end(checkpoint_id)
+            return self.loaded[checkpoint_id]
+        config, state, _meta, keys = load_checkpoint(self.home.checkpoints / checkpoint_id, self.base_name,
+                                                     root=self.home.checkpoints)
+        try:
+            lora.add_adapter(self.model, checkpoint_id, config, state)
+        except (KeyError, RuntimeError, ValueError) as exc:  # ValueError: target modules the base lacks
+            lora.drop_adapter(self.model, checkpoint_id)
+            raise CheckpointError(f"{checkpoint_id}: adapter does not fit the base model: {exc}") from exc
+        try:
+            memory = gate.KeyMemory.from_file(*keys) if keys else None
+        except (KeyError, ValueError) as exc:
+            lora.drop_adapter(self.model, checkpoint_id)
+            raise CheckpointError(f"{checkpoint_id}: bad routing keys: {exc}") from exc
+        return self.add(checkpoint_id, config, memory)
+
+    def add(self, checkpoint_id: str, config, memory: gate.KeyMemory | None,
+            state: dict[str, torch.Tensor] | None = None) -> Loaded:
+        """Take on an adapter: `state` is loaded under the checkpoint's name when given
+        (a checkpoint just trained), else it is already in the model."""
+        if state is not None:
+            lora.add_adapter(self.model, checkpoint_id, config, state)
+        self.loaded[checkpoint_id] = Loaded(config, memory)
+        self.loaded.move_to_end(checkpoint_id)
+        while len(self.loaded) > LOADED_ADAPTERS:
+            old, _ = self.loaded.popitem(last=False)
+            lora.drop_adapter(self.model, old)
+        return self.loaded[checkpoint_id]
+
+    def state(self, checkpoint_id: str):
+        """(peft config, weights, key memory) of a checkpoint, loading it if needed."""
+        loaded = self.ensure(checkpoint_id)
+        return loaded.config, lora.adapter_state(self.model, checkpoint_id), loaded.memory
+
+    # -- what serves ----------------------------------------------------------
+
+    def serving(self) -> str | None:
+        """The current checkpoint, loaded (None: the base model serves). One that cannot
+        serve is marked rolled_back and its parent made current instead."""
+        ckpt, seen = self.store.current_checkpoint(), set()
+        while ckpt is not None and ckpt not in seen:
+            seen.add(ckpt)
+            try:
+                self.ensure(ckpt)
+                return ckpt
+            except CheckpointError as exc:
+                row = self.store.checkpoint(ckpt)
+                parent = row.parent if row else None
+                log.error("current checkpoint %s cannot serve (%s); %s serves instead", ckpt, exc,
+                          parent or "the base model")
+                self.store.roll_back(ckpt, parent, f"{ckpt} could not serve: {exc}")
+                sync_status(self.home.checkpoints, self.store, ckpt)
+                ckpt = parent
+        return None
+
+    # -- routing --------------------------------------------------------------
+
+    def route_with(self, adapter: str, memory: gate.KeyMemory | None, chat: list[dict]) -> str | None:
+        """The rule: `adapter` answers `chat` if routing is off, the adapter has no key
+        memory, or its memory admits the question; else the base model (None) does."""
+        if not self.routing.enabled or memory is None:
+            return adapter
+        return adapter if memory.admits(self.model, self.tokenizer, chat, self.device) else None
+
+    def route(self, checkpoint_id: str | None, chat: list[dict]) -> str | None:
+        """Where a question to `checkpoint_id` goes: its adapter, or the base model (None)."""
+        if checkpoint_id is None:
+            return None
+        return self.route_with(checkpoint_id, self.ensure(checkpoint_id).memory, chat)
+
+    def router(self, adapter: str, memory: gate.KeyMemory | None) -> Route:
+        """The route of an adapter not (yet) a checkpoint: the candidate being evaluated."""
+        return lambda chat: self.route_with(adapter, memory, chat)

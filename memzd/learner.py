@@ -1,0 +1,235 @@
+"""One batch, start to finish: parent -> train -> evaluate -> verdict -> commit.
+
+The learner trains a batch on top of the checkpoint that serves (its parent,
+from memzd.adapters), measures the result (memzd.evaluator), decides its
+status, writes its folder (memzd.checkpoints) and records it (memzd.store).
+
+The commit checks, in the same transaction that makes the new checkpoint
+current, that its parent still serves. If a rollback (or anything else)
+changed what serves while the batch trained, the new checkpoint is not
+recorded: its folder is removed and the batch goes back to the queue, so it
+trains again on top of what serves now. A rollback is never undone by a
+batch that was already training, and its examples are still learned.
+
+Hooks (`Hooks`) let the daemon answer questions between steps and stop the
+run for a signal; `Learner.write` is the seam through which a checkpoint
+folder is written (tests replace it to fail or pause there).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from . import anchors as anchor_mod
+from . import gate, lora
+from .adapters import Adapters
+from .checkpoints import check_state, new_id, write_checkpoint
+from .config import Config, Home
+from .evaluator import AnchorSet, evaluate, forgetting_loss, prepare_anchor_set, verdict
+from .examples import to_chat
+from .inference import Cancelled
+from .model import cache_root
+from .store import CheckpointRow, ParentMoved, Store, utcnow
+from .tokens import encode
+from .trainer import Interrupted, TrainCallback, train
+
+log = logging.getLogger("memz.learner")
+
+TRAINING_CURVE_ANCHORS = 8  # anchors sampled for the during-training forgetting curve (a few seconds each)
+REPLAY_POOL = 10            # replay draws from at most this many times training.replay earlier examples
+
+
+@dataclass
+class Hooks:
+    """What the daemon lends a run: a safe point to answer questions, a stop flag, a status line."""
+
+    between: Callable[[], None] = lambda: None
+    stop: threading.Event = field(default_factory=threading.Event)
+    activity: Callable[[str], None] = lambda text: None
+
+
+class Retrain(Exception):
+    """The batch's parent no longer serves: it goes back to the queue to train on what serves now."""
+
+
+class Anchors:
+    """The sampled anchors with the base model's answers, prepared once per base model
+    (cached for the machine) on first use; questions are answered while they are computed."""
+
+    def __init__(self, config: Config, home: Home, adapters: Adapters, base_name: str):
+        self.config, self.home, self.adapters, self.base_name = config, home, adapters, base_name
+        self._set: AnchorSet | None = None
+        self.ready = False
+
+    def get(self, hooks: Hooks) -> AnchorSet | None:
+        if self.ready:
+            return self._set
+        cfg = self.config.evaluation
+        everything = anchor_mod.load_anchors(cfg, self.home)
+        if everything:
+            sample = anchor_mod.sample(everything, cfg.anchor_sample, self.config.training.seed)
+            key = anchor_mod.cache_key(self.base_name, sample, cfg.anchor_max_tokens)
+            cached = anchor_mod.cached_reference(cache_root() / "anchors", key)
+            if cached is None:
+                log.info("computing the base model's answers to %d anchors (once per base model)", len(sample))
+                hooks.activity(f"computing the base model's answers to {len(sample)} anchors "
+                               "(once per base model; questions are answered meanwhile)")
+            a = self.adapters
+            try:
+                self._set, fresh = prepare_anchor_set(
+                    a.model, a.tokenizer, sample, a.device, cfg.anchor_max_tokens,
+                    self.config.training.max_seq_len, cached, between=hooks.between, cancelled=hooks.stop.is_set)
+            except Cancelled:
+                raise Interrupted() from None
+            if cached is None:
+                anchor_mod.store_reference(cache_root() / "anchors", key, fresh)
+        self.ready = True
+        return self._set
+
+
+class _Steps(TrainCallback):
+    """Records each step, samples the forgetting curve, answers questions between steps."""
+
+    def __init__(self, learner: "Learner", batch_id: int, hooks: Hooks, anchor_set: AnchorSet | None):
+        self.l, self.batch_id, self.hooks, self.anchor_set = learner, batch_id, hooks, anchor_set
+        self.total = learner.config.training.max_steps
+        self.started = time.perf_counter()
+
+    def on_step(self, step: int, loss: float, tokens: int) -> None:
+        l = self.l
+        l.store.add_metric(self.batch_id, step, "finetune_loss", loss)
+        every = l.config.training.eval_every
+        if self.anchor_set and every and step % every == 0:
+            a = l.adapters
+            fl = forgetting_loss(a.model, a.tokenizer, self.anchor_set, lora.TRAIN, a.device,
+                                 l.config.training.max_seq_len, limit=TRAINING_CURVE_ANCHORS)
+            l.store.add_metric(self.batch_id, step, "forgetting_loss", fl)
+        self.hooks.activity(f"training batch {self.batch_id}: step {step}/{self.total}, loss {loss:.4f}")
+        log.info("batch %d step %d/%d loss %.4f (%.1fs)", self.batch_id, step, self.total, loss,
+                 time.perf_counter() - self.started)
+
+    def between_steps(self, step: int) -> None:
+        self.hooks.between()
+
+    def between_micro_batches(self, step: int) -> None:  # a step is several micro-batches
+        if self.hooks.stop.is_set():
+            raise Interrupted()
+        self.hooks.between()
+
+    def should_stop(self) -> bool:
+        return self.hooks.stop.is_set()
+
+
+class Learner:
+    """Trains batches into checkpoints for one home and one live model."""
+
+    write = staticmethod(write_checkpoint)  # the seam through which checkpoint folders are written
+
+    def __init__(self, home: Home, store: Store, config: Config, adapters: Adapters, base_name: str,
+                 base_info: dict | None = None):
+        self.home, self.store, self.config, self.adapters = home, store, config, adapters
+        self.base_name, self.base_info = base_name, base_info or {}
+        self.anchors = Anchors(config, home, adapters, base_name)
+
+    def learn(self, batch_id: int, hooks: Hooks) -> str:
+        """Train, evaluate and commit one batch; returns the new checkpoint's id.
+
+        Raises Interrupted (stop requested: the batch stays queued), Retrain (what
+        serves changed meanwhile), StorageError (the disk failed), or whatever the
+        batch itself caused."""
+        cfg, a = self.config, self.adapters
+        t0 = time.perf_counter()
+        examples = self.store.batch_examples(batch_id)
+        anchor_set = self.anchors.get(hooks)  # prepared before training, so its cost is not in the curve
+        parent = a.serving()  # a parent that cannot serve is rolled back first, never trained on
+        parent_state, parent_memory = None, None
+        if parent:
+            parent_config, parent_state, parent_memory = a.state(parent)
+            wanted = lora.peft_config(cfg.lora, lora.n_layers(a.model))
+            if (parent_config.r != wanted.r or set(parent_config.target_modules) != set(wanted.target_modules)
+                    or parent_config.layers_to_transform != wanted.layers_to_transform):
+                log.warning("lora settings changed since %s: this batch starts a fresh adapter", parent)
+                parent_state = None
+        # Replay: earlier examples of this lineage, a seeded sample of at most REPLAY_POOL
+        # times the per-epoch count, from which each epoch draws afresh.
+        replay = self.store.replay_sample(parent, REPLAY_POOL * cfg.training.replay, cfg.training.seed + batch_id,
+                                          exclude_batch=batch_id)
+        encoded = [encode(e, a.tokenizer, cfg.training.max_seq_len) for e in examples]
+        replayed = [encode(e, a.tokenizer, cfg.training.max_seq_len) for e in replay]
+        torch.manual_seed(cfg.training.seed)  # a fresh adapter's init, then the steps: reproducible
+        lora.start_training(a.model, cfg.lora, parent_state)
+        log.info("batch %d: training on %d examples (+%d per epoch replayed from %d earlier) from %s",
+                 batch_id, len(examples), min(cfg.training.replay, len(replay)), len(replay),
+                 parent or "the base model")
+        result = train(a.model, encoded, cfg.training, pad_id=a.tokenizer.pad_token_id, device=a.device,
+                       callback=_Steps(self, batch_id, hooks, anchor_set), replay=replayed)
+        hooks.activity(f"evaluating batch {batch_id}")
+        memory = self._memory(parent_memory, examples)
+        try:
+            metrics = evaluate(a.model, a.tokenizer, a.device, examples, anchor_set, a.router(lora.TRAIN, memory),
+                               cfg.training.max_seq_len, cfg.evaluation.anchor_max_tokens, cancelled=hooks.stop.is_set)
+        except Cancelled:
+            raise Interrupted() from None
+        metrics.update(n_examples=len(examples),
+                       finetune_loss=result.losses[-1] if result.losses else None, steps=len(result.losses),
+                       train_seconds=round(result.seconds, 2), trained_tokens=result.tokens,
+                       eval_seconds=round(time.perf_counter() - t0 - result.seconds, 2))
+        status = verdict(metrics, cfg.evaluation)
+        ckpt = self._commit(batch_id, parent, examples, metrics, status, memory)
+        log.info("batch %d done in %.1fs: %s", batch_id, time.perf_counter() - t0,
+                 ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        return ckpt
+
+    def _memory(self, parent_memory, examples) -> gate.KeyMemory | None:
+        """The parent's key memory extended with this batch's questions (None: routing off)."""
+        r, a = self.config.routing, self.adapters
+        if not r.enabled:
+            return None
+        questions = [gate.question_text(c[:-1]) if c else e["text"] for e in examples for c in [to_chat(e)]]
+        if parent_memory is None or parent_memory.layer != r.layer:
+            parent_memory = gate.KeyMemory.create(a.model, a.tokenizer, r.layer, a.device)
+        memory = parent_memory.extend(a.model, a.tokenizer, questions, a.device)
+        return memory.with_rule(r.rule, r.lexical_threshold, r.margin)
+
+    def _commit(self, batch_id, parent, examples, metrics, status, memory) -> str:
+        a = self.adapters
+        state = lora.adapter_state(a.model, lora.TRAIN)
+        config = a.model.peft_config[lora.TRAIN]
+        check_state(state, config.r, f"batch {batch_id}'s adapter")  # a NaN from the last step never serves
+        seq = self.store.next_checkpoint_seq()
+        ckpt_id = new_id(seq)
+        while (self.home.checkpoints / ckpt_id).exists() or (self.home.checkpoints / ".orphaned" / ckpt_id).exists():
+            seq += 1
+            ckpt_id = new_id(seq)
+        meta = {"id": ckpt_id, "parent": parent, "batch_id": batch_id, "base_model": self.base_name,
+                "base": self.base_info, "created_at": utcnow(), "n_examples": len(examples), "status": status,
+                "config": {"lora": vars(self.config.lora), "training": vars(self.config.training),
+                           "routing": vars(self.config.routing)},
+                "metrics": metrics,
+                "curves": {"finetune_loss": self.store.curve(batch_id, "finetune_loss"),
+                           "forgetting_loss": self.store.curve(batch_id, "forgetting_loss")}}
+        path = self.write(self.home, ckpt_id, state, config, meta, memory.to_file() if memory is not None else None)
+        row = CheckpointRow(id=ckpt_id, seq=seq, parent=parent, batch_id=batch_id, status=status,
+                            created_at=meta["created_at"], path=str(path), base_model=self.base_name,
+                            metrics=metrics)
+        try:
+            self.store.add_checkpoint(row, make_current=status != "rolled_back")
+        except ParentMoved as moved:
+            shutil.rmtree(path, ignore_errors=True)
+            self.store.log_event("retrain", f"batch {batch_id} trained on {moved.parent or 'the base model'}, "
+                                 f"but {moved.current or 'the base model'} serves now: it trains again on that",
+                                 batch=batch_id)
+            raise Retrain(str(moved)) from None
+        a.add(ckpt_id, config, memory, state)
+        verb = {"stable": "now serves", "risky": "serves, marked risky",
+                "rolled_back": "was rolled back; its parent keeps serving"}[status]
+        self.store.log_event("checkpoint", f"{ckpt_id} {verb}", checkpoint=ckpt_id, batch=batch_id)
+        log.info("checkpoint %s %s", ckpt_id, verb)
+        return ckpt_id
