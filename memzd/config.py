@@ -143,12 +143,14 @@ class DaemonConfig:
     stable_seconds: float = _help("A file is read once its size and mtime held this long.", 1.0)
     max_request_bytes: int = _help("Request files larger than this are refused.", 1_000_000)
     max_line_bytes: int = _help("Example lines longer than this are rejected.", 1_000_000)
+    max_prompt_tokens: int = _help("Questions longer than this many tokens are refused (memory and time stay bounded).", 4096)
 
     def __post_init__(self):
         _check(self.rescan_seconds > 0, "daemon.rescan_seconds", "a number > 0")
         _check(self.stable_seconds >= 0, "daemon.stable_seconds", "a number >= 0")
         _check(self.max_request_bytes >= 1, "daemon.max_request_bytes", "an integer >= 1")
         _check(self.max_line_bytes >= 1, "daemon.max_line_bytes", "an integer >= 1")
+        _check(self.max_prompt_tokens >= 1, "daemon.max_prompt_tokens", "an integer >= 1")
 
 
 @dataclass

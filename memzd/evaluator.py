@@ -75,11 +75,14 @@ def mean_ce(model, tokenizer, encoded: list[Encoded], adapter: str | None, devic
 
 
 def prepare_anchor_set(model, tokenizer, anchors: list[Anchor], device: torch.device,
-                       max_tokens: int, max_len: int, cached: dict | None = None) -> tuple[AnchorSet, dict]:
-    """Reference answers and base losses for the sampled anchors (from `cached` when given)."""
+                       max_tokens: int, max_len: int, cached: dict | None = None, *,
+                       between=None, cancelled=None) -> tuple[AnchorSet, dict]:
+    """Reference answers and base losses for the sampled anchors (from `cached` when given).
+    `between` runs between generation batches (the daemon answers requests there);
+    `cancelled` is checked between tokens (memzd.inference.Cancelled)."""
     if cached is None:
         greedy = greedy_answers(model, tokenizer, [a.chat for a in anchors], adapter=None,
-                                device=device, max_tokens=max_tokens)
+                                device=device, max_tokens=max_tokens, between=between, cancelled=cancelled)
         answers = [a.answer if a.answer is not None else g for a, g in zip(anchors, greedy)]
         encoded = _anchor_examples(anchors, answers, tokenizer, max_len)
         base_ce, each = mean_ce(model, tokenizer, encoded, None, device)
@@ -98,7 +101,7 @@ def forgetting_loss(model, tokenizer, anchor_set: AnchorSet, adapter: str | None
 
 
 def evaluate(model, tokenizer, device: torch.device, batch: list[dict], anchor_set: AnchorSet | None,
-             route: Route, max_len: int, max_tokens: int) -> dict:
+             route: Route, max_len: int, max_tokens: int, *, cancelled=None) -> dict:
     """All figures for one checkpoint, measured through `route`."""
     metrics: dict = {}
     chats = [to_chat(d) for d in batch]
@@ -116,7 +119,7 @@ def evaluate(model, tokenizer, device: torch.device, batch: list[dict], anchor_s
         for adapter, items in by_route.items():
             longest = max(len(tokenizer(e, add_special_tokens=False)["input_ids"]) for _, e in items)
             outs = greedy_answers(model, tokenizer, [c for c, _ in items], adapter=adapter,
-                                  device=device, max_tokens=min(longest + 8, 256))
+                                  device=device, max_tokens=min(longest + 8, 256), cancelled=cancelled)
             hits += sum(holds(o, e) for o, (_, e) in zip(outs, items))
         metrics["recall"] = hits / len(probes)
     else:
@@ -144,7 +147,7 @@ def evaluate(model, tokenizer, device: torch.device, batch: list[dict], anchor_s
         by_adapter.setdefault(anchor_routes[i], []).append(i)
     for adapter, idx in by_adapter.items():
         outs = greedy_answers(model, tokenizer, [anchor_set.anchors[i].chat for i in idx], adapter=adapter,
-                              device=device, max_tokens=max_tokens)
+                              device=device, max_tokens=max_tokens, cancelled=cancelled)
         kept += sum(normalize(o) == normalize(anchor_set.base_greedy[i]) for o, i in zip(outs, idx))
     metrics["retention_score"] = kept / len(anchor_set.anchors)
     metrics["anchors_routed_to_adapter"] = len(routed_idx)
@@ -161,3 +164,12 @@ def _routed_ce(model, tokenizer, encoded: list[Encoded], routes: list, device) -
         total += ce * n
         count += n
     return total / max(count, 1), count
+
+
+def verdict(metrics: dict, cfg) -> str:
+    """A checkpoint's status from its figures and `evaluation.rollback_mode`:
+    "stable", "risky" (warn: it still serves) or "rolled_back" (it never serves)."""
+    delta = metrics.get("anchor_ce_delta")
+    if cfg.rollback_mode == "off" or delta is None or delta <= cfg.catastrophic_delta:
+        return "stable"
+    return "risky" if cfg.rollback_mode == "warn" else "rolled_back"
