@@ -1,0 +1,219 @@
+"""The control path: rollbacks during training, stopping and withdrawing answers, streaming.
+
+Each test drives a daemon on the tiny model the way a user would (memzctl,
+request files, signals) and checks what the user sees: which checkpoint
+serves, whether an answer file appears, how long the daemon takes to stop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from memzd import control
+from memzd.cli import app
+from memzd.config import Home
+from memzd.daemon import Daemon
+from memzd.files import write_json_atomic
+from memzd.store import Store
+
+from conftest import drop, run_once, write_config
+
+FACTS = [{"input": "Who is Orla?", "output": "Orla keeps a cat named Biscuit."},
+         {"input": "Where is Zorblax?", "output": "Zorblax lives on Mars."}]
+# Greedy, the tiny model never says its end token: with the repetition guard off
+# (the `endless` fixture, or ENDLESS in a subprocess) this answer runs ~5 s here.
+LONG_ANSWER = {"prompt": "Tell me a long story.", "max_tokens": 4096, "temperature": 0}
+ENDLESS = """
+import sys
+from memzd.inference import RepetitionGuard
+RepetitionGuard.looping = lambda self, tokens: False
+sys.argv = ["memzd", *sys.argv[1:]]
+from memzd.cli import memzd_main
+memzd_main()
+"""
+RACE_ROUNDS = int(os.environ.get("MEMZ_RACE_ROUNDS", "2"))  # the issue's target: 20 in a row
+
+
+@pytest.fixture
+def endless(monkeypatch):
+    """Answers that loop are not cut short: a long answer stays long."""
+    from memzd.inference import RepetitionGuard
+
+    monkeypatch.setattr(RepetitionGuard, "looping", lambda self, tokens: False)
+
+
+class Running:
+    """A daemon on its own thread, stopped and joined at the end."""
+
+    def __init__(self, home: Path):
+        self.daemon = Daemon(Home(home))
+        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
+
+    def __enter__(self) -> Daemon:
+        self.thread.start()
+        return self.daemon
+
+    def __exit__(self, *exc) -> None:
+        self.daemon.request_stop()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the daemon did not stop"
+
+
+def wait_until(condition, what: str, timeout: float = 60, alive: threading.Thread | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if alive is not None and not alive.is_alive():
+            pytest.fail(f"the daemon stopped before {what}")
+        time.sleep(0.02)
+    pytest.fail(f"no {what} within {timeout} s")
+
+
+def training_step(store: Store, batch_id: int) -> bool:
+    text = (store.get_json("activity") or {}).get("text", "")
+    m = re.match(r"training batch (\d+): step (\d+)/", text)
+    return bool(m) and int(m[1]) == batch_id and int(m[2]) >= 2
+
+
+@pytest.mark.parametrize("round_", range(RACE_ROUNDS))
+def test_a_rollback_while_a_batch_trains_is_kept_and_the_batch_retrains_on_what_serves(home, round_):
+    write_config(home, update_mode="immediate")
+    drop(home, "first.jsonl", FACTS[:1])
+    run_once(home)
+    store = Store(home / "memz.db")
+    first = store.current_checkpoint()
+    write_config(home, training={"max_steps": 150, "stop_loss": 0, "lr": 1e-3})
+    runner = Running(home)
+    with runner as daemon:
+        drop(home, "second.jsonl", FACTS[1:])
+        wait_until(lambda: training_step(store, 2), "training of batch 2", alive=runner.thread)
+        result = CliRunner().invoke(app, ["--home", str(home), "rollback"])
+        assert result.exit_code == 0, result.output
+        assert "now serving the base model" in result.output
+        wait_until(lambda: store.batch(2)["status"] == "done", "batch 2 to finish", timeout=120,
+                   alive=runner.thread)
+    # The rollback stands: the first checkpoint stays rolled back, and batch 2 was
+    # trained again on what served after it (the base model), not on top of `first`.
+    assert store.checkpoint(first).status == "rolled_back"
+    newest = store.checkpoints()[0]
+    assert store.current_checkpoint() == newest.id and newest.parent is None and newest.batch_id == 2
+    assert all(c.parent != first for c in store.checkpoints())
+    assert {p.name for p in (home / "checkpoints").iterdir() if not p.name.startswith(".")} == \
+        {c.id for c in store.checkpoints()}, "the superseded checkpoint's folder was left behind"
+    assert any(e["kind"] == "retrain" for e in store.events(50))
+    assert store.batch(2)["attempts"] == 1  # a retrain is not a failed attempt
+
+
+def _subprocess_daemon(home: Path, tmp_path: Path) -> subprocess.Popen:
+    log = open(tmp_path / "memzd.out", "wb")
+    return subprocess.Popen([sys.executable, "-c", ENDLESS, "--home", str(home)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_during_a_long_answer_stops_the_daemon_within_5_s(home, tmp_path, sig):
+    proc = _subprocess_daemon(home, tmp_path)
+    try:
+        h = Home(home)
+        wait_until(lambda: control.daemon_pid(h) and (Store(h.db_path).get_json("activity") or {}).get("text")
+                   == "idle", "the daemon to start")
+        write_json_atomic(h.requests / "long.json", LONG_ANSWER)
+        wait_until(lambda: control.partial_path(h, "long").exists(), "the answer to start streaming")
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - t0 < 5, "memzd took more than 5 s to stop mid-answer"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (h.responses / "long.json").exists()  # no half answer is written...
+    assert (h.requests / "long.json").exists()  # ...and the question waits for the next start
+    assert not control.partial_path(h, "long").exists()
+    log = (tmp_path / "memzd.out").read_text()
+    assert f"{signal.Signals(sig).name}: stopping" in log and "memzd stopped" in log
+
+
+def test_a_withdrawn_question_stops_generating_and_leaves_no_answer_behind(home, endless):
+    h = Home(home)
+    runner = Running(home)
+    with runner:
+        write_json_atomic(h.requests / "gone.json", LONG_ANSWER)
+        wait_until(lambda: control.partial_path(h, "gone").exists(), "the answer to start", alive=runner.thread)
+        (h.requests / "gone.json").unlink()  # the asker gave up
+        wait_until(lambda: not control.partial_path(h, "gone").exists(), "the generation to stop", timeout=10)
+        # the daemon goes on answering others
+        answer = control.ask(h, {"prompt": "Hi", "max_tokens": 3}, timeout=60)
+        assert "response" in answer
+    assert not (h.responses / "gone.json").exists()
+    assert list(h.responses.iterdir()) == []
+
+
+def test_ask_streams_the_answer_as_it_is_generated_and_gives_it_whole(home):
+    h = Home(home)
+    pieces: list[str] = []
+    with Running(home):
+        wait_until(lambda: control.daemon_pid(h), "the daemon to start")
+        payload = control.ask(h, {"prompt": "Hello!", "max_tokens": 40, "temperature": 1.0, "id": "s1"},
+                              timeout=60, on_text=pieces.append)
+    assert payload["id"] == "s1" and payload["response"]
+    assert "".join(pieces).strip() == payload["response"]
+    assert list(h.responses.iterdir()) == [] and not (h.requests / "s1.json").exists()
+
+
+def test_ask_that_times_out_withdraws_its_question(home, endless):
+    h = Home(home)
+    with Running(home):
+        wait_until(lambda: control.daemon_pid(h), "the daemon to start")
+        with pytest.raises(Exception, match="withdrawn"):
+            control.ask(h, {**LONG_ANSWER, "id": "slow"}, timeout=0.5)
+        time.sleep(0.5)
+    assert not (h.requests / "slow.json").exists() and not (h.responses / "slow.json").exists()
+
+
+def test_memzctl_train_makes_a_waiting_batch_train_now(home):
+    write_config(home, batch={"max_examples": 100, "max_age_minutes": 60})
+    h = Home(home)
+    runner = Running(home)
+    with runner:
+        drop(home, "facts.jsonl", FACTS)
+        store = Store(h.db_path)
+        wait_until(lambda: store.example_count() == 2, "the file to be read", alive=runner.thread)
+        status = control.status_data(h)
+        assert status["queue_depth"] == 2 and "2 of 100 examples wait" in status["next_batch"]["why"]
+        control.request_training(h)
+        wait_until(lambda: store.current_checkpoint(), "the checkpoint", timeout=120, alive=runner.thread)
+    assert not (h.inbox / control.TRAIN_NOW).exists()
+    assert store.queue_depth() == 0
+
+
+def test_a_prompt_over_the_token_cap_is_refused_with_its_size(home):
+    write_config(home, daemon={"max_prompt_tokens": 64})
+    h = Home(home)
+    write_json_atomic(h.requests / "huge.json", {"prompt": "word " * 5000})
+    run_once(home)
+    answer = json.loads((h.responses / "huge.json").read_text())
+    assert answer["error"]["code"] == "too_long" and "max_prompt_tokens" in answer["error"]["message"]
+
+
+def test_the_repetition_guard_stops_a_loop_and_lets_a_varied_answer_run():
+    from memzd.inference import RepetitionGuard
+
+    guard = RepetitionGuard(prompt_len=0)
+    assert guard.looping([5] * 24)                          # "the the the ..."
+    assert guard.looping([1, 2, 3, 4, 5, 6, 7] * 4)          # a sentence on a loop
+    assert not guard.looping(list(range(100)))               # nothing repeats
+    assert not guard.looping([1, 2, 3] * 7 + [9])            # a loop that ended
+    assert not guard.looping([7] * 10)                       # too short to call a loop
