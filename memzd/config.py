@@ -9,6 +9,7 @@ and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -48,8 +49,8 @@ class LoraConfig:
     layers: str = _help("Decoder layers LoRA wraps: 'all', 'top-half', or a range such as '15-29'.", "top-half")
 
     def __post_init__(self):
-        _check(self.r >= 1, "lora.r", "an integer >= 1")
-        _check(self.alpha >= 1, "lora.alpha", "an integer >= 1")
+        _check(1 <= self.r <= 1024, "lora.r", "an integer from 1 to 1024")
+        _check(1 <= self.alpha <= 100_000, "lora.alpha", "an integer from 1 to 100000")
         _check(0.0 <= self.dropout < 1.0, "lora.dropout", "a number in [0, 1)")
         _check(len(self.target_modules) > 0, "lora.target_modules", "a non-empty list of module names")
         _check(self.layers in ("all", "top-half") or _is_range(self.layers), "lora.layers",
@@ -89,13 +90,14 @@ class TrainingConfig:
     precision: Literal["auto", "fp32", "bf16"] = _help("Training math: auto is bf16 on cuda and on CPUs with AVX512-BF16/AMX, fp32 elsewhere.", "auto")
 
     def __post_init__(self):
-        for key in ("batch_size", "grad_accum", "max_steps", "max_seq_len"):
-            _check(getattr(self, key) >= 1, f"training.{key}", "an integer >= 1")
-        _check(self.lr > 0, "training.lr", "a positive number such as 1e-4")
+        for key, most in (("batch_size", 4096), ("grad_accum", 4096), ("max_steps", 1_000_000),
+                          ("max_seq_len", 1_000_000)):
+            _check(1 <= getattr(self, key) <= most, f"training.{key}", f"an integer from 1 to {most}")
+        _check(math.isfinite(self.lr) and 0 < self.lr <= 10, "training.lr", "a positive number such as 1e-4")
         _check(self.eval_every >= 0, "training.eval_every", "an integer >= 0")
-        _check(self.stop_loss >= 0, "training.stop_loss", "a number >= 0")
+        _check(math.isfinite(self.stop_loss) and self.stop_loss >= 0, "training.stop_loss", "a number >= 0")
         _check(self.replay >= 0, "training.replay", "an integer >= 0")
-        _check(self.threads >= 0, "training.threads", "an integer >= 0")
+        _check(0 <= self.threads <= 1024, "training.threads", "an integer from 0 to 1024")
 
 
 @dataclass
@@ -119,7 +121,8 @@ class EvaluationConfig:
 
     def __post_init__(self):
         _check(self.anchor_sample >= 1, "evaluation.anchor_sample", "an integer >= 1")
-        _check(self.catastrophic_delta >= 0, "evaluation.catastrophic_delta", "a number >= 0")
+        _check(math.isfinite(self.catastrophic_delta) and self.catastrophic_delta >= 0,
+               "evaluation.catastrophic_delta", "a number >= 0")
         _check(self.anchor_max_tokens >= 1, "evaluation.anchor_max_tokens", "an integer >= 1")
 
 
@@ -146,8 +149,8 @@ class DaemonConfig:
     max_prompt_tokens: int = _help("Questions longer than this many tokens are refused (memory and time stay bounded).", 4096)
 
     def __post_init__(self):
-        _check(self.rescan_seconds > 0, "daemon.rescan_seconds", "a number > 0")
-        _check(self.stable_seconds >= 0, "daemon.stable_seconds", "a number >= 0")
+        _check(0 < self.rescan_seconds <= 3600, "daemon.rescan_seconds", "a number of seconds from 0 to 3600")
+        _check(0 <= self.stable_seconds <= 3600, "daemon.stable_seconds", "a number of seconds from 0 to 3600")
         _check(self.max_request_bytes >= 1, "daemon.max_request_bytes", "an integer >= 1")
         _check(self.max_line_bytes >= 1, "daemon.max_line_bytes", "an integer >= 1")
         _check(self.max_prompt_tokens >= 1, "daemon.max_prompt_tokens", "an integer >= 1")
@@ -198,6 +201,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return value
             raise ValueError
         if hint is int:
+            if isinstance(value, str):  # PyYAML reads 1e6 as a string
+                value = float(value)
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
@@ -294,7 +299,7 @@ class Home:
             os.chmod(self.root, 0o700)  # mkdir's mode is masked by the umask
         for path in (self.inbox, self.processed, self.rejected, self.requests,
                      self.requests_rejected, self.responses, self.checkpoints, self.logs, self.cache):
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def load_config(self) -> Config:
         return load_config(self.config_path)

@@ -35,6 +35,8 @@ from .lora import using
 from .tokens import causal_lm
 
 EPS = 1e-3  # floor of the per-dimension std when z-scoring hidden keys
+KEY_TOKENS = 512  # a key reads at most the last this many tokens of a question...
+KEY_CHARS = 8 * KEY_TOKENS  # ...cut from at most this many characters before tokenising
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
 _POSSESSIVE = re.compile(r"(\w)'s?\b")
 
@@ -171,7 +173,8 @@ def pooled_states(model, tokenizer, texts: list[str], layer: int, device: torch.
     try:
         with using(model, None):
             for text in texts:
-                ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+                ids = tokenizer(text[-KEY_CHARS:], add_special_tokens=False, return_tensors="pt")["input_ids"]
+                ids = ids[:, -KEY_TOKENS:]  # a huge question costs no more than a long one
                 if ids.shape[1] < 2:
                     ids = torch.cat([ids, ids], 1)
                 try:

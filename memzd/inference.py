@@ -133,12 +133,15 @@ def answer(model, tokenizer, messages: list[dict], *, adapter: str | None, devic
 
 def greedy_answers(model, tokenizer, chats: list[list[dict]], *, adapter: str | None,
                    device: torch.device, max_tokens: int, batch_size: int = 16,
-                   cancelled: Check | None = None, between: Callable[[], None] | None = None) -> list[str]:
+                   cancelled: Check | None = None, between: Callable[[], None] | None = None,
+                   max_prompt_tokens: int = 1024) -> list[str]:
     """Greedy answers to many chats, generated in length-sorted batches.
 
     `between` runs between two batches (the daemon answers requests there),
-    `cancelled` is checked between tokens."""
-    rows = [prompt_ids(tokenizer, chat) for chat in chats]
+    `cancelled` is checked between tokens. A prompt keeps its last
+    `max_prompt_tokens` tokens (a taught example of a megabyte is checked on
+    its end, where the question meets the answer, not on all of it)."""
+    rows = [prompt_ids(tokenizer, chat)[-max_prompt_tokens:] for chat in chats]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     answers: list[str] = [""] * len(rows)
     for start in range(0, len(order), batch_size):

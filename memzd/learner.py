@@ -163,6 +163,13 @@ class Learner:
                                           exclude_batch=batch_id)
         encoded = [encode(e, a.tokenizer, cfg.training.max_seq_len) for e in examples]
         replayed = [encode(e, a.tokenizer, cfg.training.max_seq_len) for e in replay]
+        cut = [e for e in encoded if e.cut]
+        if cut:  # said once per batch, where the user looks: the log, the events, the metrics
+            why = (f"batch {batch_id}: {len(cut)} example(s) longer than training.max_seq_len "
+                   f"({cfg.training.max_seq_len} tokens) were cut from the front, up to {max(e.cut for e in cut)} "
+                   "tokens: their questions may be lost; raise training.max_seq_len or split them")
+            log.warning(why)
+            self.store.log_event("cut", why, batch=batch_id)
         torch.manual_seed(cfg.training.seed)  # a fresh adapter's init, then the steps: reproducible
         lora.start_training(a.model, cfg.lora, parent_state)
         log.info("batch %d: training on %d examples (+%d per epoch replayed from %d earlier) from %s",
@@ -177,7 +184,7 @@ class Learner:
                                cfg.training.max_seq_len, cfg.evaluation.anchor_max_tokens, cancelled=hooks.stop.is_set)
         except Cancelled:
             raise Interrupted() from None
-        metrics.update(n_examples=len(examples),
+        metrics.update(n_examples=len(examples), n_cut=len(cut),
                        finetune_loss=result.losses[-1] if result.losses else None, steps=len(result.losses),
                        train_seconds=round(result.seconds, 2), trained_tokens=result.tokens,
                        eval_seconds=round(time.perf_counter() - t0 - result.seconds, 2))

@@ -11,6 +11,7 @@ read while the daemon writes.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from typing import Any, Iterable
 
 import sqlite_utils
 from sqlite_utils import Migrations
+
+from .errors import MemzError
 
 migrations = Migrations("memz")
 
@@ -101,14 +104,23 @@ class Store:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        if not self.path.exists():  # every example is private to its user: 0600 from the start
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False,
                                isolation_level=None)
         self.db = sqlite_utils.Database(conn)
-        self.db.execute("PRAGMA busy_timeout = 30000")
-        self._use_wal()
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        self.db.execute("PRAGMA foreign_keys = ON")
-        self._migrate()
+        try:
+            self.db.execute("PRAGMA busy_timeout = 30000")
+            self._use_wal()
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            self.db.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            raise MemzError(f"{self.path} is not a readable memz database ({exc}); move it aside "
+                            "(memz starts a new one) or restore it from a backup") from exc
 
     def _use_wal(self) -> None:
         """Switch to WAL (kept in the file, so only a new database changes).

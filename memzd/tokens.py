@@ -26,6 +26,7 @@ class Encoded:
 
     input_ids: list[int]
     labels: list[int]
+    cut: int = 0  # tokens dropped from the front to fit max_len
 
     @property
     def n_answer(self) -> int:
@@ -76,7 +77,7 @@ def _truncate(enc: Encoded, max_len: int) -> Encoded:
     """Keep the last `max_len` tokens: the answer matters more than an old prompt."""
     if len(enc.input_ids) <= max_len:
         return enc
-    return Encoded(enc.input_ids[-max_len:], enc.labels[-max_len:])
+    return Encoded(enc.input_ids[-max_len:], enc.labels[-max_len:], cut=len(enc.input_ids) - max_len)
 
 
 @dataclass

@@ -42,6 +42,11 @@ def test_values_are_coerced_by_type(tmp_path):
     ("nonsense_key: 1\n", ["nonsense_key"]),
     ("lora: [1, 2]\n", ["lora", "mapping"]),
     ("training: {max_steps: 2.5}\n", ["training.max_steps"]),
+    # values that once gave a traceback, a segfault or hours of work
+    ("lora: {r: 100000000}\n", ["lora.r", "1024"]),
+    ("training: {threads: 100000}\n", ["training.threads"]),
+    ("training: {lr: .inf}\n", ["training.lr"]),
+    ("training: {max_steps: 1e29}\n", ["training.max_steps", "1000000"]),
 ])
 def test_bad_config_names_the_key(tmp_path, text, words):
     p = tmp_path / "config.yaml"
