@@ -217,3 +217,25 @@ def test_the_repetition_guard_stops_a_loop_and_lets_a_varied_answer_run():
     assert not guard.looping(list(range(100)))               # nothing repeats
     assert not guard.looping([1, 2, 3] * 7 + [9])            # a loop that ended
     assert not guard.looping([7] * 10)                       # too short to call a loop
+
+
+def test_questions_are_answered_while_the_anchors_are_computed_and_sigterm_stops_it(home, tmp_path):
+    # Many anchors with long answers: computing the base model's answers takes a while.
+    prompts = [{"prompt": f"Tell me about thing number {i}."} for i in range(64)]
+    (home / "anchors" / "a.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    write_config(home, evaluation={"anchor_max_tokens": 2000})
+    h = Home(home)
+    proc = _subprocess_daemon(home, tmp_path)
+    try:
+        wait_until(lambda: "anchors" in ((Store(h.db_path).get_json("activity") or {}).get("text", "")
+                                         if h.db_path.exists() else ""), "the anchors to be computed")
+        answer = control.ask(h, {"prompt": "Hi", "max_tokens": 3, "temperature": 0}, timeout=60)
+        assert "response" in answer  # answered between two batches of anchors
+        assert "anchors" in Store(h.db_path).get_json("activity")["text"]  # still computing them
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - t0 < 5, "memzd took more than 5 s to stop while computing anchors"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
