@@ -6,6 +6,10 @@ checkpoint; the answerer asks it which checkpoint serves and where a
 question is routed. Checkpoints are loaded into the live model once, by
 name, and switched to in memory; at most LOADED_ADAPTERS stay loaded.
 
+Each user with `user:NAME` examples has a lineage of their own on the same
+base (the shared lineage is user None); a user's questions go to their own
+adapter when it is about what they taught, else to the shared one.
+
 A current checkpoint that cannot serve (its folder is corrupt, or it does not
 fit the base) is marked rolled_back and its parent serves instead, the base
 model at worst, so a bad adapter never stops memz.
@@ -95,10 +99,11 @@ class Adapters:
 
     # -- what serves ----------------------------------------------------------
 
-    def serving(self) -> str | None:
-        """The current checkpoint, loaded (None: the base model serves). One that cannot
-        serve is marked rolled_back and its parent made current instead."""
-        ckpt, seen = self.store.current_checkpoint(), set()
+    def serving(self, user: str | None = None) -> str | None:
+        """The current checkpoint of `user`'s lineage (None: the shared one), loaded; None
+        means the base model. One that cannot serve is marked rolled_back and its parent
+        made current instead."""
+        ckpt, seen = self.store.current_checkpoint(user), set()
         while ckpt is not None and ckpt not in seen:
             seen.add(ckpt)
             try:
@@ -109,7 +114,7 @@ class Adapters:
                 parent = row.parent if row else None
                 log.error("current checkpoint %s cannot serve (%s); %s serves instead", ckpt, exc,
                           parent or "the base model")
-                self.store.roll_back(ckpt, parent, f"{ckpt} could not serve: {exc}")
+                self.store.roll_back(ckpt, parent, f"{ckpt} could not serve: {exc}", user)
                 sync_status(self.home.checkpoints, self.store, ckpt)
                 ckpt = parent
         return None
@@ -128,6 +133,18 @@ class Adapters:
         if checkpoint_id is None:
             return None
         return self.route_with(checkpoint_id, self.ensure(checkpoint_id).memory, chat)
+
+    def answering(self, chat: list[dict], user: str | None = None) -> tuple[str | None, str | None]:
+        """(checkpoint, adapter) that answer `chat` for `user`: the user's own lineage
+        when its key memory admits the question, else the shared one's route. A user's
+        facts never reach another user's answers: only `user`'s lineage is consulted."""
+        if user is not None:
+            own = self.serving(user)
+            adapter = self.route(own, chat)
+            if adapter is not None:
+                return own, adapter
+        shared = self.serving()
+        return shared, self.route(shared, chat)
 
     def router(self, adapter: str, memory: gate.KeyMemory | None) -> Route:
         """The route of an adapter not (yet) a checkpoint: the candidate being evaluated."""

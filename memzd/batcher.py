@@ -3,7 +3,8 @@
 `immediate` mode batches each file as it is read (the daemon does that at
 ingestion); `batched` waits for `batch.max_examples` examples or for the
 oldest to be `batch.max_age_minutes` old. `force` (memzd --once) batches
-whatever is waiting.
+whatever is waiting. A batch holds one user's examples (or shared ones), so
+that each trains its own lineage.
 """
 
 from __future__ import annotations
@@ -15,20 +16,22 @@ from .store import Store
 
 
 def due_batches(store: Store, config: Config, force: bool = False, now: float | None = None) -> list[int]:
-    """Create the batches that are due now; returns their ids."""
+    """Create the batches that are due now, each of one user's examples (or shared ones);
+    returns their ids."""
     now = time.time() if now is None else now
     limit = config.batch.max_examples
     created = []
-    while True:
-        count, oldest = store.unbatched()
-        if count == 0:
-            break
-        full = count >= limit
-        old = oldest is not None and now - oldest >= config.batch.max_age_minutes * 60
-        if not (force or full or old or config.update_mode == "immediate"):
-            break
-        batch_id = store.create_batch(limit=limit)
-        if batch_id is None:
-            break
-        created.append(batch_id)
+    for user in store.waiting_users():
+        while True:
+            count, oldest = store.unbatched(user)
+            if count == 0:
+                break
+            full = count >= limit
+            old = oldest is not None and now - oldest >= config.batch.max_age_minutes * 60
+            if not (force or full or old or config.update_mode == "immediate"):
+                break
+            batch_id = store.create_batch(limit=limit, user=user)
+            if batch_id is None:
+                break
+            created.append(batch_id)
     return created

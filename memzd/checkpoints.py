@@ -20,15 +20,17 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-from peft import LoraConfig as PeftLoraConfig
-from safetensors import SafetensorError
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
+
+from safetensors import SafetensorError, safe_open
 
 from .config import Home
 from .errors import CheckpointError
 from .files import write_atomic
+
+if TYPE_CHECKING:
+    import torch
+    from peft import LoraConfig as PeftLoraConfig
 
 log = logging.getLogger("memz.checkpoints")
 
@@ -67,6 +69,13 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def save_file(tensors: dict, filename: str, metadata: dict | None = None) -> None:
+    """safetensors' writer (torch is imported only when weights are written)."""
+    from safetensors.torch import save_file as save
+
+    save(tensors, filename, metadata=metadata)
 
 
 def write_checkpoint(home: Home, checkpoint_id: str, state: dict[str, torch.Tensor],
@@ -151,15 +160,11 @@ def sync_status(folder: Path, store, *checkpoint_ids: str | None) -> None:
             log.warning("%s: meta.json not updated: %s", ckpt, exc)
 
 
-def load_checkpoint(path: Path, base_model: str | None = None, root: Path | None = None):
-    """(peft config, weights, meta, keys) of a checkpoint folder, after safety checks.
-
-    Only safetensors are read; a folder that is a link, or that lies outside
-    `root` (the home's checkpoints/), is refused; weights whose sha256 differs
-    from the one meta.json recorded are refused; the adapter's init method is
-    forced to plain LoRA (an init such as "pissa" would rewrite the base
-    weights in memory). Raises CheckpointError naming what is wrong.
-    """
+def check_folder(path: Path, base_model: str | None = None, root: Path | None = None) -> dict:
+    """The checks that need no model (and no torch): the folder is a real folder inside
+    `root`, holds safetensors weights that match the sha256 meta.json recorded, and was
+    trained on `base_model`. Returns meta.json (defaults filled in); CheckpointError
+    says what is wrong. memzctl uses this alone; loading adds the tensor checks."""
     if path.is_symlink() or (root is not None and path.resolve().parent != Path(root).resolve()):
         raise CheckpointError(f"{path.name}: the checkpoint folder is a link or lies outside {root}; "
                               "memz serves only folders inside the home's checkpoints/")
@@ -174,6 +179,38 @@ def load_checkpoint(path: Path, base_model: str | None = None, root: Path | None
     if base_model is not None and meta["base_model"] not in (None, base_model):
         raise CheckpointError(f"{path.name} was trained on base model '{meta['base_model']}', "
                               f"not the configured '{base_model}'")
+    if meta.get("weights_sha256") and sha256_of(weights) != meta["weights_sha256"]:
+        raise CheckpointError(f"{path.name}: {WEIGHTS} does not match the sha256 in {META}: "
+                              "the weights changed on disk since they were written")
+    try:
+        r = json.loads((path / CONFIG).read_text(encoding="utf-8"))["r"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path.name}: bad {CONFIG}: {exc}") from exc
+    try:
+        with safe_open(str(weights), framework="numpy") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:  # TypeError: bf16, which numpy lacks
+        if "bf16" in str(exc).lower() or "bfloat16" in str(exc).lower():
+            return meta  # the daemon's load checks these with torch
+        raise CheckpointError(f"{path.name}: corrupt safetensors file: {exc}") from exc
+    check_state(state, r, path.name)
+    return meta
+
+
+def load_checkpoint(path: Path, base_model: str | None = None, root: Path | None = None):
+    """(peft config, weights, meta, keys) of a checkpoint folder, after safety checks.
+
+    Only safetensors are read; a folder that is a link, or that lies outside
+    `root` (the home's checkpoints/), is refused; weights whose sha256 differs
+    from the one meta.json recorded are refused; the adapter's init method is
+    forced to plain LoRA (an init such as "pissa" would rewrite the base
+    weights in memory). Raises CheckpointError naming what is wrong.
+    """
+    import torch
+    from peft import LoraConfig as PeftLoraConfig
+    from safetensors.torch import load_file
+
+    meta = check_folder(path, base_model, root)
     try:
         config = PeftLoraConfig.from_pretrained(str(path))
     except (OSError, ValueError, TypeError, json.JSONDecodeError) as exc:
@@ -181,11 +218,8 @@ def load_checkpoint(path: Path, base_model: str | None = None, root: Path | None
     if getattr(config, "use_dora", False):
         raise CheckpointError(f"{path.name}: DoRA adapters are not served by memz ({CONFIG}: use_dora)")
     config.init_lora_weights = True  # the weights below replace the init: it must not touch the base
-    if meta.get("weights_sha256") and sha256_of(weights) != meta["weights_sha256"]:
-        raise CheckpointError(f"{path.name}: {WEIGHTS} does not match the sha256 in {META}: "
-                              "the weights changed on disk since they were written")
     try:
-        state = load_file(str(weights))
+        state = load_file(str(path / WEIGHTS))
         keys = _load_keys(path / KEYS) if (path / KEYS).is_file() else None
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path.name}: corrupt safetensors file: {exc}") from exc
@@ -195,18 +229,28 @@ def load_checkpoint(path: Path, base_model: str | None = None, root: Path | None
     return config, state, meta, keys
 
 
-def check_state(state: dict[str, torch.Tensor], r: int, name: str) -> None:
-    """Keys are LoRA A/B pairs of rank r, and every value is finite."""
+def _all_finite(value) -> bool:
+    if type(value).__module__.startswith("torch"):
+        import torch
+
+        return bool(torch.isfinite(value).all())
+    import numpy
+
+    return bool(numpy.isfinite(value).all())
+
+
+def check_state(state: dict, r: int, name: str) -> None:
+    """Keys are LoRA A/B pairs of rank r, and every value is finite (torch or numpy arrays)."""
     if not state:
         raise CheckpointError(f"{name}: the adapter holds no tensors")
     for key, value in state.items():
         if "lora_A" not in key and "lora_B" not in key:
             raise CheckpointError(f"{name}: unexpected tensor '{key}' in the adapter")
-        if value.dim() != 2:
+        if len(value.shape) != 2:
             raise CheckpointError(f"{name}: tensor '{key}' has shape {tuple(value.shape)}, expected a matrix")
         if ("lora_A" in key and value.shape[0] != r) or ("lora_B" in key and value.shape[1] != r):
             raise CheckpointError(f"{name}: tensor '{key}' shape {tuple(value.shape)} does not match rank {r}")
-        if not torch.isfinite(value).all():
+        if not _all_finite(value):
             raise CheckpointError(f"{name}: tensor '{key}' holds NaN or infinite values")
         partner = key.replace("lora_A", "lora_B") if "lora_A" in key else key.replace("lora_B", "lora_A")
         if partner not in state:

@@ -271,48 +271,20 @@ def checkpoints(ctx: typer.Context, as_json: bool = typer.Option(False, "--json"
 
 
 @app.command()
-def rollback(ctx: typer.Context, to: Optional[str] = typer.Option(None, "--to", help="Checkpoint id to serve "
-                                                                   "(default: the current one's parent).")) -> None:
+def rollback(ctx: typer.Context,
+             to: Optional[str] = typer.Option(None, "--to", help="Checkpoint id to serve "
+                                              "(default: the current one's parent)."),
+             user: Optional[str] = typer.Option(None, "--user", help="Roll back this user's own "
+                                                "lineage (default: the shared one).")) -> None:
     """Serve the current checkpoint's parent (or --to ID); the current one is marked rolled_back."""
-    from .model import base_model_name
+    from . import control
 
-    home: Home = ctx.obj
     try:
-        base = base_model_name(home.load_config().base_model)
-        store = _store(home)
+        current, target = control.roll_back(ctx.obj, to, user)
     except MemzError as exc:
         _fail(exc)
-    try:
-        current = store.current_checkpoint()
-        if to is None:
-            if current is None:
-                _fail(MemzError("nothing to roll back: the base model already serves"))
-            target = store.checkpoint(current).parent
-        else:
-            row = store.checkpoint(to)
-            if row is None:
-                _fail(MemzError(f"no checkpoint '{to}'; see memzctl checkpoints"))
-            if row.base_model != base:
-                _fail(MemzError(f"{to} was trained on '{row.base_model}', but this home's base model "
-                                f"is '{base}'"))
-            if not (home.checkpoints / to).is_dir():
-                _fail(MemzError(f"{to} is recorded but its folder {home.checkpoints / to} is missing"))
-            target = to
-        if target:  # the same checks the daemon makes before an adapter serves
-            from .checkpoints import load_checkpoint
-            from .errors import CheckpointError
-
-            try:
-                load_checkpoint(home.checkpoints / target, base)
-            except CheckpointError as exc:
-                _fail(MemzError(f"{target} cannot serve: {exc}; nothing was changed"))
-        from .checkpoints import sync_status
-
-        store.roll_back(current, target, f"by hand: {current} -> {target or 'base model'}")
-        sync_status(home.checkpoints, store, current, target)
-    finally:
-        store.close()
-    console.print(f"now serving {target or 'the base model'}" + (f" ({current} rolled back)" if current else ""))
+    console.print(f"now serving {target or 'the base model'}" + (f" for {user}" if user else "")
+                  + (f" ({current} rolled back)" if current else ""))
 
 
 @app.command()

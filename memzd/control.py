@@ -111,7 +111,9 @@ def next_batch(store, config: Config, now: float | None = None) -> dict:
     pending = store.next_batch()
     if pending is not None:
         return {"at": _iso(now), "why": f"batch {pending} is queued and trains next"}
-    count, oldest = store.unbatched()
+    waiting = [store.unbatched(user) for user in store.waiting_users()]
+    count = sum(n for n, _ in waiting)
+    oldest = min((o for _, o in waiting if o is not None), default=None)
     if count == 0:
         return {"at": None, "why": "nothing waits: drop a .jsonl file into inbox/ (or memzctl add FILE)"}
     if config.update_mode == "immediate":
@@ -164,6 +166,48 @@ def status_data(home: Home) -> dict:
             "rollback_mode": config.evaluation.rollback_mode,
             "hardware": hw,
         }
+    finally:
+        store.close()
+
+
+# -- rollback -----------------------------------------------------------------------
+
+def roll_back(home: Home, to: str | None = None, user: str | None = None) -> tuple[str | None, str | None]:
+    """Serve `to` (default: the current checkpoint's parent) in `user`'s lineage (None:
+    the shared one); the current one is marked rolled_back. Returns (was, now).
+    A target that cannot serve (the checks that need no model) changes nothing."""
+    from .checkpoints import check_folder, sync_status
+
+    base = base_model_name(home.load_config().base_model)
+    store = open_store(home)
+    try:
+        current = store.current_checkpoint(user)
+        whose = f"{user}'s lineage" if user else "the shared lineage"
+        if to is None:
+            if current is None:
+                raise MemzError(f"nothing to roll back: the base model already serves {whose}")
+            target = store.checkpoint(current).parent
+        else:
+            row = store.checkpoint(to)
+            if row is None:
+                raise MemzError(f"no checkpoint '{to}'; see memzctl checkpoints")
+            if row.user != user:
+                owner = f"--user {row.user}" if row.user else "no --user (the shared lineage)"
+                raise MemzError(f"{to} belongs to {f'{row.user}' if row.user else 'the shared lineage'}, "
+                                f"not {whose}; use {owner}")
+            if row.base_model != base:
+                raise MemzError(f"{to} was trained on '{row.base_model}', but this home's base model is '{base}'")
+            if not (home.checkpoints / to).is_dir():
+                raise MemzError(f"{to} is recorded but its folder {home.checkpoints / to} is missing")
+            target = to
+        if target:  # the daemon checks the tensors too, and rolls back one that cannot serve
+            try:
+                check_folder(home.checkpoints / target, base, home.checkpoints)
+            except MemzError as exc:
+                raise MemzError(f"{target} cannot serve: {exc}; nothing was changed") from exc
+        store.roll_back(current, target, f"by hand: {current} -> {target or 'base model'}", user)
+        sync_status(home.checkpoints, store, current, target)
+        return current, target
     finally:
         store.close()
 

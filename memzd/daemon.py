@@ -262,8 +262,9 @@ class Daemon:
             handled += 1
             self.store.log_event("file", f"{path.name}: {result.accepted} new, {result.duplicates} duplicate, "
                                  f"{result.rejected} rejected", reason=result.reason)
-            if self.config.update_mode == "immediate" and result.accepted:
-                self.store.create_batch(file_id=result.file_id)
+            while self.config.update_mode == "immediate" and result.accepted:
+                if self.store.create_batch(file_id=result.file_id) is None:  # one batch per user in it
+                    break
         return handled
 
     def _set_aside(self, path: Path, reason: str) -> None:

@@ -3,13 +3,16 @@
 A line's shape is detected from its keys; a line that fits none raises
 ExampleError saying what was expected. The canonical form (what is stored and
 hashed) keeps only the fields that change training, so the same example
-dropped twice, with other tags or key order, hashes the same.
+dropped twice, with other tags or key order, hashes the same. A `user:NAME`
+tag makes an example that user's own (it trains that user's lineage), so the
+same text taught by two users is two examples.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -23,6 +26,7 @@ SHAPES = {
     "text": ("text",),
 }
 ROLES = ("system", "user", "assistant")
+USER_RE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 EXPECTED = ('one of {"input", "output"}, {"prompt", "completion"}, '
             '{"messages": [{"role", "content"}, ...]} or {"text"}')
 
@@ -39,8 +43,15 @@ class Example:
         return json.dumps(self.data, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
     @cached_property
+    def user(self) -> str | None:
+        """The user whose memory this is (its first `user:NAME` tag), or None: shared."""
+        return user_of(self.data)
+
+    @cached_property
     def hash(self) -> str:
         content = {k: v for k, v in self.data.items() if k != "tags"}
+        if self.user is not None:
+            content["user"] = self.user
         blob = json.dumps(content, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -80,6 +91,12 @@ def parse_example(obj: Any) -> Example:
         tags = obj["tags"]
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise ExampleError("field 'tags' must be a list of strings")
+        users = [t[len("user:"):] for t in tags if t.startswith("user:")]
+        if any(not USER_RE.fullmatch(u) for u in users):
+            raise ExampleError("a 'user:NAME' tag needs a NAME of 1-64 of A-Z a-z 0-9 _ . @ -")
+        if len(set(users)) > 1:
+            raise ExampleError(f"field 'tags' names several users ({', '.join(users)}); an example "
+                               "belongs to one user, or to everyone with no user: tag")
         data["tags"] = tags
     return Example(kind, data)
 
@@ -135,3 +152,11 @@ def answer_of(data: dict) -> str:
     if chat is None:
         return data["text"]
     return [m["content"] for m in chat if m["role"] == "assistant"][-1]
+
+
+def user_of(data: dict) -> str | None:
+    """The `user:NAME` tag's NAME of a canonical example, or None (shared)."""
+    for tag in data.get("tags", ()):
+        if tag.startswith("user:"):
+            return tag[len("user:"):]
+    return None

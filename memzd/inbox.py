@@ -164,7 +164,7 @@ def ingest_file(path: Path, store: Store, home: Home, max_line_bytes: int = 1_00
                 continue
             if example is None:
                 continue  # a blank line
-            row = (number, example.hash, example.kind, example.json)
+            row = (number, example.hash, example.kind, example.json, example.user)
             chunk.append(row)
             chunk_bytes += len(row[3])
             if len(chunk) >= CHUNK_LINES or chunk_bytes >= CHUNK_BYTES:

@@ -147,8 +147,9 @@ class Learner:
         cfg, a = self.config, self.adapters
         t0 = time.perf_counter()
         examples = self.store.batch_examples(batch_id)
+        user = self.store.batch(batch_id).get("user")  # whose lineage (None: the shared one)
         anchor_set = self.anchors.get(hooks)  # prepared before training, so its cost is not in the curve
-        parent = a.serving()  # a parent that cannot serve is rolled back first, never trained on
+        parent = a.serving(user)  # a parent that cannot serve is rolled back first, never trained on
         parent_state, parent_memory = None, None
         if parent:
             parent_config, parent_state, parent_memory = a.state(parent)
@@ -172,9 +173,9 @@ class Learner:
             self.store.log_event("cut", why, batch=batch_id)
         torch.manual_seed(cfg.training.seed)  # a fresh adapter's init, then the steps: reproducible
         lora.start_training(a.model, cfg.lora, parent_state)
-        log.info("batch %d: training on %d examples (+%d per epoch replayed from %d earlier) from %s",
-                 batch_id, len(examples), min(cfg.training.replay, len(replay)), len(replay),
-                 parent or "the base model")
+        log.info("batch %d%s: training on %d examples (+%d per epoch replayed from %d earlier) from %s",
+                 batch_id, f" (user {user})" if user else "", len(examples), min(cfg.training.replay, len(replay)),
+                 len(replay), parent or "the base model")
         result = train(a.model, encoded, cfg.training, pad_id=a.tokenizer.pad_token_id, device=a.device,
                        callback=_Steps(self, batch_id, hooks, anchor_set), replay=replayed)
         hooks.activity(f"evaluating batch {batch_id}")
@@ -189,7 +190,7 @@ class Learner:
                        train_seconds=round(result.seconds, 2), trained_tokens=result.tokens,
                        eval_seconds=round(time.perf_counter() - t0 - result.seconds, 2))
         status = verdict(metrics, cfg.evaluation)
-        ckpt = self._commit(batch_id, parent, examples, metrics, status, memory)
+        ckpt = self._commit(batch_id, parent, examples, metrics, status, memory, user)
         log.info("batch %d done in %.1fs: %s", batch_id, time.perf_counter() - t0,
                  ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         return ckpt
@@ -205,7 +206,7 @@ class Learner:
         memory = parent_memory.extend(a.model, a.tokenizer, questions, a.device)
         return memory.with_rule(r.rule, r.lexical_threshold, r.margin)
 
-    def _commit(self, batch_id, parent, examples, metrics, status, memory) -> str:
+    def _commit(self, batch_id, parent, examples, metrics, status, memory, user) -> str:
         a = self.adapters
         state = lora.adapter_state(a.model, lora.TRAIN)
         config = a.model.peft_config[lora.TRAIN]
@@ -215,7 +216,7 @@ class Learner:
         while (self.home.checkpoints / ckpt_id).exists() or (self.home.checkpoints / ".orphaned" / ckpt_id).exists():
             seq += 1
             ckpt_id = new_id(seq)
-        meta = {"id": ckpt_id, "parent": parent, "batch_id": batch_id, "base_model": self.base_name,
+        meta = {"id": ckpt_id, "parent": parent, "batch_id": batch_id, "user": user, "base_model": self.base_name,
                 "base": self.base_info, "created_at": utcnow(), "n_examples": len(examples), "status": status,
                 "config": {"lora": vars(self.config.lora), "training": vars(self.config.training),
                            "routing": vars(self.config.routing)},
@@ -225,7 +226,7 @@ class Learner:
         path = self.write(self.home, ckpt_id, state, config, meta, memory.to_file() if memory is not None else None)
         row = CheckpointRow(id=ckpt_id, seq=seq, parent=parent, batch_id=batch_id, status=status,
                             created_at=meta["created_at"], path=str(path), base_model=self.base_name,
-                            metrics=metrics)
+                            metrics=metrics, user=user)
         try:
             self.store.add_checkpoint(row, make_current=status != "rolled_back")
         except ParentMoved as moved:

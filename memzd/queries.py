@@ -34,6 +34,7 @@ from .adapters import Adapters
 from .config import Home
 from .control import partial_path
 from .errors import CheckpointError, RequestError
+from .examples import USER_RE
 from .files import safe_name, set_aside, write_json_atomic
 from .inference import Cancelled, answer
 from .store import Store
@@ -42,7 +43,6 @@ from .tokens import prompt_ids
 log = logging.getLogger("memz.queries")
 
 ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")  # fullmatch: "$" would let a final newline in
-USER_RE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 MAX_TOKENS_LIMIT = 4096
 FIELDS = ("prompt", "messages", "max_tokens", "temperature", "checkpoint", "user", "id")
 
@@ -177,9 +177,8 @@ class Answerer:
         if len(ids) > self.max_prompt_tokens:
             raise RequestError("too_long", f"the prompt is {len(ids)} tokens; the limit is "
                                f"{self.max_prompt_tokens} (daemon.max_prompt_tokens)")
-        ckpt = q.checkpoint or a.serving()
-        status = "base"
-        if ckpt is not None:
+        if q.checkpoint is not None:  # pinned: that checkpoint's route, whoever asks
+            ckpt = q.checkpoint
             row = self.store.checkpoint(ckpt)
             if row is None:
                 raise RequestError("unknown_checkpoint", f"no checkpoint '{ckpt}'; see memzctl checkpoints")
@@ -187,14 +186,17 @@ class Answerer:
                 a.ensure(ckpt)
             except CheckpointError as exc:
                 raise RequestError("bad_checkpoint", str(exc)) from exc
-            status = row.status
-        adapter = a.route(ckpt, q.messages)
+            adapter = a.route(ckpt, q.messages)
+        else:
+            ckpt, adapter = a.answering(q.messages, q.user)
+        row = self.store.checkpoint(ckpt) if ckpt else None
+        status = row.status if row else "base"
         text = answer(a.model, a.tokenizer, q.messages, adapter=adapter, device=a.device,
                       max_tokens=q.max_tokens, temperature=q.temperature, cancelled=cancelled,
                       on_text=on_text, ids=ids)
         self.answered += 1
         return {"id": q.id, "response": text, "checkpoint": ckpt, "checkpoint_status": status,
-                "routed_to": "adapter" if adapter else "base",
+                "routed_to": "adapter" if adapter else "base", **({"user": q.user} if q.user else {}),
                 "latency_ms": round((time.perf_counter() - start) * 1000)}
 
     def settle(self, pending: Pending, stopping: Callable[[], bool]) -> None:

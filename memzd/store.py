@@ -10,6 +10,7 @@ read while the daemon writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -67,6 +68,15 @@ def m002_batches_checkpoints(db: sqlite_utils.Database) -> None:
     db["state"].create({"key": str, "value": str}, pk="key")
 
 
+@migrations()
+def m004_users(db: sqlite_utils.Database) -> None:
+    """One memory per user: examples, batches and checkpoints carry the user they belong
+    to (NULL: shared); the current checkpoint of a user is state `current_checkpoint@NAME`."""
+    for table in ("examples", "batches", "checkpoints"):
+        db[table].add_column("user", str)
+    db["examples"].create_index(["user", "batch_id"])
+
+
 def utcnow() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -93,6 +103,7 @@ class CheckpointRow:
     path: str
     base_model: str
     metrics: dict
+    user: str | None = None  # whose lineage (None: the shared one)
 
     @classmethod
     def from_row(cls, row: dict) -> "CheckpointRow":
@@ -157,6 +168,27 @@ class Store:
     def close(self) -> None:
         self.db.conn.close()
 
+    @contextlib.contextmanager
+    def write(self):
+        """A write transaction that takes the write lock first (BEGIN IMMEDIATE).
+
+        A plain BEGIN reads under a snapshot and then asks for the lock; if another
+        connection wrote meanwhile, SQLite answers "database is locked" at once,
+        without waiting on busy_timeout. Taking the lock first makes the second
+        writer wait its turn. Nested uses are savepoints.
+        """
+        if self.db.conn.in_transaction:
+            with self.db.atomic():
+                yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.conn.rollback()
+            raise
+        self.db.execute("COMMIT")
+
     # -- files and examples -------------------------------------------------
 
     def add_file(self, name: str, sha256: str, size: int) -> int:
@@ -165,16 +197,16 @@ class Store:
              "accepted": 0, "duplicates": 0, "rejected": 0, "status": "reading"}
         ).last_pk
 
-    def add_examples(self, file_id: int, rows: Iterable[tuple[int, str, str, str]]) -> tuple[int, int]:
-        """Insert (line, hash, kind, json) rows in one transaction; return (new, duplicates)."""
+    def add_examples(self, file_id: int, rows: Iterable[tuple]) -> tuple[int, int]:
+        """Insert (line, hash, kind, json[, user]) rows in one transaction; return (new, duplicates)."""
         now = time.time()
-        rows = list(rows)
-        with self.db.atomic():
+        rows = [(*r, None) if len(r) == 4 else tuple(r) for r in rows]
+        with self.write():
             before = self.db.execute("SELECT total_changes()").fetchone()[0]
             self.db.conn.executemany(
-                "INSERT OR IGNORE INTO examples (hash, kind, data, file_id, line, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(h, kind, data, file_id, line, now) for line, h, kind, data in rows],
+                "INSERT OR IGNORE INTO examples (hash, kind, data, file_id, line, created_at, user) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(h, kind, data, file_id, line, now, user) for line, h, kind, data, user in rows],
             )
             new = self.db.execute("SELECT total_changes()").fetchone()[0] - before
             self.db.execute(
@@ -204,26 +236,38 @@ class Store:
         """Accepted examples that no checkpoint has trained on yet."""
         return self.db.execute(f"SELECT count(*) FROM examples WHERE {self._PENDING}").fetchone()[0]
 
-    def unbatched(self) -> tuple[int, float | None]:
-        """(count, created_at of the oldest) of examples not yet in a batch."""
+    def unbatched(self, user: str | None = None) -> tuple[int, float | None]:
+        """(count, created_at of the oldest) of one user's examples not yet in a batch."""
         n, oldest = self.db.execute(
-            "SELECT count(*), min(created_at) FROM examples WHERE batch_id IS NULL"
+            "SELECT count(*), min(created_at) FROM examples WHERE batch_id IS NULL AND user IS ?", [user]
         ).fetchone()
         return n, oldest
 
-    def create_batch(self, limit: int | None = None, file_id: int | None = None) -> int | None:
-        """Put unbatched examples (oldest first) into a new pending batch."""
-        where, args = "batch_id IS NULL", []
-        if file_id is not None:
-            where += " AND file_id = ?"
-            args.append(file_id)
-        with self.db.atomic():
+    def waiting_users(self) -> list[str | None]:
+        """The users (None: shared) with examples not yet in a batch, shared first."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT user FROM examples WHERE batch_id IS NULL ORDER BY user IS NOT NULL, user")]
+
+    def create_batch(self, limit: int | None = None, file_id: int | None = None,
+                     user: str | None = None) -> int | None:
+        """Put one user's unbatched examples (oldest first) into a new pending batch
+        (with `file_id`: that file's, of whichever user comes first)."""
+        with self.write():
+            if file_id is not None:
+                row = self.db.execute("SELECT user FROM examples WHERE batch_id IS NULL AND file_id = ? "
+                                      "ORDER BY id LIMIT 1", [file_id]).fetchone()
+                if row is None:
+                    return None
+                user = row[0]
+                where, args = "batch_id IS NULL AND user IS ? AND file_id = ?", [user, file_id]
+            else:
+                where, args = "batch_id IS NULL AND user IS ?", [user]
             ids = [r[0] for r in self.db.execute(
                 f"SELECT id FROM examples WHERE {where} ORDER BY id LIMIT ?", args + [limit or -1])]
             if not ids:
                 return None
             batch_id = self.db["batches"].insert(
-                {"status": "pending", "created_at": utcnow(), "n_examples": len(ids)}
+                {"status": "pending", "created_at": utcnow(), "n_examples": len(ids), "user": user}
             ).last_pk
             self.db.conn.executemany("UPDATE examples SET batch_id = ? WHERE id = ?",
                                      [(batch_id, i) for i in ids])
@@ -245,7 +289,7 @@ class Store:
 
     def start_batch(self, batch_id: int) -> int:
         """Mark a batch training (a retry starts its curves afresh); returns the attempt number."""
-        with self.db.atomic():
+        with self.write():
             attempts = (self.batch(batch_id)["attempts"] or 0) + 1
             self.db["batches"].update(batch_id, {"status": "training", "attempts": attempts, "error": None})
             self.db.execute("DELETE FROM metrics WHERE batch_id = ?", [batch_id])
@@ -300,15 +344,15 @@ class Store:
         checkpoint intervened while it trained, ParentMoved is raised and
         nothing is recorded.
         """
-        with self.db.atomic():
-            if make_current and self.current_checkpoint() != row.parent:
-                raise ParentMoved(row.parent, self.current_checkpoint())
+        with self.write():
+            if make_current and self.current_checkpoint(row.user) != row.parent:
+                raise ParentMoved(row.parent, self.current_checkpoint(row.user))
             self.db["checkpoints"].insert({**row.__dict__, "metrics": json.dumps(row.metrics)})
             if row.batch_id is not None:
                 self.db["batches"].update(row.batch_id, {"status": "done", "checkpoint_id": row.id,
                                                          "finished_at": utcnow()})
             if make_current:
-                self._set_state("current_checkpoint", row.id)
+                self._set_state(_current_key(row.user), row.id)
 
     def checkpoint(self, checkpoint_id: str) -> CheckpointRow | None:
         row = self.db.execute("SELECT * FROM checkpoints WHERE id = ?", [checkpoint_id]).fetchone()
@@ -317,10 +361,18 @@ class Store:
         cols = [d[0] for d in self.db.execute("SELECT * FROM checkpoints LIMIT 0").description]
         return CheckpointRow.from_row(dict(zip(cols, row)))
 
-    def checkpoints(self) -> list[CheckpointRow]:
-        """All checkpoints, newest first."""
-        return [CheckpointRow.from_row(r)
-                for r in self.db["checkpoints"].rows_where(order_by="seq desc")]
+    def checkpoints(self, user: str | None = None, every_user: bool = True) -> list[CheckpointRow]:
+        """Checkpoints, newest first: all of them, or (every_user=False) one user's lineages."""
+        if every_user:
+            rows = self.db["checkpoints"].rows_where(order_by="seq desc")
+        else:
+            rows = self.db["checkpoints"].rows_where("user IS ?", [user], order_by="seq desc")
+        return [CheckpointRow.from_row(r) for r in rows]
+
+    def users(self) -> list[str]:
+        """Users with a memory of their own."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT user FROM examples WHERE user IS NOT NULL ORDER BY user")]
 
     def lineage(self, checkpoint_id: str | None) -> list[CheckpointRow]:
         """The checkpoint and its ancestors, newest first (one query)."""
@@ -349,25 +401,25 @@ class Store:
     def update_checkpoint_metrics(self, checkpoint_id: str, metrics: dict) -> None:
         self.db["checkpoints"].update(checkpoint_id, {"metrics": json.dumps(metrics)})
 
-    def current_checkpoint(self) -> str | None:
-        """The checkpoint that serves; None means the base model alone."""
-        return self._get_state("current_checkpoint")
+    def current_checkpoint(self, user: str | None = None) -> str | None:
+        """The checkpoint that serves (a user's, or the shared one); None: the base model."""
+        return self._get_state(_current_key(user))
 
-    def set_current(self, checkpoint_id: str | None) -> None:
-        with self.db.atomic():
-            self._set_state("current_checkpoint", checkpoint_id)
+    def set_current(self, checkpoint_id: str | None, user: str | None = None) -> None:
+        with self.write():
+            self._set_state(_current_key(user), checkpoint_id)
 
-    def roll_back(self, current: str | None, target: str | None, why: str) -> None:
-        """Serve `target` (None: the base model) instead of `current`, in one transaction:
-        `current` is marked rolled_back, a rolled-back `target` stable again, and an event
-        says why."""
-        with self.db.atomic():
+    def roll_back(self, current: str | None, target: str | None, why: str, user: str | None = None) -> None:
+        """Serve `target` (None: the base model) instead of `current` in `user`'s lineage,
+        in one transaction: `current` is marked rolled_back, a rolled-back `target`
+        stable again, and an event says why."""
+        with self.write():
             if current and current != target and self.checkpoint(current):
                 self.set_checkpoint_status(current, "rolled_back")
             if target and self.checkpoint(target).status == "rolled_back":
                 self.set_checkpoint_status(target, "stable")
-            self.set_current(target)
-            self.log_event("rollback", why, checkpoint=current)
+            self.set_current(target, user)
+            self.log_event("rollback", why, checkpoint=current, user=user)
 
     # -- events and state -----------------------------------------------------
 
@@ -395,3 +447,7 @@ class Store:
 
     def _set_state(self, key: str, value: str | None) -> None:
         self.db["state"].upsert({"key": key, "value": value}, pk="key")
+
+
+def _current_key(user: str | None) -> str:
+    return "current_checkpoint" if user is None else f"current_checkpoint@{user}"
