@@ -239,3 +239,33 @@ def test_questions_are_answered_while_the_anchors_are_computed_and_sigterm_stops
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_sigterm_while_a_big_file_is_read_stops_within_5_s_and_loses_nothing(home, tmp_path):
+    lines = 300_000  # ~6 s of reading here
+    with open(home / "inbox" / ".big.tmp", "w") as f:
+        for i in range(lines):
+            f.write(f'{{"text": "note number {i}"}}\n')
+    write_config(home, batch={"max_examples": 10_000_000, "max_age_minutes": 600})  # read, do not train
+    proc = _subprocess_daemon(home, tmp_path)
+    h = Home(home)
+    try:
+        wait_until(lambda: control.daemon_pid(h), "the daemon to start")
+        os.replace(home / "inbox" / ".big.tmp", home / "inbox" / "big.jsonl")
+        wait_until(lambda: Store(h.db_path).example_count() > 0, "the file to be read")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - t0 < 5, "memzd took more than 5 s to stop while reading a file"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    store = Store(h.db_path)
+    assert 0 < store.example_count() < lines and (home / "inbox" / "big.jsonl").exists()  # stopped part-way
+    daemon = Daemon(h)  # started again, it reads the file again: the rest is added, nothing twice
+    daemon.start()
+    try:
+        wait_until(lambda: daemon.ingest() or not (home / "inbox" / "big.jsonl").exists(), "the file to be read")
+    finally:
+        daemon.shutdown()
+    assert store.example_count() == lines and (home / "inbox" / "processed" / "big.jsonl").exists()
