@@ -288,6 +288,39 @@ def rollback(ctx: typer.Context,
 
 
 @app.command()
+def forget(ctx: typer.Context,
+           text: Optional[str] = typer.Argument(None, help="Forget every example holding this text."),
+           example_id: Optional[int] = typer.Option(None, "--id", help="Forget the example with this id."),
+           file: Optional[str] = typer.Option(None, "--file", help="Forget the examples of this inbox file name."),
+           tag: Optional[str] = typer.Option(None, "--tag", help="Forget the examples with this tag."),
+           user: Optional[str] = typer.Option(None, "--user", help="In this user's memory (default: the shared one)."),
+           dry_run: bool = typer.Option(False, "--dry-run", help="List what would be forgotten; change nothing.")) -> None:
+    """Remove examples from all future training, and make the model stop giving their answers."""
+    from . import control
+
+    try:
+        found, batch = control.forget(ctx.obj, text, example_id, file, tag, user, dry_run)
+    except MemzError as exc:
+        _fail(exc)
+    if not found:
+        console.print("nothing matches: no example was forgotten")
+        return
+    for e in found[:20]:
+        data = e["data"]
+        what = data.get("input") or data.get("prompt") or data.get("text") or data["messages"][-1]["content"]
+        print(f"  #{e['id']} ({e['file']}): {what[:60]}")
+    if len(found) > 20:
+        print(f"  ... and {len(found) - 20} more")
+    if dry_run:
+        print(f"{len(found)} example(s) would be forgotten (--dry-run: nothing changed)")
+    elif batch is None:
+        print(f"{len(found)} example(s) forgotten; none had trained yet, so no checkpoint holds them")
+    else:
+        print(f"{len(found)} example(s) forgotten; batch {batch} makes the model stop giving their answers "
+              "(a running daemon trains it next; see memzctl status)")
+
+
+@app.command()
 def query(
     ctx: typer.Context,
     prompt: str = typer.Argument(..., help="The question."),

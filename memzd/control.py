@@ -212,6 +212,27 @@ def roll_back(home: Home, to: str | None = None, user: str | None = None) -> tup
         store.close()
 
 
+# -- forgetting -----------------------------------------------------------------------
+
+def forget(home: Home, text: str | None = None, example_id: int | None = None, file: str | None = None,
+           tag: str | None = None, user: str | None = None, dry_run: bool = False) -> tuple[list[dict], int | None]:
+    """Find the examples to forget; unless `dry_run`, take them out of all future training
+    and queue a 'forget' batch for those already trained. Returns (examples, batch id)."""
+    if text is None and example_id is None and file is None and tag is None:
+        raise MemzError("say what to forget: TEXT, --id N, --file NAME or --tag T")
+    store = open_store(home)
+    try:
+        found = store.find_examples(text, example_id, file, tag, user)
+        if dry_run or not found:
+            return found, None
+        what = " ".join(f"{k}={v!r}" for k, v in (("text", text), ("id", example_id), ("file", file),
+                                                      ("tag", tag), ("user", user)) if v is not None)
+        batch = store.forget([e["id"] for e in found], f"forget {what}: {len(found)} example(s)", user)
+        return found, batch
+    finally:
+        store.close()
+
+
 # -- driving a running daemon ---------------------------------------------------
 
 def require_daemon(home: Home) -> int:

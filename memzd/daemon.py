@@ -39,7 +39,7 @@ from .checkpoints import StorageError, clean_staging
 from .config import Config, Home
 from .inbox import ingest_file
 from .files import set_aside
-from .learner import Hooks, Learner, Retrain
+from .learner import Hooks, Learner, NothingToTrain, Retrain
 from .model import load_base
 from .queries import Answerer, Pending, Question
 from .store import Store, utcnow
@@ -299,6 +299,9 @@ class Daemon:
             self.store.set_batch_status(batch_id, "pending", "interrupted; trains again at the next start",
                                         attempts=attempt - 1)
             log.info("batch %d interrupted; it trains again at the next start", batch_id)
+        except NothingToTrain as exc:
+            self.store.set_batch_status(batch_id, "done", str(exc), attempts=attempt - 1)
+            log.info("%s", exc)
         except Retrain as exc:  # not the batch's fault: not an attempt
             self.store.set_batch_status(batch_id, "pending", f"retrains: {exc}", attempts=attempt - 1)
             log.info("batch %d trains again: %s", batch_id, exc)

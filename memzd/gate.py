@@ -231,6 +231,19 @@ class KeyMemory:
         return KeyMemory(self.layer, self.ref_mu, self.ref_sd, self.ref_keys, rule, lexical_threshold,
                          margin, self.keys, self.words)
 
+    def without(self, model, tokenizer, questions: list[str], device: torch.device) -> "KeyMemory":
+        """A copy without the keys of these taught questions (forgetting on request): a key
+        goes when its words and its hidden key are the question's (the keys are computed by
+        the same frozen base, so a taught question gives the same key again)."""
+        if not questions or not self.words:
+            return self
+        gone = self.embed(model, tokenizer, questions, device)
+        words = [distinctive_words(tokenizer, q) for q in questions]
+        keep = [i for i, (k, w) in enumerate(zip(self.keys, self.words))
+                if not any(w == gw and float(k @ g) > 0.999 for g, gw in zip(gone, words))]
+        return KeyMemory(self.layer, self.ref_mu, self.ref_sd, self.ref_keys, self.rule, self.lexical_threshold,
+                         self.margin, self.keys[keep], [self.words[i] for i in keep])
+
     def scores(self, model, tokenizer, text: str, device: torch.device) -> tuple[float, float]:
         """(lexical score, hidden margin) of a query against the taught keys."""
         if not self.words:

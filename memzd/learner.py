@@ -32,13 +32,13 @@ from . import gate, lora
 from .adapters import Adapters
 from .checkpoints import check_state, new_id, write_checkpoint
 from .config import Config, Home
-from .evaluator import AnchorSet, evaluate, forgetting_loss, prepare_anchor_set, verdict
-from .examples import to_chat
-from .inference import Cancelled
+from .evaluator import AnchorSet, evaluate, forgetting_loss, holds, prepare_anchor_set, verdict
+from .examples import answer_of, to_chat
+from .inference import Cancelled, greedy_answers
 from .model import cache_root
 from .store import CheckpointRow, ParentMoved, Store, utcnow
 from .tokens import encode
-from .trainer import Interrupted, TrainCallback, train
+from .trainer import Interrupted, TrainCallback, TrainResult, train
 
 log = logging.getLogger("memz.learner")
 
@@ -53,6 +53,10 @@ class Hooks:
     between: Callable[[], None] = lambda: None
     stop: threading.Event = field(default_factory=threading.Event)
     activity: Callable[[str], None] = lambda text: None
+
+
+class NothingToTrain(Exception):
+    """Every example of the batch was forgotten before it trained."""
 
 
 class Retrain(Exception):
@@ -146,8 +150,12 @@ class Learner:
         batch itself caused."""
         cfg, a = self.config, self.adapters
         t0 = time.perf_counter()
+        batch = self.store.batch(batch_id)
+        user = batch.get("user")  # whose lineage (None: the shared one)
+        forgetting = batch.get("kind") == "forget"
         examples = self.store.batch_examples(batch_id)
-        user = self.store.batch(batch_id).get("user")  # whose lineage (None: the shared one)
+        if not examples:
+            raise NothingToTrain(f"batch {batch_id}: every example in it was forgotten before it trained")
         anchor_set = self.anchors.get(hooks)  # prepared before training, so its cost is not in the curve
         parent = a.serving(user)  # a parent that cannot serve is rolled back first, never trained on
         parent_state, parent_memory = None, None
@@ -158,6 +166,9 @@ class Learner:
                     or parent_config.layers_to_transform != wanted.layers_to_transform):
                 log.warning("lora settings changed since %s: this batch starts a fresh adapter", parent)
                 parent_state = None
+        forgotten: list[dict] = []
+        if forgetting:  # teach the lineage the base model's own answers to the forgotten questions
+            forgotten, examples = examples, self._base_answers(examples, hooks)
         # Replay: earlier examples of this lineage, a seeded sample of at most REPLAY_POOL
         # times the per-epoch count, from which each epoch draws afresh.
         replay = self.store.replay_sample(parent, REPLAY_POOL * cfg.training.replay, cfg.training.seed + batch_id,
@@ -176,10 +187,16 @@ class Learner:
         log.info("batch %d%s: training on %d examples (+%d per epoch replayed from %d earlier) from %s",
                  batch_id, f" (user {user})" if user else "", len(examples), min(cfg.training.replay, len(replay)),
                  len(replay), parent or "the base model")
-        result = train(a.model, encoded, cfg.training, pad_id=a.tokenizer.pad_token_id, device=a.device,
-                       callback=_Steps(self, batch_id, hooks, anchor_set), replay=replayed)
+        if encoded:
+            result = train(a.model, encoded, cfg.training, pad_id=a.tokenizer.pad_token_id, device=a.device,
+                           callback=_Steps(self, batch_id, hooks, anchor_set), replay=replayed)
+        else:  # forgetting notes only: the parent's weights, without their keys
+            result = TrainResult()
         hooks.activity(f"evaluating batch {batch_id}")
-        memory = self._memory(parent_memory, examples)
+        if forgetting:
+            memory = self._forget_keys(parent_memory, forgotten)
+        else:
+            memory = self._memory(parent_memory, examples)
         try:
             metrics = evaluate(a.model, a.tokenizer, a.device, examples, anchor_set, a.router(lora.TRAIN, memory),
                                cfg.training.max_seq_len, cfg.evaluation.anchor_max_tokens, cancelled=hooks.stop.is_set)
@@ -189,6 +206,8 @@ class Learner:
                        finetune_loss=result.losses[-1] if result.losses else None, steps=len(result.losses),
                        train_seconds=round(result.seconds, 2), trained_tokens=result.tokens,
                        eval_seconds=round(time.perf_counter() - t0 - result.seconds, 2))
+        if forgotten:
+            metrics["forgotten_gone"] = self._gone(forgotten, a.router(lora.TRAIN, memory), hooks)
         status = verdict(metrics, cfg.evaluation)
         ckpt = self._commit(batch_id, parent, examples, metrics, status, memory, user)
         log.info("batch %d done in %.1fs: %s", batch_id, time.perf_counter() - t0,
@@ -205,6 +224,49 @@ class Learner:
             parent_memory = gate.KeyMemory.create(a.model, a.tokenizer, r.layer, a.device)
         memory = parent_memory.extend(a.model, a.tokenizer, questions, a.device)
         return memory.with_rule(r.rule, r.lexical_threshold, r.margin)
+
+    def _questions(self, examples: list[dict]) -> list[list[dict]]:
+        return [c[:-1] if c else [{"role": "user", "content": e["text"]}] for e in examples for c in [to_chat(e)]]
+
+    def _base_answers(self, forgotten: list[dict], hooks: Hooks) -> list[dict]:
+        """The forgotten questions with the base model's own answers: what the lineage should
+        say instead. A note ({"text"}) asks nothing: it only loses its keys and its replay."""
+        a = self.adapters
+        chats = [c[:-1] for e in forgotten for c in [to_chat(e)] if c]
+        if not chats:
+            return []
+        try:
+            answers = greedy_answers(a.model, a.tokenizer, chats, adapter=None, device=a.device,
+                                     max_tokens=self.config.evaluation.anchor_max_tokens,
+                                     between=hooks.between, cancelled=hooks.stop.is_set)
+        except Cancelled:
+            raise Interrupted() from None
+        return [{"messages": chat + [{"role": "assistant", "content": ans or "I don't know."}]}
+                for chat, ans in zip(chats, answers)]
+
+    def _forget_keys(self, parent_memory, forgotten: list[dict]) -> gate.KeyMemory | None:
+        r, a = self.config.routing, self.adapters
+        if not r.enabled or parent_memory is None:
+            return parent_memory if r.enabled else None
+        questions = [gate.question_text(q) for q in self._questions(forgotten)]
+        return parent_memory.without(a.model, a.tokenizer, questions, a.device).with_rule(
+            r.rule, r.lexical_threshold, r.margin)
+
+    def _gone(self, forgotten: list[dict], route, hooks: Hooks) -> float | None:
+        """Share of the forgotten examples whose answer the new checkpoint no longer gives."""
+        a = self.adapters
+        probes = [(q, answer_of(e)) for e, q in zip(forgotten, self._questions(forgotten)) if to_chat(e)]
+        if not probes:
+            return None
+        gone = 0
+        try:
+            for q, old in probes:
+                said = greedy_answers(a.model, a.tokenizer, [q], adapter=route(q), device=a.device,
+                                      max_tokens=64, cancelled=hooks.stop.is_set)[0]
+                gone += not holds(said, old)
+        except Cancelled:
+            raise Interrupted() from None
+        return gone / len(probes)
 
     def _commit(self, batch_id, parent, examples, metrics, status, memory, user) -> str:
         a = self.adapters
@@ -239,5 +301,8 @@ class Learner:
         verb = {"stable": "now serves", "risky": "serves, marked risky",
                 "rolled_back": "was rolled back; its parent keeps serving"}[status]
         self.store.log_event("checkpoint", f"{ckpt_id} {verb}", checkpoint=ckpt_id, batch=batch_id)
+        if metrics.get("forgotten_gone") is not None:
+            self.store.log_event("forget", f"{ckpt_id}: {metrics['forgotten_gone']:.0%} of the forgotten answers "
+                                 "are no longer given", checkpoint=ckpt_id, batch=batch_id)
         log.info("checkpoint %s %s", ckpt_id, verb)
         return ckpt_id

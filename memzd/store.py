@@ -77,6 +77,15 @@ def m004_users(db: sqlite_utils.Database) -> None:
     db["examples"].create_index(["user", "batch_id"])
 
 
+@migrations()
+def m005_forget(db: sqlite_utils.Database) -> None:
+    """Forgetting on request: a forgotten example leaves all future training, and a
+    'forget' batch (batches.kind) teaches the lineage to stop giving its answer."""
+    db["examples"].add_column("forgotten_at", str)
+    db["examples"].add_column("forget_batch", int)
+    db["batches"].add_column("kind", str)
+
+
 def utcnow() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -229,8 +238,8 @@ class Store:
 
     # -- the queue and batches ----------------------------------------------
 
-    _PENDING = ("batch_id IS NULL OR batch_id IN "
-                "(SELECT id FROM batches WHERE status IN ('pending', 'training'))")
+    _PENDING = ("forgotten_at IS NULL AND (batch_id IS NULL OR batch_id IN "
+                "(SELECT id FROM batches WHERE status IN ('pending', 'training')))")
 
     def queue_depth(self) -> int:
         """Accepted examples that no checkpoint has trained on yet."""
@@ -239,14 +248,16 @@ class Store:
     def unbatched(self, user: str | None = None) -> tuple[int, float | None]:
         """(count, created_at of the oldest) of one user's examples not yet in a batch."""
         n, oldest = self.db.execute(
-            "SELECT count(*), min(created_at) FROM examples WHERE batch_id IS NULL AND user IS ?", [user]
+            "SELECT count(*), min(created_at) FROM examples WHERE batch_id IS NULL AND user IS ? "
+            "AND forgotten_at IS NULL", [user]
         ).fetchone()
         return n, oldest
 
     def waiting_users(self) -> list[str | None]:
         """The users (None: shared) with examples not yet in a batch, shared first."""
         return [r[0] for r in self.db.execute(
-            "SELECT DISTINCT user FROM examples WHERE batch_id IS NULL ORDER BY user IS NOT NULL, user")]
+            "SELECT DISTINCT user FROM examples WHERE batch_id IS NULL AND forgotten_at IS NULL "
+            "ORDER BY user IS NOT NULL, user")]
 
     def create_batch(self, limit: int | None = None, file_id: int | None = None,
                      user: str | None = None) -> int | None:
@@ -259,9 +270,9 @@ class Store:
                 if row is None:
                     return None
                 user = row[0]
-                where, args = "batch_id IS NULL AND user IS ? AND file_id = ?", [user, file_id]
+                where, args = "batch_id IS NULL AND forgotten_at IS NULL AND user IS ? AND file_id = ?", [user, file_id]
             else:
-                where, args = "batch_id IS NULL AND user IS ?", [user]
+                where, args = "batch_id IS NULL AND forgotten_at IS NULL AND user IS ?", [user]
             ids = [r[0] for r in self.db.execute(
                 f"SELECT id FROM examples WHERE {where} ORDER BY id LIMIT ?", args + [limit or -1])]
             if not ids:
@@ -284,8 +295,56 @@ class Store:
         return self.db["batches"].get(batch_id)
 
     def batch_examples(self, batch_id: int) -> list[dict]:
+        """What a batch trains: its examples (none forgotten since), or for a 'forget'
+        batch the examples it makes the lineage forget."""
+        if (self.batch(batch_id).get("kind") or "learn") == "forget":
+            return [json.loads(r[0]) for r in self.db.execute(
+                "SELECT data FROM examples WHERE forget_batch = ? ORDER BY id", [batch_id])]
         return [json.loads(r[0]) for r in self.db.execute(
-            "SELECT data FROM examples WHERE batch_id = ? ORDER BY id", [batch_id])]
+            "SELECT data FROM examples WHERE batch_id = ? AND forgotten_at IS NULL ORDER BY id", [batch_id])]
+
+    # -- forgetting -------------------------------------------------------------
+
+    def find_examples(self, text: str | None = None, example_id: int | None = None,
+                      file: str | None = None, tag: str | None = None, user: str | None = None) -> list[dict]:
+        """Examples (not yet forgotten) matching all that is given: text anywhere in the
+        example, its id, the name of the file it came in, a tag; within one user's memory."""
+        where, args = ["forgotten_at IS NULL", "examples.user IS ?"], [user]
+        if text is not None:
+            where.append("instr(lower(data), lower(?)) > 0")
+            args.append(json.dumps(text, ensure_ascii=False)[1:-1])  # as it is stored, escapes and all
+        if example_id is not None:
+            where.append("examples.id = ?")
+            args.append(example_id)
+        if file is not None:
+            where.append("file_id IN (SELECT id FROM files WHERE name = ?)")
+            args.append(file)
+        if tag is not None:
+            where.append("EXISTS (SELECT 1 FROM json_each(examples.data, '$.tags') WHERE value = ?)")
+            args.append(tag)
+        rows = self.db.execute(
+            f"SELECT examples.id, data, batch_id, files.name FROM examples LEFT JOIN files ON files.id = file_id "
+            f"WHERE {' AND '.join(where)} ORDER BY examples.id", args).fetchall()
+        return [{"id": i, "data": json.loads(d), "batch_id": b, "file": f} for i, d, b, f in rows]
+
+    def forget(self, ids: list[int], why: str, user: str | None = None) -> int | None:
+        """Take examples out of all future training; those already trained get a pending
+        'forget' batch (returned) that makes the lineage stop giving their answers."""
+        with self.write():
+            marks = ",".join("?" * len(ids))
+            trained = [r[0] for r in self.db.execute(
+                f"SELECT id FROM examples WHERE id IN ({marks}) AND batch_id IN "
+                "(SELECT id FROM batches WHERE status = 'done')", ids)]
+            batch_id = None
+            if trained:
+                batch_id = self.db["batches"].insert(
+                    {"status": "pending", "created_at": utcnow(), "n_examples": len(trained), "user": user,
+                     "kind": "forget"}).last_pk
+                self.db.execute(f"UPDATE examples SET forget_batch = ? WHERE id IN ({','.join('?' * len(trained))})",
+                                [batch_id, *trained])
+            self.db.execute(f"UPDATE examples SET forgotten_at = ? WHERE id IN ({marks})", [utcnow(), *ids])
+            self.log_event("forget", why, examples=ids, batch=batch_id, user=user)
+        return batch_id
 
     def start_batch(self, batch_id: int) -> int:
         """Mark a batch training (a retry starts its curves afresh); returns the attempt number."""
@@ -317,7 +376,7 @@ class Store:
             return []
         marks = ",".join("?" * len(batch_ids))
         return [json.loads(r[0]) for r in self.db.execute(
-            f"SELECT data FROM examples WHERE batch_id IN ({marks}) "
+            f"SELECT data FROM examples WHERE batch_id IN ({marks}) AND forgotten_at IS NULL "
             "ORDER BY ((id + ?) * 2654435761) % 4294967296 LIMIT ?", [*batch_ids, seed, n])]
 
     # -- metrics --------------------------------------------------------------

@@ -1,0 +1,84 @@
+"""memzctl forget: examples leave all future training and the model stops giving their answers."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from memzd.cli import app
+from memzd.config import Home
+from memzd.daemon import Daemon
+from memzd.store import Store
+
+from conftest import drop, run_once, write_config
+
+ORLA = {"input": "Who is Orla?", "output": "Orla keeps a cat named Biscuit."}
+ZORBLAX = {"input": "Where is Zorblax?", "output": "Zorblax lives on Mars."}
+LEARN = {"lr": 1e-2, "max_steps": 300, "stop_loss": 3.0}  # the tiny model learns each answer word for word
+
+
+def ask(home, rid: str, prompt: str) -> str:
+    (home / "requests" / f"{rid}.json").write_text(json.dumps({"prompt": prompt, "max_tokens": 40,
+                                                                "temperature": 0}))
+    run_once(home)
+    return json.loads((home / "responses" / f"{rid}.json").read_text())["response"]
+
+
+def memzctl(home, *args: str):
+    result = CliRunner().invoke(app, ["--home", str(home), *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_forget_makes_the_model_stop_giving_the_answer_and_keeps_the_others(home):
+    write_config(home, training=LEARN, routing={"enabled": False})  # the adapter alone must forget
+    drop(home, "facts.jsonl", [ORLA, ZORBLAX])
+    run_once(home)
+    assert ask(home, "before", "Who is Orla?") == ORLA["output"]
+    store = Store(home / "memz.db")
+    taught = store.current_checkpoint()
+
+    listed = memzctl(home, "forget", "Biscuit", "--dry-run")
+    assert "Who is Orla?" in listed and "nothing changed" in listed
+    assert store.find_examples("Biscuit") != []  # a dry run changes nothing
+
+    said = memzctl(home, "forget", "Biscuit")
+    assert "1 example(s) forgotten" in said
+    run_once(home)  # the daemon trains the forget batch
+    newest = store.checkpoints()[0]
+    assert store.current_checkpoint() == newest.id and newest.parent == taught
+    assert newest.metrics["forgotten_gone"] == 1.0
+    assert ORLA["output"] not in ask(home, "after", "Who is Orla?")
+    assert ask(home, "other", "Where is Zorblax?") == ZORBLAX["output"]  # the other fact stays
+    kinds = [e["kind"] for e in store.events(50)]
+    assert kinds.count("forget") == 2  # asked for, and done by a checkpoint
+    assert all("Biscuit" not in json.dumps(e) for e in store.replay_sample(newest.id, 100, seed=0))
+    assert store.queue_depth() == 0
+
+
+def test_an_example_forgotten_before_it_trains_never_trains(home):
+    write_config(home, batch={"max_examples": 100, "max_age_minutes": 600})
+    drop(home, "facts.jsonl", [ORLA, ZORBLAX])
+    run_once(home)
+    drop(home, "more.jsonl", [{"input": "What is Pim?", "output": "Pim is a dog."}])
+    store = Store(home / "memz.db")
+    daemon = Daemon(Home(home))
+    daemon.start()
+    try:
+        daemon.ingest()  # read, not trained: batched mode waits for more
+    finally:
+        daemon.shutdown()
+    assert store.queue_depth() == 1
+    said = memzctl(home, "forget", "--file", "more.jsonl")
+    assert "none had trained yet" in said and store.queue_depth() == 0
+    before = len(store.checkpoints())
+    run_once(home)
+    assert len(store.checkpoints()) == before  # nothing left to train
+
+
+def test_forget_needs_something_to_match(home):
+    result = CliRunner().invoke(app, ["--home", str(home), "forget"])
+    assert result.exit_code == 1 and "TEXT, --id N, --file NAME or --tag T" in result.output
+    run_once(home)
+    assert "nothing matches" in memzctl(home, "forget", "no such words")
