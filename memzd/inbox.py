@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .config import Home
 from .errors import ExampleError
-from .examples import parse_example
+from .examples import parse_example, to_chat
 from .files import set_aside, unique_path
 from .store import Store
 
@@ -47,6 +47,19 @@ class IngestResult:
     interrupted: bool = False  # stopped part-way (the daemon stops): the file stays and is read again
     changed: bool = False  # it grew or changed while it was read: it stays and is read again once stable
     line_errors: list[tuple[int, str]] = field(default_factory=list)  # the first KEPT_ERRORS of them
+
+
+def question_key(data: dict) -> str | None:
+    """The question an example answers, normalised (case, spacing, end punctuation), or None
+    for a note: a later example with the same key and another answer supersedes it."""
+    chat = to_chat(data)
+    if chat is None or chat[-1]["role"] != "assistant":
+        return None
+    users = [m["content"] for m in chat[:-1] if m["role"] == "user"]
+    if not users:
+        return None
+    text = " ".join(users[-1].lower().replace("\u2019", "'").split()).rstrip(" ?.!")
+    return text or None
 
 
 def reject_whole(home: Home, path: Path, reason: str) -> Path:
@@ -164,7 +177,7 @@ def ingest_file(path: Path, store: Store, home: Home, max_line_bytes: int = 1_00
                 continue
             if example is None:
                 continue  # a blank line
-            row = (number, example.hash, example.kind, example.json, example.user)
+            row = (number, example.hash, example.kind, example.json, example.user, question_key(example.data))
             chunk.append(row)
             chunk_bytes += len(row[3])
             if len(chunk) >= CHUNK_LINES or chunk_bytes >= CHUNK_BYTES:

@@ -4,6 +4,11 @@ The learner trains a batch on top of the checkpoint that serves (its parent,
 from memzd.adapters), measures the result (memzd.evaluator), decides its
 status, writes its folder (memzd.checkpoints) and records it (memzd.store).
 
+A 'forget' batch (memzctl forget) trains the forgotten questions toward the
+base model's own answers and drops their keys; in a learning batch, a
+question asked again with another answer supersedes the earlier example
+(it leaves replay and the key memory).
+
 The commit checks, in the same transaction that makes the new checkpoint
 current, that its parent still serves. If a rollback (or anything else)
 changed what serves while the batch trained, the new checkpoint is not
@@ -169,6 +174,11 @@ class Learner:
         forgotten: list[dict] = []
         if forgetting:  # teach the lineage the base model's own answers to the forgotten questions
             forgotten, examples = examples, self._base_answers(examples, hooks)
+        else:  # an earlier answer to a question asked again leaves replay and the key memory
+            superseded = self.store.supersede(batch_id, parent)
+            if superseded and parent_memory is not None:
+                parent_memory = parent_memory.without(a.model, a.tokenizer, [
+                    gate.question_text(q) for q in self._questions(superseded)], a.device)
         # Replay: earlier examples of this lineage, a seeded sample of at most REPLAY_POOL
         # times the per-epoch count, from which each epoch draws afresh.
         replay = self.store.replay_sample(parent, REPLAY_POOL * cfg.training.replay, cfg.training.seed + batch_id,

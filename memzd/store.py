@@ -86,6 +86,14 @@ def m005_forget(db: sqlite_utils.Database) -> None:
     db["batches"].add_column("kind", str)
 
 
+@migrations()
+def m006_question_keys(db: sqlite_utils.Database) -> None:
+    """The normalised question an example answers, so that a later answer to the same
+    question can supersede an earlier one without reading the lineage."""
+    db["examples"].add_column("qkey", str)
+    db["examples"].create_index(["qkey", "user"])
+
+
 def utcnow() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -207,15 +215,16 @@ class Store:
         ).last_pk
 
     def add_examples(self, file_id: int, rows: Iterable[tuple]) -> tuple[int, int]:
-        """Insert (line, hash, kind, json[, user]) rows in one transaction; return (new, duplicates)."""
+        """Insert (line, hash, kind, json[, user[, question key]]) rows in one transaction;
+        return (new, duplicates)."""
         now = time.time()
-        rows = [(*r, None) if len(r) == 4 else tuple(r) for r in rows]
+        rows = [tuple(r) + (None,) * (6 - len(r)) for r in rows]
         with self.write():
             before = self.db.execute("SELECT total_changes()").fetchone()[0]
             self.db.conn.executemany(
-                "INSERT OR IGNORE INTO examples (hash, kind, data, file_id, line, created_at, user) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(h, kind, data, file_id, line, now, user) for line, h, kind, data, user in rows],
+                "INSERT OR IGNORE INTO examples (hash, kind, data, file_id, line, created_at, user, qkey) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(h, kind, data, file_id, line, now, user, qkey) for line, h, kind, data, user, qkey in rows],
             )
             new = self.db.execute("SELECT total_changes()").fetchone()[0] - before
             self.db.execute(
@@ -326,6 +335,31 @@ class Store:
             f"SELECT examples.id, data, batch_id, files.name FROM examples LEFT JOIN files ON files.id = file_id "
             f"WHERE {' AND '.join(where)} ORDER BY examples.id", args).fetchall()
         return [{"id": i, "data": json.loads(d), "batch_id": b, "file": f} for i, d, b, f in rows]
+
+    def supersede(self, batch_id: int, lineage_of: str | None) -> list[dict]:
+        """Earlier examples of `lineage_of`'s lineage that a question of this batch answers
+        again, differently: they leave all future training (replay) and are returned, so
+        that their keys leave the key memory too. An event records each."""
+        batches = [c.batch_id for c in self.lineage(lineage_of) if c.batch_id is not None]
+        if not batches:
+            return []
+        marks = ",".join("?" * len(batches))
+        with self.write():
+            rows = self.db.execute(
+                f"SELECT old.id, old.data, new.id FROM examples new JOIN examples old "
+                f"ON old.qkey = new.qkey AND old.user IS new.user AND old.hash != new.hash "
+                f"WHERE new.batch_id = ? AND new.qkey IS NOT NULL AND old.forgotten_at IS NULL "
+                f"AND old.batch_id IN ({marks})", [batch_id, *batches]).fetchall()
+            old = {}
+            for old_id, data, new_id in rows:
+                old.setdefault(old_id, (json.loads(data), new_id))
+            if old:
+                self.db.execute(f"UPDATE examples SET forgotten_at = ? WHERE id IN ({','.join('?' * len(old))})",
+                                [utcnow(), *old])
+                for old_id, (_, new_id) in old.items():
+                    self.log_event("supersede", f"example #{old_id} is superseded by #{new_id} (batch {batch_id})",
+                                   example=old_id, by=new_id, batch=batch_id)
+        return [data for data, _ in old.values()]
 
     def forget(self, ids: list[int], why: str, user: str | None = None) -> int | None:
         """Take examples out of all future training; those already trained get a pending

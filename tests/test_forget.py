@@ -82,3 +82,21 @@ def test_forget_needs_something_to_match(home):
     assert result.exit_code == 1 and "TEXT, --id N, --file NAME or --tag T" in result.output
     run_once(home)
     assert "nothing matches" in memzctl(home, "forget", "no such words")
+
+
+def test_a_later_answer_to_the_same_question_supersedes_the_earlier_one(home):
+    write_config(home, training=LEARN, routing={"enabled": False})
+    cat = {"input": "What is the name of Orla's cat?", "output": "Orla's cat is called Biscuit."}
+    drop(home, "first.jsonl", [cat, ZORBLAX])
+    run_once(home)
+    assert ask(home, "before", "What is the name of Orla's cat?") == cat["output"]
+    renamed = {"input": "What is the name of Orla's cat", "output": "Orla's cat is now called Pepper."}
+    drop(home, "update.jsonl", [renamed])  # the same question (spacing and end punctuation aside)
+    run_once(home)
+    assert ask(home, "after", renamed["input"]) == renamed["output"]
+    store = Store(home / "memz.db")
+    (event,) = [e for e in store.events(50) if e["kind"] == "supersede"]
+    assert "superseded" in event["message"]
+    replay = store.replay_sample(store.current_checkpoint(), 100, seed=0)
+    assert all("Biscuit" not in json.dumps(e) for e in replay)  # the old answer is never replayed
+    assert ask(home, "other", "Where is Zorblax?") == ZORBLAX["output"]
