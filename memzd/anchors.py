@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .config import EvaluationConfig, Home
 from .errors import ConfigError
+from .files import write_json_atomic
 
 
 @dataclass
@@ -133,7 +134,4 @@ def cached_reference(folder: Path, key: str) -> dict | None:
 
 def store_reference(folder: Path, key: str, reference: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"anchors-{key}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(reference), encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(folder / f"anchors-{key}.json", reference)

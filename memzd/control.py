@@ -125,15 +125,16 @@ def next_batch(store, config: Config, now: float | None = None) -> dict:
                    f"is {config.batch.max_age_minutes:g} min old (memzctl train: now)"}
 
 
-def status_data(home: Home) -> dict:
-    """Everything `memzctl status` shows (the `status --json` object)."""
+def status_data(home: Home, user: str | None = None) -> dict:
+    """Everything `memzctl status` shows (the `status --json` object), for the shared
+    lineage or for `user`'s own."""
     config = home.load_config()
     store = open_store(home)
     try:
-        current = store.current_checkpoint()
+        current = store.current_checkpoint(user)
         row = store.checkpoint(current) if current else None
         lineage = list(reversed(store.lineage(current)))
-        rows = store.checkpoints()
+        rows = store.checkpoints(user, every_user=False)
         latest = rows[0] if rows else None
         curve_batch = latest.batch_id if latest else None
         hw = store.get_json("hardware") or {"device": "not known until memzd has run", "backend": config.backend}
@@ -142,6 +143,8 @@ def status_data(home: Home) -> dict:
         metrics = row.metrics if row else {}
         return {
             "home": str(home.root),
+            "user": user,
+            "users": store.users(),
             "base_model": base_model_name(config.base_model),
             "current_checkpoint": current,
             "checkpoint_status": row.status if row else None,
