@@ -129,7 +129,7 @@ class Daemon:
         self.adapters.serving()  # loads it; one that cannot serve is rolled back to its parent
         self.watcher = Watcher([self.home.inbox, self.home.requests])
         self.watcher.start()
-        self.set_activity("idle")
+        self.set_activity("starting: reading the inbox and preparing the anchors")
 
     def reconcile(self) -> None:
         """Undo what a crash left: half-written and unrecorded checkpoint folders."""
