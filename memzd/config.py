@@ -118,9 +118,15 @@ class EvaluationConfig:
     rollback_mode: Literal["off", "warn", "auto_rollback"] = _help("What a forgetful checkpoint triggers.", "off")
     catastrophic_delta: float = _help("anchor_ce_delta above which a checkpoint forgot too much.", 0.25)
     anchor_max_tokens: int = _help("Greedy tokens generated per anchor for retention_score.", 48)
+    adapter_delta: float = _help(
+        "adapter_anchor_ce_delta (the adapter alone, ungated) above which it drifted too far.", 2.0)
+    min_recall: float = _help("recall on its own batch below which a checkpoint did not learn it.", 0.5)
 
     def __post_init__(self):
         _check(self.anchor_sample >= 1, "evaluation.anchor_sample", "an integer >= 1")
+        _check(math.isfinite(self.adapter_delta) and self.adapter_delta >= 0,
+               "evaluation.adapter_delta", "a number >= 0")
+        _check(0.0 <= self.min_recall <= 1.0, "evaluation.min_recall", "a number in [0, 1]")
         _check(math.isfinite(self.catastrophic_delta) and self.catastrophic_delta >= 0,
                "evaluation.catastrophic_delta", "a number >= 0")
         _check(self.anchor_max_tokens >= 1, "evaluation.anchor_max_tokens", "an integer >= 1")

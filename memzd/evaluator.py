@@ -7,7 +7,15 @@ Every checkpoint is measured before it serves, on the path that will serve it
 - forgetting_loss: cross-entropy on the anchors' reference answers;
 - anchor_ce_delta: forgetting_loss minus the base model's;
 - retention_score: share of anchors whose greedy answer is unchanged.
+The gate can hide a wrecked adapter (every general question goes to the base
+model, so the served figures stay perfect), so the adapter is also measured
+alone, ungated, on its own batch and on the first ADAPTER_ANCHORS anchors:
+- adapter_recall: recall with every probe answered by the adapter;
+- adapter_forgetting_loss, adapter_anchor_ce_delta: its CE on those anchors,
+  and that minus the base model's on the same anchors;
+- adapter_retention_score: share of those anchors whose greedy answer is unchanged.
 With no anchors, the forgetting figures are None, never zero.
+`verdict` turns the figures into a status under `evaluation.rollback_mode`.
 """
 
 from __future__ import annotations
@@ -21,10 +29,15 @@ import torch
 from .anchors import Anchor
 from .examples import answer_of, to_chat
 from .inference import greedy_answers
-from .lora import using
+from .lora import TRAIN, using
 from .tokens import Encoded, answer_loss, collate, encode
 
 Route = Callable[[list[dict]], "str | None"]  # chat -> adapter name, or None for the base
+
+# Anchors the adapter answers alone, ungated, per checkpoint: enough to tell a
+# wrecked adapter (CE up by nats, answers gone) from a sound one, at about a
+# second of forward passes and one generation batch on the bundled model.
+ADAPTER_ANCHORS = 16
 
 
 @dataclass
@@ -101,8 +114,9 @@ def forgetting_loss(model, tokenizer, anchor_set: AnchorSet, adapter: str | None
 
 
 def evaluate(model, tokenizer, device: torch.device, batch: list[dict], anchor_set: AnchorSet | None,
-             route: Route, max_len: int, max_tokens: int, *, cancelled=None) -> dict:
-    """All figures for one checkpoint, measured through `route`."""
+             route: Route, max_len: int, max_tokens: int, *, cancelled=None, adapter: str = TRAIN) -> dict:
+    """All figures for one checkpoint: what is served (through `route`) and what
+    `adapter`, the trained adapter, does alone."""
     metrics: dict = {}
     chats = [to_chat(d) for d in batch]
     questions = [c[:-1] if c else [{"role": "user", "content": d["text"]}] for c, d in zip(chats, batch)]
@@ -112,21 +126,20 @@ def evaluate(model, tokenizer, device: torch.device, batch: list[dict], anchor_s
     probes = [(q, answer_of(d), r) for q, c, d, r in zip(questions, chats, batch, routes)
               if c is not None and c[-1]["role"] == "assistant"]
     if probes:
-        hits = 0
-        by_route: dict = {}
-        for chat, expected, adapter in probes:
-            by_route.setdefault(adapter, []).append((chat, expected))
-        for adapter, items in by_route.items():
-            longest = max(len(tokenizer(e, add_special_tokens=False)["input_ids"]) for _, e in items)
-            outs = greedy_answers(model, tokenizer, [c for c, _ in items], adapter=adapter,
-                                  device=device, max_tokens=min(longest + 8, 256), cancelled=cancelled)
-            hits += sum(holds(o, e) for o, (_, e) in zip(outs, items))
-        metrics["recall"] = hits / len(probes)
+        served = _recalled(model, tokenizer, device, [(c, e, r) for c, e, r in probes], cancelled)
+        # The adapter alone: probes it already answered are not generated again.
+        alone = [h for h, (_, _, r) in zip(served, probes) if r == adapter]
+        gated = [(c, e, adapter) for c, e, r in probes if r != adapter]
+        alone += _recalled(model, tokenizer, device, gated, cancelled) if gated else []
+        metrics["recall"] = sum(served) / len(probes)
+        metrics["adapter_recall"] = sum(alone) / len(probes)
     else:
-        metrics["recall"] = None
+        metrics["recall"] = metrics["adapter_recall"] = None
     if anchor_set is None or not anchor_set.anchors:
-        metrics.update(forgetting_loss=None, anchor_ce_delta=None, retention_score=None)
+        metrics.update(forgetting_loss=None, anchor_ce_delta=None, retention_score=None,
+                       adapter_forgetting_loss=None, adapter_anchor_ce_delta=None, adapter_retention_score=None)
         return metrics
+    metrics.update(_adapter_alone(model, tokenizer, device, anchor_set, adapter, max_len, max_tokens, cancelled))
     anchor_routes = [route(a.chat) for a in anchor_set.anchors]
     # The base model's losses are cached: only anchors the adapter answers need a forward pass.
     total = sum(ce * n for ce, n, r in zip(anchor_set.base_ce_each, anchor_set.n_tokens, anchor_routes) if r is None)
@@ -145,13 +158,43 @@ def evaluate(model, tokenizer, device: torch.device, batch: list[dict], anchor_s
     by_adapter: dict = {}
     for i in routed_idx:
         by_adapter.setdefault(anchor_routes[i], []).append(i)
-    for adapter, idx in by_adapter.items():
-        outs = greedy_answers(model, tokenizer, [anchor_set.anchors[i].chat for i in idx], adapter=adapter,
+    for name, idx in by_adapter.items():
+        outs = greedy_answers(model, tokenizer, [anchor_set.anchors[i].chat for i in idx], adapter=name,
                               device=device, max_tokens=max_tokens, cancelled=cancelled)
         kept += sum(normalize(o) == normalize(anchor_set.base_greedy[i]) for o, i in zip(outs, idx))
     metrics["retention_score"] = kept / len(anchor_set.anchors)
     metrics["anchors_routed_to_adapter"] = len(routed_idx)
     return metrics
+
+
+def _recalled(model, tokenizer, device, probes: list[tuple[list[dict], str, "str | None"]],
+              cancelled) -> list[bool]:
+    """For each (chat, expected answer, adapter): does that adapter's greedy answer hold it?"""
+    hits = [False] * len(probes)
+    by_route: dict = {}
+    for i, (_, _, adapter) in enumerate(probes):
+        by_route.setdefault(adapter, []).append(i)
+    for adapter, idx in by_route.items():
+        longest = max(len(tokenizer(probes[i][1], add_special_tokens=False)["input_ids"]) for i in idx)
+        outs = greedy_answers(model, tokenizer, [probes[i][0] for i in idx], adapter=adapter,
+                              device=device, max_tokens=min(longest + 8, 256), cancelled=cancelled)
+        for i, out in zip(idx, outs):
+            hits[i] = holds(out, probes[i][1])
+    return hits
+
+
+def _adapter_alone(model, tokenizer, device, anchor_set: AnchorSet, adapter: str, max_len: int,
+                   max_tokens: int, cancelled) -> dict:
+    """The adapter's own drift on the first ADAPTER_ANCHORS anchors, ungated."""
+    n = min(ADAPTER_ANCHORS, len(anchor_set.anchors))
+    loss = forgetting_loss(model, tokenizer, anchor_set, adapter, device, max_len, limit=n)
+    tokens = anchor_set.n_tokens[:n]
+    base = sum(ce * t for ce, t in zip(anchor_set.base_ce_each[:n], tokens)) / max(sum(tokens), 1)
+    outs = greedy_answers(model, tokenizer, [a.chat for a in anchor_set.anchors[:n]], adapter=adapter,
+                          device=device, max_tokens=max_tokens, cancelled=cancelled)
+    kept = sum(normalize(o) == normalize(g) for o, g in zip(outs, anchor_set.base_greedy[:n]))
+    return {"adapter_forgetting_loss": loss, "adapter_anchor_ce_delta": loss - base,
+            "adapter_retention_score": kept / n, "adapter_anchors": n}
 
 
 def _routed_ce(model, tokenizer, encoded: list[Encoded], routes: list, device) -> tuple[float, int]:
@@ -166,10 +209,29 @@ def _routed_ce(model, tokenizer, encoded: list[Encoded], routes: list, device) -
     return total / max(count, 1), count
 
 
+def verdict_reasons(metrics: dict, cfg) -> list[str]:
+    """What is wrong with a checkpoint, by the thresholds of `evaluation` (empty: nothing).
+
+    Three checks, each skipped when its figure is None (no anchors, or nothing
+    to recall): what is served forgot too much (anchor_ce_delta above
+    catastrophic_delta); the adapter alone drifted too far (its
+    adapter_anchor_ce_delta above adapter_delta: the gate hides such an
+    adapter, but any question it lets through gets the wreck); it did not
+    learn its own batch (recall below min_recall)."""
+    reasons = []
+    delta, own, recall = (metrics.get(k) for k in ("anchor_ce_delta", "adapter_anchor_ce_delta", "recall"))
+    if delta is not None and delta > cfg.catastrophic_delta:
+        reasons.append(f"anchor_ce_delta {delta:.3f} > evaluation.catastrophic_delta {cfg.catastrophic_delta}")
+    if own is not None and own > cfg.adapter_delta:
+        reasons.append(f"adapter_anchor_ce_delta {own:.3f} > evaluation.adapter_delta {cfg.adapter_delta}")
+    if recall is not None and recall < cfg.min_recall:
+        reasons.append(f"recall {recall:.2f} < evaluation.min_recall {cfg.min_recall}")
+    return reasons
+
+
 def verdict(metrics: dict, cfg) -> str:
     """A checkpoint's status from its figures and `evaluation.rollback_mode`:
     "stable", "risky" (warn: it still serves) or "rolled_back" (it never serves)."""
-    delta = metrics.get("anchor_ce_delta")
-    if cfg.rollback_mode == "off" or delta is None or delta <= cfg.catastrophic_delta:
+    if cfg.rollback_mode == "off" or not verdict_reasons(metrics, cfg):
         return "stable"
     return "risky" if cfg.rollback_mode == "warn" else "rolled_back"

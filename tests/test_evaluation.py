@@ -7,6 +7,7 @@ import pytest
 from memzd.anchors import load_anchors, sample
 from memzd.config import EvaluationConfig, Home
 from memzd.errors import ConfigError
+from memzd.evaluator import verdict, verdict_reasons
 from memzd.store import Store
 
 from conftest import REPO, drop, run_once, write_config
@@ -97,7 +98,8 @@ def test_no_anchors_means_null_not_zero(home):
     drop(home, "a.jsonl", FACTS)
     run_once(home)
     (ckpt,) = Store(home / "memz.db").checkpoints()
-    for key in ("forgetting_loss", "anchor_ce_delta", "retention_score"):
+    for key in ("forgetting_loss", "anchor_ce_delta", "retention_score",
+                "adapter_forgetting_loss", "adapter_anchor_ce_delta", "adapter_retention_score"):
         assert ckpt.metrics[key] is None
 
 
@@ -111,3 +113,71 @@ def test_base_answers_to_anchors_are_cached(home, tmp_path):
     drop(home, "b.jsonl", FACTS[1:])
     run_once(home)
     assert cache.stat().st_mtime_ns == stamp  # reused, not recomputed
+
+
+def test_the_adapter_is_measured_alone_as_well_as_through_the_gate(home):
+    drop(home, "a.jsonl", FACTS)
+    run_once(home)
+    (ckpt,) = Store(home / "memz.db").checkpoints()
+    m = ckpt.metrics
+    assert m["adapter_anchors"] == 6  # all six of the test home's anchors (fewer than ADAPTER_ANCHORS)
+    assert m["adapter_forgetting_loss"] > 0 and 0.0 <= m["adapter_retention_score"] <= 1.0
+    assert 0.0 <= m["adapter_recall"] <= 1.0
+
+
+def _gated_wreck(home, mode, **evaluation):
+    """The issue's case: lr 0.5 with routing on, so the gate shows the base model's answers."""
+    write_config(home, training={"lr": 0.5, "max_steps": 6},
+                 evaluation={"rollback_mode": mode, "catastrophic_delta": 0.25, **evaluation})
+
+
+@pytest.mark.parametrize("mode,status", [("auto_rollback", "rolled_back"), ("warn", "risky")])
+def test_a_wrecked_adapter_behind_the_gate_is_caught(home, mode, status):
+    _gated_wreck(home, mode)
+    drop(home, "a.jsonl", FACTS)
+    run_once(home)
+    store = Store(home / "memz.db")
+    (ckpt,) = store.checkpoints()
+    m = ckpt.metrics
+    assert m["anchor_ce_delta"] <= 0.25 and m["retention_score"] == 1.0  # what is served looks fine
+    assert m["recall"] == 0.0 and m["adapter_retention_score"] < 0.5  # the adapter learned nothing, broke much
+    assert ckpt.status == status
+    assert (store.current_checkpoint() == ckpt.id) == (mode == "warn")
+    assert json.loads((home / "checkpoints" / ckpt.id / "meta.json").read_text())["status"] == status
+
+
+@pytest.mark.parametrize("adapter_delta,status", [(0.5, "rolled_back"), (50.0, "stable")])
+def test_the_adapters_own_drift_decides_by_evaluation_adapter_delta(home, adapter_delta, status):
+    _gated_wreck(home, "auto_rollback", adapter_delta=adapter_delta, min_recall=0.0)  # recall not asked
+    drop(home, "a.jsonl", FACTS)
+    run_once(home)
+    (ckpt,) = Store(home / "memz.db").checkpoints()
+    assert 0.5 < ckpt.metrics["adapter_anchor_ce_delta"] < 50.0
+    assert ckpt.status == status
+
+
+@pytest.mark.parametrize("metrics,reason", [
+    ({"anchor_ce_delta": 0.3}, "anchor_ce_delta 0.300 > evaluation.catastrophic_delta 0.25"),
+    ({"adapter_anchor_ce_delta": 2.5}, "adapter_anchor_ce_delta 2.500 > evaluation.adapter_delta 2.0"),
+    ({"recall": 0.4}, "recall 0.40 < evaluation.min_recall 0.5"),
+])
+def test_verdict_names_what_failed(metrics, reason):
+    cfg = EvaluationConfig(rollback_mode="auto_rollback")
+    assert verdict_reasons(metrics, cfg) == [reason]
+    assert verdict(metrics, cfg) == "rolled_back"
+    assert verdict(metrics, EvaluationConfig(rollback_mode="warn")) == "risky"
+    assert verdict(metrics, EvaluationConfig(rollback_mode="off")) == "stable"
+
+
+def test_verdict_skips_figures_that_are_missing():
+    cfg = EvaluationConfig(rollback_mode="auto_rollback")
+    none = {"anchor_ce_delta": None, "adapter_anchor_ce_delta": None, "recall": None}
+    assert verdict(none, cfg) == "stable"
+    assert verdict({"anchor_ce_delta": 0.1, "adapter_anchor_ce_delta": 1.0, "recall": 1.0}, cfg) == "stable"
+
+
+def test_new_evaluation_keys_are_checked_by_name():
+    with pytest.raises(ConfigError, match="evaluation.min_recall"):
+        EvaluationConfig(min_recall=1.5)
+    with pytest.raises(ConfigError, match="evaluation.adapter_delta"):
+        EvaluationConfig(adapter_delta=-1)
