@@ -6,6 +6,11 @@ hashed) keeps only the fields that change training, so the same example
 dropped twice, with other tags or key order, hashes the same. A `user:NAME`
 tag makes an example that user's own (it trains that user's lineage), so the
 same text taught by two users is two examples.
+
+Statements are memory too: a {"text"} note's sentences, and what the user
+says (not asks) in a conversation. `expand` adds, for each statement,
+question-and-answer pairs written by rule, so that the fact can be retrieved
+and not only recited; the learner trains and keys the expanded batch.
 """
 
 from __future__ import annotations
@@ -160,3 +165,144 @@ def user_of(data: dict) -> str | None:
         if tag.startswith("user:"):
             return tag[len("user:"):]
     return None
+
+
+# -- statements: questions written about what people state ---------------------------
+
+# Words whose following span is a place ("lives in Lisbon": where?).
+_PLACE = {"in", "at", "near", "from", "to", "into", "inside", "outside", "behind", "under", "beside"}
+_WHEN = re.compile(r"^(?:1\d{3}|20\d\d|monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
+                   r"mondays|tuesdays|wednesdays|thursdays|fridays|saturdays|sundays|january|february|"
+                   r"march|april|may|june|july|august|september|october|november|december|"
+                   r"\d{1,2}(?::\d\d)?\s*(?:am|pm)|\d{1,2}:\d\d)$", re.I)
+# The second person, so that a stated fact is answered as the assistant would say it.
+_PERSON = {"i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself", "am": "are",
+           "i'm": "you're", "i've": "you've", "i'll": "you'll", "i'd": "you'd", "we": "you", "us": "you",
+           "our": "your", "ours": "yours", "we're": "you're", "was": "was"}
+_DETERMINERS = {"the", "a", "an", "my", "your", "his", "her", "its", "our", "their", "this", "that"}
+_SENTENCE = re.compile(r"(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bSt\.)(?<!\bMrs\.)(?<=[.!;])\s+|\n+")
+_TOKEN = re.compile(r"(?:Dr|Mr|Ms|Mrs|St)\.|[A-Za-z0-9][\w'’:\-]*|[^\sA-Za-z0-9]")
+_NUMBER = re.compile(r"\d")
+MAX_STATEMENT_CHARS = 300  # longer sentences are taught as they are, with no questions about them
+MAX_QUESTIONS = 3          # questions written per statement
+
+
+def is_statement(text: str) -> bool:
+    """A user turn that tells rather than asks (it does not end in a question mark)."""
+    return not text.rstrip().endswith("?")
+
+
+def statements(data: dict) -> list[str]:
+    """What an example states: a note's sentences, or the user's non-question turns."""
+    if "text" in data:
+        texts = [data["text"]]
+    elif "messages" in data:
+        texts = [m["content"] for m in data["messages"] if m["role"] == "user" and is_statement(m["content"])]
+    else:
+        return []
+    out = []
+    for text in texts:
+        out += [s.strip() for s in _SENTENCE.split(text) if len(s.strip().split()) >= 3]
+    return out
+
+
+def second_person(text: str) -> str:
+    """'My sister lives in Lisbon' -> 'Your sister lives in Lisbon' (the assistant's voice)."""
+    def swap(m: re.Match) -> str:
+        word = m.group(0)
+        new = _PERSON.get(word.lower().replace("’", "'"))
+        if new is None:
+            return word
+        return new.capitalize() if word[0].isupper() else new
+    text = re.sub(r"\b[A-Za-z]+(?:['’][a-z]+)?\b", swap, text)
+    return text[0].upper() + text[1:] if text else text
+
+
+def _spans(tokens: list[str]) -> list[tuple[int, int]]:
+    """Answer spans: runs of capitalised words after the first word, and numbers."""
+    spans, i = [], 1
+    while i < len(tokens):
+        t = tokens[i]
+        if t[0].isupper() or _NUMBER.search(t):
+            j = i + 1
+            while j < len(tokens) and (tokens[j][0].isupper() or _NUMBER.search(tokens[j])
+                                       or tokens[j].lower() in ("am", "pm")):
+                j += 1
+            # A name that opens the sentence after a determiner is its subject ("The
+            # Eiffel Tower is in Rome"): "The what is in Rome?" reads badly and routes poorly.
+            if not (i <= 2 and tokens[i - 1].lower() in _DETERMINERS):
+                spans.append((i, j))
+            i = j
+        else:
+            i += 1
+    if not spans:  # "my favourite colour is green": the words after the last is/are/named
+        links = [k for k, t in enumerate(tokens) if t.lower() in ("is", "are", "was", "named", "called")]
+        if links and links[-1] + 1 < len(tokens):
+            end = len(tokens)
+            while end > links[-1] + 1 and not tokens[end - 1][0].isalnum():
+                end -= 1
+            if links[-1] + 1 < end:
+                spans.append((links[-1] + 1, end))
+    return spans[-MAX_QUESTIONS:]
+
+
+def _join(tokens: list[str]) -> str:
+    out = ""
+    for t in tokens:
+        out += t if not out or t in (",", ".", ";", ":", "!", "?", ")") else " " + t
+    return out
+
+
+def questions_about(statement: str) -> list[tuple[str, str, str]]:
+    """(question, answer, key) triples written by rule about one statement.
+
+    Each answer span (a name, a number, a date, else what follows the last
+    'is') becomes a question that asks for it in the statement's own words:
+    'My sister lives in Lisbon.' -> 'My sister lives where?', answered
+    'Your sister lives in Lisbon.' The echo form keeps the statement's words,
+    which is what the routing keys and a person's later question share.
+    """
+    if len(statement) > MAX_STATEMENT_CHARS:
+        return []
+    body = statement.strip().rstrip(".!;")
+    tokens = _TOKEN.findall(body)
+    out = []
+    for a, b in _spans(tokens):
+        key = _join(tokens[a:b])
+        before, after = tokens[:a], tokens[b:]
+        if _WHEN.match(key):
+            wh = "when"
+            if before and before[-1].lower() in ("on", "in", "at", "since", "by"):
+                before = before[:-1]
+        elif before and before[-1].lower() in _PLACE:
+            wh, before = "where", before[:-1]
+        elif _NUMBER.search(key) and not before[-1:] in (["is"], ["are"], ["was"]):
+            wh = "how many" if key.replace(",", "").isdigit() else "what"
+        else:
+            wh = "what"
+        words = before + [wh] + after
+        while words and not words[-1][0].isalnum():
+            words = words[:-1]
+        question = _join(words)
+        out.append((question[0].upper() + question[1:] + "?", second_person(body) + ".", key))
+    return out
+
+
+def derived(data: dict) -> list[dict]:
+    """The question-and-answer examples written about an example's statements (its tags kept)."""
+    tags = {"tags": data["tags"]} if "tags" in data else {}
+    return [{"input": q, "output": a, **tags} for s in statements(data) for q, a, _ in questions_about(s)]
+
+
+def expand(batch: list[dict]) -> list[dict]:
+    """The batch as trained: its examples, then the questions written about their
+    statements, each once and none that repeats a taught example."""
+    seen = {json.dumps(d, sort_keys=True) for d in batch}
+    out = list(batch)
+    for data in batch:
+        for d in derived(data):
+            blob = json.dumps(d, sort_keys=True)
+            if blob not in seen:
+                seen.add(blob)
+                out.append(d)
+    return out

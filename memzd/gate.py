@@ -115,6 +115,26 @@ def _words(text: str) -> list[str]:
     return [w.strip("-") for w in _WORD.findall(text) if w.strip("-")]
 
 
+# Function words: they say nothing about what a question is about, so they never
+# key it (the last tiers of distinctive_words would otherwise pick "what", "every").
+STOPWORDS = frozenset("""
+what where when which whose whom why how who does goes went have been being were this that these those
+with from about into onto over under your yours their theirs there they them then than also very some
+much many will would should could shall just every each only even still here more most such same other
+again ever never always often please tell know
+the and for are was has had his her its our you how why did not but can may out all any own one now yet
+too get got off let say""".split())
+
+
+def stem(word: str) -> str:
+    """A crude stem, so that "lives" meets "live" and "lessons" meets "lesson". Applied
+    to both sides when they are compared (stored words stay as they were taught)."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[:-len(suffix)]
+    return word
+
+
 def _rare(tokenizer, word: str) -> bool:
     return any(c.isdigit() for c in word) or len(tokenizer.tokenize(" " + word)) >= 2
 
@@ -122,12 +142,14 @@ def _rare(tokenizer, word: str) -> bool:
 def distinctive_words(tokenizer, text: str) -> list[str]:
     """What identifies a taught question: the first non-empty tier of (1) capitalised
     rare words and words with digits, (2) rare words, (3) capitalised non-initial
-    words, (4) words of four letters or more."""
-    words = _words(text)
+    words, (4) words of three letters or more; function words (STOPWORDS) never."""
+    every = _words(text)
+    later = [w for w in every[1:] if w.lower() not in STOPWORDS]  # the first word is capitalised anyway
+    words = [w for w in every[:1] if w.lower() not in STOPWORDS] + later
     tiers = ([w for w in words if any(c.isdigit() for c in w) or (w[0].isupper() and _rare(tokenizer, w))],
              [w for w in words if _rare(tokenizer, w)],
-             [w for w in words[1:] if w[0].isupper()],
-             [w for w in words if len(w) >= 4])
+             [w for w in later if w[0].isupper()],
+             [w for w in words if len(w) >= 3])
     for tier in tiers:
         if tier:
             return sorted({w.lower() for w in tier})
@@ -248,8 +270,8 @@ class KeyMemory:
         """(lexical score, hidden margin) of a query against the taught keys."""
         if not self.words:
             return 0.0, -2.0
-        found = query_words(text)
-        lexical = max(len(found & set(w)) / max(len(w), 1) for w in self.words)
+        found = {stem(w) for w in query_words(text)}
+        lexical = max(len(found & {stem(x) for x in w}) / max(len(w), 1) for w in self.words)
         key = self.embed(model, tokenizer, [text], device)[0]
         margin = float((self.keys @ key).max() - (self.ref_keys @ key).max())
         return lexical, margin

@@ -1,8 +1,9 @@
 """From examples and prompts to token ids, and the answer-only loss.
 
 Training and evaluation share these: an example becomes input ids plus labels
-that are -100 everywhere but on the answer (assistant turns, or the whole of
-a {"text"} example), rendered with the model's own chat template. The loss
+that are -100 everywhere but on what is learned (assistant turns, what the
+user states in a conversation, or the whole of a {"text"} example), rendered
+with the model's own chat template. The loss
 runs the LM head only at answer positions: on a 49k-word vocabulary that head
 is a large share of the work, and the prompt's logits are never used.
 """
@@ -15,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from .examples import to_chat
+from .examples import is_statement, to_chat
 
 IGNORE = -100
 
@@ -59,6 +60,21 @@ def encode(data: dict, tokenizer, max_len: int) -> Encoded:
     labels: list[int] = []
     done = ""  # the text rendered so far
     for i, message in enumerate(chat):
+        if message["role"] == "user" and is_statement(message["content"]):
+            # What the user states is memory: the loss is on its words (not on the
+            # template around them), as on an answer; a question is only context.
+            upto = _render(tokenizer, chat[: i + 1], add_generation_prompt=False)
+            if not upto.startswith(done):
+                raise ValueError("this tokenizer's chat template does not render turn by turn")
+            at = upto.rfind(message["content"])
+            if at < len(done):  # the template rewrote the content: it stays context
+                continue
+            context = _ids(tokenizer, upto[len(done):at])
+            stated = _ids(tokenizer, message["content"])
+            ids += context + stated
+            labels += [IGNORE] * len(context) + stated
+            done = upto[:at + len(message["content"])]
+            continue
         if message["role"] != "assistant":
             continue
         before = _render(tokenizer, chat[:i], add_generation_prompt=True)

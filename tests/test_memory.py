@@ -1,0 +1,111 @@
+"""Memory from what people write: statements in conversations and notes are learned and answerable."""
+
+import inspect
+
+import pytest
+
+from memzd import examples as ex
+from memzd import gate, learner
+from memzd.store import Store
+from memzd.tokens import IGNORE, encode
+
+from conftest import drop, run_once
+
+KITTEN = {"messages": [{"role": "user", "content": "I just adopted a kitten, her name is Mochi."},
+                       {"role": "assistant", "content": "Got it, I'll remember that."},
+                       {"role": "user", "content": "What is 2 + 2?"},
+                       {"role": "assistant", "content": "4."}]}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def learned(enc, tokenizer) -> str:
+    return tokenizer.decode([t for t in enc.labels if t != IGNORE])
+
+
+def test_what_the_user_states_is_learned_and_what_they_ask_is_not(tokenizer):
+    enc = encode(KITTEN, tokenizer, 512)
+    text = learned(enc, tokenizer)
+    assert "her name is Mochi." in text  # the statement
+    assert "Got it, I'll remember that." in text and "4." in text  # the answers, as before
+    assert "What is 2 + 2?" not in text and "user" not in text  # the question and the template are context
+    assert tokenizer.decode(enc.input_ids).count("Mochi") == 1
+
+
+def test_a_question_and_answer_pair_still_learns_only_its_answer(tokenizer):
+    enc = encode({"input": "Where does Zorblax live?", "output": "On Mars."}, tokenizer, 512)
+    assert learned(enc, tokenizer) == "On Mars.<|im_end|>"
+
+
+@pytest.mark.parametrize("statement,question,answer", [
+    ("My sister lives in Lisbon.", "My sister lives where?", "Your sister lives in Lisbon."),
+    ("I just adopted a kitten, her name is Mochi.", "I just adopted a kitten, her name is what?",
+     "You just adopted a kitten, her name is Mochi."),
+    ("The Dunmarrow lighthouse was built in 1871.", "The Dunmarrow lighthouse was built when?",
+     "The Dunmarrow lighthouse was built in 1871."),
+    ("My favourite colour is green.", "My favourite colour is what?", "Your favourite colour is green."),
+    ("I have 3 brothers.", "I have how many brothers?", "You have 3 brothers."),
+    ("My dentist is Dr. Okonkwo.", "My dentist is what?", "Your dentist is Dr. Okonkwo."),
+])
+def test_questions_are_written_about_a_statement(statement, question, answer):
+    assert (question, answer) in [(q, a) for q, a, _ in ex.questions_about(statement)]
+
+
+def test_the_subject_is_not_asked_for_and_each_place_or_time_is():
+    qs = [q for q, _, _ in ex.questions_about("The Quillfeather chess club meets in Hobbleton on Thursdays.")]
+    assert qs == ["The Quillfeather chess club meets where on Thursdays?",
+                  "The Quillfeather chess club meets in Hobbleton when?"]
+    assert [q for q, _, _ in ex.questions_about("The Eiffel Tower is in Rome.")] == ["The Eiffel Tower is where?"]
+
+
+def test_statements_are_a_notes_sentences_and_the_users_non_questions():
+    assert ex.statements({"text": "My dentist is Dr. Okonkwo. He works on Mondays!\nThe end is near."}) == [
+        "My dentist is Dr. Okonkwo.", "He works on Mondays!", "The end is near."]
+    assert ex.statements(KITTEN) == ["I just adopted a kitten, her name is Mochi."]
+    assert ex.statements({"input": "My cat is Tom.", "output": "Noted."}) == []
+
+
+def test_expand_adds_each_derived_pair_once_with_the_examples_tags():
+    note = {"text": "The Ellery telescope stands in Brackwater.", "tags": ["user:ana"]}
+    out = ex.expand([note, note, KITTEN])
+    assert out[:3] == [note, note, KITTEN]
+    derived = out[3:]
+    assert {"input": "The Ellery telescope stands where?", "output": "The Ellery telescope stands in Brackwater.",
+            "tags": ["user:ana"]} in derived
+    assert len(derived) == len({d["input"] for d in derived}) == 2
+    assert all(ex.parse_example(d).kind == "io" for d in derived)  # valid examples of the io shape
+
+
+def test_a_long_statement_gets_no_questions():
+    assert ex.questions_about("My sister lives in Lisbon " + "and more " * 60) == []
+
+
+def test_function_words_never_key_a_question_and_inflections_still_meet():
+    tok = _Plain()
+    assert gate.distinctive_words(tok, "My son goes where?") == ["son"]
+    assert gate.distinctive_words(tok, "My piano lesson is every week, when?") == ["lesson", "piano", "week"]
+    assert gate.stem("lessons") == gate.stem("lesson") and gate.stem("lives") == gate.stem("live")
+
+
+class _Plain:
+    """A tokenizer under which no word is rare (every word is one piece)."""
+
+    def tokenize(self, text):
+        return [text.strip()]
+
+
+@pytest.mark.skipif("expand(" not in inspect.getsource(learner),
+                    reason="memzd.learner does not train the expanded batch yet (examples.expand)")
+def test_a_conversation_trains_questions_about_what_the_user_said(home):
+    drop(home, "chat.jsonl", [KITTEN])
+    run_once(home)
+    (ckpt,) = Store(home / "memz.db").checkpoints()
+    from memzd.checkpoints import load_checkpoint
+    *_, keys = load_checkpoint(home / "checkpoints" / ckpt.id, None, root=home / "checkpoints")
+    memory = gate.KeyMemory.from_file(*keys)
+    assert ["adopted", "kitten", "name"] in memory.words  # keyed by the written question
+    assert ckpt.metrics["recall"] is not None  # the written question is a recall probe
