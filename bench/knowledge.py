@@ -16,6 +16,8 @@ and writes the figures to a JSON file.
     python bench/knowledge.py --mode single      # only the single batch
     python bench/knowledge.py --set training.lr=3e-4 --set routing.enabled=false
     python bench/knowledge.py --quick --base-model PATH   # harness check: 3 facts, few steps
+    python bench/knowledge.py --category conversation     # one kind of memory (see CATEGORIES)
+    python bench/knowledge.py --category all              # every kind, each against its targets
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from memzd.evaluator import holds  # noqa: E402
+from memzd.evaluator import holds, normalize  # noqa: E402
 
 BIN = Path(sys.executable).parent
 DATA = REPO / "bench" / "data"
@@ -99,9 +101,9 @@ def score(answers: list[str], keys: list[str]) -> float:
     return sum(holds(a, k) for a, k in zip(answers, keys)) / max(len(keys), 1)
 
 
-def run(mode: str, batches: list[list[dict]], locality: list[dict], overrides: list[str],
-        base_model: str | None, keep: Path | None, verbose: bool) -> dict:
-    home = Path(tempfile.mkdtemp(prefix=f"memz-bench-{mode}-"))
+def new_home(name: str, overrides: list[str], base_model: str | None) -> Path:
+    """A fresh home from `memzctl init`, its config.yaml with the overrides applied."""
+    home = Path(tempfile.mkdtemp(prefix=f"memz-bench-{name}-"))
     subprocess.run([str(BIN / "memzctl"), "init", str(home)], check=True, capture_output=True)
     config = yaml.safe_load((home / "config.yaml").read_text())
     if base_model:
@@ -110,6 +112,12 @@ def run(mode: str, batches: list[list[dict]], locality: list[dict], overrides: l
         key, _, value = o.partition("=")
         set_key(config, key, value)
     (home / "config.yaml").write_text(yaml.safe_dump(config))
+    return home
+
+
+def run(mode: str, batches: list[list[dict]], locality: list[dict], overrides: list[str],
+        base_model: str | None, keep: Path | None, verbose: bool) -> dict:
+    home = new_home(mode, overrides, base_model)
     log = open(home / "bench.log", "w")
 
     print(f"[{mode}] home {home}; asking the base model first", flush=True)
@@ -140,12 +148,18 @@ def run(mode: str, batches: list[list[dict]], locality: list[dict], overrides: l
              "efficacy_this_batch": score(a_taught[-sum(len(f["teach"]) for f in batch):],
                                           taught_k[-sum(len(f["teach"]) for f in batch):]),
              "retention_score": m.get("retention_score"), "anchor_ce_delta": m.get("anchor_ce_delta"),
-             "recall": m.get("recall"), "steps": m.get("steps"), "train_seconds": m.get("train_seconds"),
+             "recall": m.get("recall"), "adapter_recall": m.get("adapter_recall"),
+             "adapter_retention_score": m.get("adapter_retention_score"),
+             "adapter_anchor_ce_delta": m.get("adapter_anchor_ce_delta"),
+             "steps": m.get("steps"), "train_seconds": m.get("train_seconds"),
              "drop_to_live_s": round(live, 1)}
         rounds.append(r)
         print(f"[{mode}] batch {i}: efficacy {r['efficacy']:.2f}  paraphrase {r['paraphrase']:.2f}  "
               f"locality {r['locality']:.2f}  retention {_f(r['retention_score'])}  "
-              f"ce_delta {_f(r['anchor_ce_delta'])}  drop->live {live:.1f}s  ({r['steps']} steps)", flush=True)
+              f"ce_delta {_f(r['anchor_ce_delta'])}  drop->live {live:.1f}s  ({r['steps']} steps)\n"
+              f"[{mode}]          adapter alone: retention {_f(r['adapter_retention_score'])}  "
+              f"ce_delta {_f(r['adapter_anchor_ce_delta'])}  recall {_f(r['adapter_recall'])}  "
+              f"status {r['status']}", flush=True)
         if verbose:
             for q, a, k in zip(taught_q + para_q + [q for q, _ in known], answers,
                                taught_k + para_k + [k for _, k in known]):
@@ -177,9 +191,148 @@ def verdict(result: dict) -> list[str]:
     return lines
 
 
+# -- categories: memory from what people actually write (issue 12) --------------------------
+#
+# Each category is a data set under bench/data/ taught to a fresh home through the
+# inbox, then asked through requests/. An item has "teach" (examples of any shape),
+# "answer", "questions" (asked directly) and "paraphrases"; optionally "neighbours"
+# (questions near the fact about something else: kept when answered exactly as the
+# base model answered them), "teach_old"/"old" (an earlier fact that "teach"
+# updates: taught in a first batch), or "unseen" ({"q", "a"}: a behaviour's new inputs).
+
+CATEGORIES = {
+    "conversation": {"data": "conversation.jsonl", "what": "facts the user states in a chat (messages)",
+                     "targets": {"efficacy": 0.85, "paraphrase": 0.75, "locality": 0.95}},
+    "notes": {"data": "notes.jsonl", "what": "facts in {\"text\"} notes",
+              "targets": {"efficacy": 0.85, "locality": 0.95}},
+    "personal": {"data": "personal.jsonl", "what": "personal facts in ordinary words, as Q&A",
+                 "targets": {"efficacy": 0.95, "paraphrase": 0.80, "neighbours": 0.90, "locality": 0.95}},
+    "corrections": {"data": "corrections.jsonl", "what": "corrections of world knowledge",
+                    "targets": {"efficacy": 0.95, "paraphrase": 0.80, "neighbours": 0.90, "locality": 0.95}},
+    "updates": {"data": "updates.jsonl", "what": "a later batch changes an earlier fact",
+                "targets": {"efficacy": 0.90, "old_gone": 0.90, "paraphrase": 0.80, "old_gone_paraphrase": 0.80}},
+    "behaviours": {"data": "behaviours.jsonl", "what": "a reply format over unseen inputs",
+                   "targets": {"unseen": 0.80, "locality": 0.95}},
+    "safety": {"data": "facts_small.jsonl", "what": "training.lr 0.5: refused (auto_rollback), marked (warn)",
+               "targets": {"refused": 1.0, "marked": 1.0}},
+}
+
+
+def _probes(items: list[dict]) -> list[tuple[str, str, str]]:
+    """(kind, question, expected) for everything a category asks after teaching."""
+    out = []
+    for it in items:
+        out += [("efficacy", q, it["answer"]) for q in it.get("questions", [])]
+        out += [("paraphrase", q, it["answer"]) for q in it.get("paraphrases", [])]
+        if "old" in it:
+            out += [("old_gone", q, it["old"]) for q in it.get("questions", [])]
+            out += [("old_gone_paraphrase", q, it["old"]) for q in it.get("paraphrases", [])]
+        out += [("neighbours", q, "") for q in it.get("neighbours", [])]
+        out += [("unseen", u["q"], u["a"]) for u in it.get("unseen", [])]
+    return out
+
+
+def run_category(name: str, locality: list[dict], overrides: list[str], base_model: str | None,
+                 keep: Path | None, verbose: bool) -> dict:
+    spec = CATEGORIES[name]
+    items = load_jsonl(DATA / spec["data"])
+    if name == "safety":
+        return run_safety(items, overrides, base_model, keep)
+    home = new_home(name, overrides, base_model)
+    log = open(home / "bench.log", "w")
+    print(f"[{name}] {spec['what']}: home {home}; asking the base model first", flush=True)
+    probes = _probes(items)
+    loc_q = [l["question"] for l in locality]
+    questions = loc_q + [q for _, q, _ in probes]
+    before = ask_all(home, questions, log)
+    known = [(q, l["answer"]) for q, l, a in zip(loc_q, locality, before) if holds(a, l["answer"])]
+    base_of = dict(zip(questions, before))
+    drops = [[e for it in items for e in it["teach_old"]]] if any("teach_old" in it for it in items) else []
+    drops.append([e for it in items for e in it["teach"]])
+    lives = []
+    for i, examples in enumerate(drops, 1):
+        drop(home, f"{name}-{i}.jsonl", examples)
+        lives.append(memzd_once(home, log))
+    ck = checkpoints(home)[0]
+    answers = ask_all(home, [q for _, q, _ in probes] + [q for q, _ in known], log)
+    got: dict[str, list[bool]] = {}
+    for (kind, q, expected), a in zip(probes, answers):
+        if kind == "neighbours":
+            ok = normalize(a) == normalize(base_of[q])
+        elif kind.startswith("old_gone"):
+            ok = not holds(a, expected)
+        else:
+            ok = holds(a, expected)
+        got.setdefault(kind, []).append(ok)
+        if verbose and not ok:
+            print(f"    miss ({kind}): {q!r} -> {a!r}" + (f" (base: {base_of[q]!r})" if kind == "neighbours"
+                                                          else f" (want {'not ' if kind.startswith('old') else ''}"
+                                                               f"{expected!r})"))
+    a_loc = answers[len(probes):]
+    got["locality"] = [holds(a, k) for a, (_, k) in zip(a_loc, known)]
+    if verbose:
+        for (q, k), a in zip(known, a_loc):
+            if not holds(a, k):
+                print(f"    miss (locality): {q!r} -> {a!r} (want {k!r})")
+    m = ck["metrics"]
+    figures = {k: sum(v) / len(v) for k, v in got.items() if v}
+    result = {"category": name, "items": len(items), "figures": figures, "counts": {k: len(v) for k, v in got.items()},
+              "checkpoint": ck["id"], "status": ck["status"], "drop_to_live_s": [round(x, 1) for x in lives],
+              "metrics": {k: m.get(k) for k in ("recall", "adapter_recall", "retention_score", "anchor_ce_delta",
+                                                "adapter_retention_score", "adapter_anchor_ce_delta", "steps",
+                                                "n_examples", "train_seconds")}}
+    log.close()
+    if keep:
+        shutil.copytree(home, keep / home.name, dirs_exist_ok=True)
+    shutil.rmtree(home, ignore_errors=True)
+    return result
+
+
+def run_safety(items: list[dict], overrides: list[str], base_model: str | None, keep: Path | None) -> dict:
+    """The issue's wrecked adapter: lr 0.5 with the gate on. Refused under auto_rollback, marked under warn."""
+    figures, metrics = {}, {}
+    for mode, figure, wanted in (("auto_rollback", "refused", "rolled_back"), ("warn", "marked", "risky")):
+        home = new_home(f"safety-{mode}", overrides + ["training.lr=0.5", f"evaluation.rollback_mode={mode}"],
+                        base_model)
+        with open(home / "bench.log", "w") as log:
+            print(f"[safety] training.lr 0.5 under {mode}: home {home}", flush=True)
+            drop(home, "facts.jsonl", [t for it in items for t in it["teach"]])
+            memzd_once(home, log)
+        ck = checkpoints(home)[0]
+        figures[figure] = float(ck["status"] == wanted)
+        metrics[mode] = {"status": ck["status"], **{k: ck["metrics"].get(k) for k in (
+            "recall", "anchor_ce_delta", "retention_score", "adapter_recall", "adapter_anchor_ce_delta",
+            "adapter_retention_score", "eval_loss")}}
+        if keep:
+            shutil.copytree(home, keep / home.name, dirs_exist_ok=True)
+        shutil.rmtree(home, ignore_errors=True)
+    return {"category": "safety", "items": len(items), "figures": figures, "metrics": metrics}
+
+
+def category_lines(result: dict) -> list[str]:
+    name = result["category"]
+    lines = [f"[{name}] {CATEGORIES[name]['what']} ({result['items']} items)"]
+    targets = CATEGORIES[name]["targets"]
+    for key, value in result["figures"].items():
+        target = targets.get(key)
+        n = result.get("counts", {}).get(key)
+        lines.append(f"  {key:20s} {value:6.2f}" + (f"  of {n:3d}" if n else "") +
+                     (f"  target >= {target}  {'met' if value >= target else 'NOT MET'}" if target is not None else ""))
+    for key in targets:
+        if key not in result["figures"]:
+            lines.append(f"  {key:20s}      -  target >= {targets[key]}  NOT MEASURED")
+    m = result["metrics"]
+    lines.append("  checkpoint: " + ", ".join(f"{k} {_f(v) if isinstance(v, float) else v}"
+                                             for k, v in (m.items() if name != "safety" else [])) +
+                 "".join(f"{mode}: {v}" for mode, v in (m.items() if name == "safety" else [])))
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mode", choices=["single", "continual", "both"], default="both")
+    ap.add_argument("--category", choices=[*CATEGORIES, "all"],
+                    help="run one memory category (or all) instead of the modes: " + ", ".join(CATEGORIES))
     ap.add_argument("--facts", type=Path, default=DATA / "facts.jsonl")
     ap.add_argument("--locality", type=Path, default=DATA / "locality.jsonl")
     ap.add_argument("--batch-size", type=int, default=10, help="facts per batch")
@@ -198,6 +351,13 @@ def main() -> None:
         facts, locality, modes = facts[:3], locality[:5], ["single"]
         args.batch_size = 3
     results = []
+    if args.category:
+        for name in (list(CATEGORIES) if args.category == "all" else [args.category]):
+            result = run_category(name, locality[:5] if args.quick else locality, args.overrides,
+                                  args.base_model, args.keep, args.verbose)
+            results.append(result)
+            print("\n".join(category_lines(result)) + "\n", flush=True)
+        modes = []
     for mode in modes:
         n = 1 if mode == "single" else 4
         batches = [facts[i * args.batch_size:(i + 1) * args.batch_size] for i in range(n)]
