@@ -54,7 +54,8 @@ class RepetitionGuard(StoppingCriteria):
         return False
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-        rows = input_ids[:, self.prompt_len:].tolist()
+        tail = max(self.period * self.times, self.span)  # only the end of an answer can be a loop
+        rows = input_ids[:, max(self.prompt_len, input_ids.shape[1] - tail):].tolist()
         return torch.tensor([self.looping(r) for r in rows], dtype=torch.bool, device=input_ids.device)
 
 
