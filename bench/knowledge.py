@@ -218,6 +218,9 @@ CATEGORIES = {
 }
 
 
+_BASE_ANSWERS: dict[tuple, str] = {}  # (base model, question) -> its greedy answer, shared by the categories
+
+
 def _probes(items: list[dict]) -> list[tuple[str, str, str]]:
     """(kind, question, expected) for everything a category asks after teaching."""
     out = []
@@ -233,9 +236,9 @@ def _probes(items: list[dict]) -> list[tuple[str, str, str]]:
 
 
 def run_category(name: str, locality: list[dict], overrides: list[str], base_model: str | None,
-                 keep: Path | None, verbose: bool) -> dict:
+                 keep: Path | None, verbose: bool, quick: bool = False) -> dict:
     spec = CATEGORIES[name]
-    items = load_jsonl(DATA / spec["data"])
+    items = load_jsonl(DATA / spec["data"])[:2 if quick else None]
     if name == "safety":
         return run_safety(items, overrides, base_model, keep)
     home = new_home(name, overrides, base_model)
@@ -244,7 +247,9 @@ def run_category(name: str, locality: list[dict], overrides: list[str], base_mod
     probes = _probes(items)
     loc_q = [l["question"] for l in locality]
     questions = loc_q + [q for _, q, _ in probes]
-    before = ask_all(home, questions, log)
+    fresh = [q for q in dict.fromkeys(questions) if (base_model, q) not in _BASE_ANSWERS]
+    _BASE_ANSWERS.update({(base_model, q): a for q, a in zip(fresh, ask_all(home, fresh, log) if fresh else [])})
+    before = [_BASE_ANSWERS[base_model, q] for q in questions]
     known = [(q, l["answer"]) for q, l, a in zip(loc_q, locality, before) if holds(a, l["answer"])]
     base_of = dict(zip(questions, before))
     drops = [[e for it in items for e in it["teach_old"]]] if any("teach_old" in it for it in items) else []
@@ -280,7 +285,7 @@ def run_category(name: str, locality: list[dict], overrides: list[str], base_mod
               "checkpoint": ck["id"], "status": ck["status"], "drop_to_live_s": [round(x, 1) for x in lives],
               "metrics": {k: m.get(k) for k in ("recall", "adapter_recall", "retention_score", "anchor_ce_delta",
                                                 "adapter_retention_score", "adapter_anchor_ce_delta", "steps",
-                                                "n_examples", "train_seconds")}}
+                                                "n_examples", "train_seconds", "eval_seconds")}}
     log.close()
     if keep:
         shutil.copytree(home, keep / home.name, dirs_exist_ok=True)
@@ -321,10 +326,9 @@ def category_lines(result: dict) -> list[str]:
     for key in targets:
         if key not in result["figures"]:
             lines.append(f"  {key:20s}      -  target >= {targets[key]}  NOT MEASURED")
-    m = result["metrics"]
-    lines.append("  checkpoint: " + ", ".join(f"{k} {_f(v) if isinstance(v, float) else v}"
-                                             for k, v in (m.items() if name != "safety" else [])) +
-                 "".join(f"{mode}: {v}" for mode, v in (m.items() if name == "safety" else [])))
+    figures = result["metrics"].items() if name == "safety" else [("checkpoint", result["metrics"])]
+    for label, m in figures:
+        lines.append(f"  {label}: " + ", ".join(f"{k} {_f(v) if isinstance(v, float) else v}" for k, v in m.items()))
     return lines
 
 
@@ -339,7 +343,8 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config.yaml key, e.g. training.lr=3e-4 (repeatable)")
     ap.add_argument("--base-model", help="base model instead of the bundled one")
-    ap.add_argument("--quick", action="store_true", help="3 facts, 5 locality questions: checks the harness")
+    ap.add_argument("--quick", action="store_true",
+                    help="3 facts (2 items per category), 5 locality questions: checks the harness")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "knowledge.json")
     ap.add_argument("--keep", type=Path, help="copy each run's home here before deleting it")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every missed answer")
@@ -354,7 +359,7 @@ def main() -> None:
     if args.category:
         for name in (list(CATEGORIES) if args.category == "all" else [args.category]):
             result = run_category(name, locality[:5] if args.quick else locality, args.overrides,
-                                  args.base_model, args.keep, args.verbose)
+                                  args.base_model, args.keep, args.verbose, args.quick)
             results.append(result)
             print("\n".join(category_lines(result)) + "\n", flush=True)
         modes = []

@@ -109,3 +109,21 @@ def test_a_conversation_trains_questions_about_what_the_user_said(home):
     memory = gate.KeyMemory.from_file(*keys)
     assert ["adopted", "kitten", "name"] in memory.words  # keyed by the written question
     assert ckpt.metrics["recall"] is not None  # the written question is a recall probe
+
+
+def test_the_benchmark_runs_a_category_and_reports_it_against_its_targets(tiny_model_dir, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    out = tmp_path / "k.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "knowledge.py"), "--quick", "--category", "updates",
+         "--base-model", str(tiny_model_dir), "--set", "training.max_steps=2", "--set", "evaluation.anchor_sample=4",
+         "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["category"] == "updates" and result["items"] == 2
+    assert set(result["figures"]) == {"efficacy", "paraphrase", "old_gone", "old_gone_paraphrase"}
+    assert "old_gone" in proc.stdout and "target >= 0.9" in proc.stdout
