@@ -1,7 +1,8 @@
 """The command line: `memzd` runs the daemon, `memzctl` drives and inspects it.
 
 Library errors (MemzError) become a red one-line message and exit code 1
-here, at the boundary, and nowhere else.
+here, at the boundary, and nowhere else. Only `memzd` and the commands that
+need the model import torch: the rest run on memzd.control.
 """
 
 from __future__ import annotations
@@ -9,25 +10,69 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
+import stat
+import sys
 import uuid
+from importlib.metadata import PackageNotFoundError, version as _dist_version
 from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 
+from . import control
 from . import service as service_mod
 from .config import Home
-from .errors import ConfigError, DaemonNotRunning, MemzError
+from .errors import ConfigError, MemzError
 from .inbox import read_examples
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
 HOME_HELP = "The memz home (default: $MEMZ_HOME, else the current directory)."
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _metavar_only(param, ctx) -> str | None:
+    """Help shows the value's name (N, FILE, ID), never a Python type such as <bool>."""
+    return param.metavar or None
+
+
+typer.core.TyperArgument.display_type_rich = lambda param, ctx: None  # its name column says it already
+typer.core.TyperOption.display_type_rich = _metavar_only
+
+
+def _version() -> str:
+    try:
+        return _dist_version("memz")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"memz {_version()}")
+        raise typer.Exit()
+
+
+def hoist_home(argv: list[str]) -> list[str]:
+    """`--home DIR` is accepted anywhere on the line: move it before the subcommand."""
+    args, home = list(argv), []
+    i = 0
+    while i < len(args):
+        if args[i] == "--":
+            break
+        if args[i] == "--home" and i + 1 < len(args):
+            home = args[i:i + 2]
+            del args[i:i + 2]
+            continue
+        if args[i].startswith("--home="):
+            home = [args[i]]
+            del args[i]
+            continue
+        i += 1
+    return home + args
 
 
 def _fail(exc: Exception) -> None:
@@ -38,19 +83,22 @@ def _fail(exc: Exception) -> None:
 # -- memzd ----------------------------------------------------------------------
 
 def memzd(
-    home: Optional[Path] = typer.Option(None, "--home", help=HOME_HELP),
+    home: Optional[Path] = typer.Option(None, "--home", help=HOME_HELP, metavar="DIR"),
     once: bool = typer.Option(False, "--once", help="Drain: read the inbox, train what is pending "
                               "(even below the batch thresholds), answer waiting requests, exit 0."),
-    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR.", metavar="LEVEL"),
+    show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="Print memz's version and exit."),
 ) -> None:
     """Run the memz daemon in the foreground: watch inbox/ and requests/, train, answer."""
-    from .daemon import main_loop, setup_logging
-
     h = Home.resolve(home)
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         _fail(ConfigError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, not {log_level!r}"))
     try:
+        control.require_home(h)  # a typo in --home must not become a new, empty home
         h.load_config()  # a bad config stops start-up before anything loads
+        from .daemon import main_loop, setup_logging
+
         setup_logging(h, log_level)
         raise typer.Exit(main_loop(h, once))
     except MemzError as exc:
@@ -58,65 +106,68 @@ def memzd(
 
 
 def memzd_main() -> None:
-    typer.run(memzd)
+    one = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich")
+    one.command()(memzd)
+    one(args=hoist_home(sys.argv[1:]), prog_name="memzd")
 
 
 # -- memzctl --------------------------------------------------------------------
 
 app = typer.Typer(help="Drive and inspect memz: add examples, ask, look at checkpoints, roll back.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode="rich")
 service_app = typer.Typer(help="Run memzd as a user service (launchd on macOS, systemd on Linux).",
                           no_args_is_help=True)
 app.add_typer(service_app, name="service")
 
 
 @app.callback()
-def _root(ctx: typer.Context, home: Optional[Path] = typer.Option(None, "--home", help=HOME_HELP)) -> None:
+def _root(ctx: typer.Context,
+          home: Optional[Path] = typer.Option(None, "--home", help=HOME_HELP, metavar="DIR"),
+          show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                            help="Print memz's version and exit.")) -> None:
     ctx.obj = Home.resolve(home)
 
 
-def _store(home: Home):
-    from .store import Store
-
-    if not home.db_path.exists():
-        raise MemzError(f"no memz database at {home.db_path}: is {home.root} a memz home? "
-                        f"Create one with 'memzctl init {home.root}' and start 'memzd --home {home.root}'")
-    return Store(home.db_path)
+_USER = typer.Option(None, "--user", help="This user's own memory (default: the shared one).", metavar="NAME")
+_JSON = typer.Option(False, "--json", help="Print JSON.")
 
 
 @app.command()
 def init(ctx: typer.Context, directory: Optional[Path] = typer.Argument(None, help="Folder to make a home of "
                                                                         "(default: --home).")) -> None:
-    """Create a fresh memz home with the default config and anchors."""
-    home = Home(directory.expanduser().resolve()) if directory else ctx.obj
-    home.ensure()
-    if not home.config_path.exists():
-        if (REPO_ROOT / "config.yaml").exists():
-            shutil.copyfile(REPO_ROOT / "config.yaml", home.config_path)
-        else:  # installed without the repository: write the defaults
-            import yaml
+    """Create a fresh memz home: the shipped default config and anchors, and its database."""
+    from . import control
 
-            from .config import Config, config_to_dict
-            home.config_path.write_text(yaml.safe_dump(config_to_dict(Config()), sort_keys=False))
-    anchors = home.root / "anchors"
-    if not anchors.exists() and (REPO_ROOT / "anchors").is_dir():
-        shutil.copytree(REPO_ROOT / "anchors", anchors)
-    console.print(f"memz home ready at [bold]{home.root}[/]\n"
+    home = Home(directory.expanduser().resolve()) if directory else ctx.obj
+    try:
+        made = control.init_home(home)
+    except (MemzError, OSError) as exc:
+        _fail(exc)
+    console.print(f"memz home {'ready' if made else 'already there, completed'} at [bold]{home.root}[/]\n"
                   f"  start the daemon:  memzd --home {home.root}\n"
                   f"  add examples:      memzctl --home {home.root} add FILE.jsonl")
 
 
 @app.command()
-def add(ctx: typer.Context, files: list[Path] = typer.Argument(..., help="JSONL files of examples.")) -> None:
+def add(ctx: typer.Context,
+        files: list[Path] = typer.Argument(..., help="JSONL files of examples.", metavar="FILE...")) -> None:
     """Validate example files, then write them atomically into the inbox."""
     home: Home = ctx.obj
-    home.inbox.mkdir(parents=True, exist_ok=True)
+    try:
+        control.require_home(home)
+        max_line_bytes = home.load_config().daemon.max_line_bytes
+    except MemzError as exc:
+        _fail(exc)
     failed = False
     for path in files:
         try:
-            good, bad = _validate_file(path, home.load_config().daemon.max_line_bytes)
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                raise OSError(f"not a regular file (a device, pipe or folder cannot be added); "
+                              "save the examples to a .jsonl file first")
+            good, bad = _validate_file(path, max_line_bytes)
         except OSError as exc:
-            err.print(f"[red]{path}[/]: {exc.strerror or exc}")
+            err.print(f"[red]{path}[/]: {exc.strerror or exc}", highlight=False)
             failed = True
             continue
         for number, reason in bad[:10]:
@@ -127,12 +178,12 @@ def add(ctx: typer.Context, files: list[Path] = typer.Argument(..., help="JSONL 
             err.print(f"[red]{path}[/]: no usable example; nothing added")
             failed = True
             continue
-        name = f"{path.stem}-{uuid.uuid4().hex[:8]}.jsonl"
+        name = f"{path.stem[:150]}-{uuid.uuid4().hex[:8]}.jsonl"
         tmp = home.inbox / f".{name}.tmp"
         shutil.copyfile(path, tmp)
         os.replace(tmp, home.inbox / name)
         print(f"added {path} as inbox/{name}: {good} examples"
-                      + (f", {len(bad)} bad lines will be rejected" if bad else ""))
+              + (f", {len(bad)} bad lines will be rejected" if bad else ""))
     if failed:
         raise typer.Exit(1)
 
@@ -147,52 +198,6 @@ def _validate_file(path: Path, max_line_bytes: int) -> tuple[int, list[tuple[int
             elif example is not None:
                 good += 1
     return good, bad
-
-
-def _status_data(home: Home) -> dict:
-    from .control import daemon_pid
-    from .model import base_model_name, pick_device
-
-    config = home.load_config()
-    store = _store(home)
-    try:
-        current = store.current_checkpoint()
-        row = store.checkpoint(current) if current else None
-        lineage = list(reversed(store.lineage(current)))
-        latest = store.checkpoints()[0] if store.checkpoints() else None
-        curve_batch = latest.batch_id if latest else None
-        hw = store.get_json("hardware")
-        if hw is None:
-            device = pick_device(config.backend)
-            hw = {"device": device.type, "backend": device.type}
-        pid = daemon_pid(home)
-        activity = store.get_json("activity") or {}
-        metrics = row.metrics if row else {}
-        return {
-            "home": str(home.root),
-            "base_model": base_model_name(config.base_model),
-            "current_checkpoint": current,
-            "checkpoint_status": row.status if row else None,
-            "queue_depth": store.queue_depth(),
-            "last_update": store.last_update(),
-            "daemon": {"running": pid is not None, "pid": pid,
-                       "activity": activity.get("text") if pid else "not running"},
-            "loss_curves": {
-                "finetune_loss": store.curve(curve_batch, "finetune_loss") if curve_batch else [],
-                "forgetting_loss": store.curve(curve_batch, "forgetting_loss") if curve_batch else [],
-                "eval_loss": [c.metrics.get("eval_loss") for c in lineage if c.metrics.get("eval_loss") is not None],
-            },
-            "forgetting_summary": {k: metrics.get(k) for k in
-                                   ("anchor_ce_delta", "retention_score", "forgetting_loss")},
-            "latest": {"checkpoint": latest.id if latest else None, "status": latest.status if latest else None,
-                       "recall": latest.metrics.get("recall") if latest else None},
-            "failed_batches": len(store.failed_batches()),
-            "update_mode": config.update_mode,
-            "rollback_mode": config.evaluation.rollback_mode,
-            "hardware": hw,
-        }
-    finally:
-        store.close()
 
 
 def sparkline(values: list[float], width: int = 32) -> str:
@@ -211,28 +216,34 @@ def _fmt(v) -> str:
 
 
 @app.command()
-def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """What memz is doing: model, current checkpoint, queue, losses and forgetting."""
+def status(ctx: typer.Context, as_json: bool = _JSON, user: Optional[str] = _USER) -> None:
+    """What memz is doing: model, current checkpoint, queue, when the next batch trains, losses."""
     try:
-        data = _status_data(ctx.obj)
+        data = control.status_data(ctx.obj, user)
     except MemzError as exc:
         _fail(exc)
     if as_json:
         print(json.dumps(data, indent=2))
         return
-    d = data["daemon"]
+    d, nb = data["daemon"], data["next_batch"]
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_row("base model", data["base_model"])
+    if user:
+        t.add_row("user", user)
     t.add_row("current checkpoint", f"{data['current_checkpoint'] or '(base model)'}"
               + (f" [{data['checkpoint_status']}]" if data["checkpoint_status"] else ""))
-    t.add_row("daemon", f"running, pid {d['pid']}: {d['activity']}" if d["running"] else
-              f"not running (start it: memzd --home {data['home']})")
+    t.add_row("daemon", f"running, pid {d['pid']}: {d['activity']}" + (f" (since {d['since']})" if d["since"] else "")
+              if d["running"] else f"not running (start it: memzd --home {data['home']})")
     t.add_row("queue depth", str(data["queue_depth"]))
+    t.add_row("next batch", (f"{nb['at']}: " if nb["at"] else "") + nb["why"])
     t.add_row("last update", data["last_update"] or "never")
     t.add_row("hardware", f"{data['hardware'].get('device')} ({data['hardware'].get('backend')})")
     fs = data["forgetting_summary"]
-    t.add_row("forgetting", f"anchor_ce_delta {_fmt(fs['anchor_ce_delta'])}, "
+    t.add_row("forgetting", f"served: anchor_ce_delta {_fmt(fs['anchor_ce_delta'])}, "
               f"retention {_fmt(fs['retention_score'])}")
+    if fs.get("adapter_anchor_ce_delta") is not None:
+        t.add_row("", f"adapter alone: anchor_ce_delta {_fmt(fs['adapter_anchor_ce_delta'])}, "
+                  f"retention {_fmt(fs['adapter_retention_score'])}")
     for name, curve in data["loss_curves"].items():
         last = curve[-1] if curve else None
         t.add_row(name, f"{sparkline(curve)}  {_fmt(last)}")
@@ -240,18 +251,20 @@ def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", hel
         t.add_row("latest checkpoint", f"{data['latest']['checkpoint']} [{data['latest']['status']}]")
     if data["failed_batches"]:
         t.add_row("failed batches", f"[red]{data['failed_batches']}[/] (see logs/memzd.log)")
+    if data.get("users") and not user:
+        t.add_row("users", ", ".join(data["users"]) + "  (memzctl status --user NAME)")
     console.print(t)
 
 
 @app.command()
-def checkpoints(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def checkpoints(ctx: typer.Context, as_json: bool = _JSON, user: Optional[str] = _USER) -> None:
     """The checkpoint lineage, newest first, with each one's figures (--json: all of them)."""
     try:
-        store = _store(ctx.obj)
+        store = control.open_store(ctx.obj)
     except MemzError as exc:
         _fail(exc)
     try:
-        rows, current = store.checkpoints(), store.current_checkpoint()
+        rows, current = store.checkpoints(user, every_user=False), store.current_checkpoint(user)
     finally:
         store.close()
     if as_json:
@@ -260,14 +273,32 @@ def checkpoints(ctx: typer.Context, as_json: bool = typer.Option(False, "--json"
     if not rows:
         console.print("no checkpoints yet: drop a .jsonl file into inbox/ (or memzctl add FILE)")
         return
-    t = Table("", "id", "parent", "status", "n", "recall", "ce_delta", "retention")
-    for column in t.columns[1:3]:
-        column.no_wrap = True  # ids are what people copy into --to
+    # 80 columns: ids are what people copy into --to, and the status must not be cut
+    t = Table("", "id", "parent", "status", "n", "recall", "ce_delta", "retain", box=None, pad_edge=False)
+    for column in t.columns[1:4]:
+        column.no_wrap = True
     for r in rows:
         m = r.metrics
         t.add_row("*" if r.id == current else "", r.id, r.parent or "(base)", r.status, _fmt(m.get("n_examples")),
                   _fmt(m.get("recall")), _fmt(m.get("anchor_ce_delta")), _fmt(m.get("retention_score")))
     console.print(t)
+
+
+@app.command()
+def train(ctx: typer.Context) -> None:
+    """Ask the running daemon to train every example that waits, now (below the batch thresholds too)."""
+    home: Home = ctx.obj
+    try:
+        data = control.status_data(home)
+        control.request_training(home)
+    except MemzError as exc:
+        _fail(exc)
+    waiting = data["queue_depth"]
+    if waiting:
+        print(f"asked memzd (pid {data['daemon']['pid']}) to train the {waiting} waiting example(s) now; "
+              "follow it with: memzctl status")
+    else:
+        print("nothing waits to be trained; drop a .jsonl file into inbox/ (or memzctl add FILE) first")
 
 
 @app.command()
@@ -323,44 +354,46 @@ def forget(ctx: typer.Context,
 @app.command()
 def query(
     ctx: typer.Context,
-    prompt: str = typer.Argument(..., help="The question."),
-    max_tokens: int = typer.Option(256, "--max-tokens", min=1, max=4096, help="Most tokens in the answer."),
-    temperature: float = typer.Option(0.2, "--temperature", min=0.0, max=2.0, help="0 is greedy."),
-    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for the answer."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Pin a checkpoint id."),
-    as_json: bool = typer.Option(False, "--json", help="Print the whole response as JSON."),
+    prompt: str = typer.Argument(..., help="The question.", metavar="PROMPT"),
+    max_tokens: int = typer.Option(256, "--max-tokens", min=1, max=4096, help="Most tokens in the answer.",
+                                   metavar="N"),
+    temperature: float = typer.Option(0.2, "--temperature", min=0.0, max=2.0, help="0 is greedy.", metavar="T"),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait; then the question is withdrawn.",
+                                  metavar="S"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Pin a checkpoint id.", metavar="ID"),
+    user: Optional[str] = _USER,
+    as_json: bool = typer.Option(False, "--json", help="Print the whole response as JSON (no streaming)."),
 ) -> None:
-    """Ask the running daemon a question and print its answer."""
-    from .control import daemon_pid
-    from .files import write_json_atomic
-
-    home: Home = ctx.obj
-    if daemon_pid(home) is None:
-        _fail(DaemonNotRunning(f"no memzd is running for {home.root}; start one with: memzd --home {home.root}"))
-    rid = f"q-{uuid.uuid4().hex[:12]}"
+    """Ask the running daemon a question; the answer is printed as it is generated."""
     body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
     if checkpoint:
         body["checkpoint"] = checkpoint
-    home.requests.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(home.requests / f"{rid}.json", body)
-    response = home.responses / f"{rid}.json"
-    deadline = time.monotonic() + timeout
-    while not response.exists():
-        if time.monotonic() > deadline:
-            (home.requests / f"{rid}.json").unlink(missing_ok=True)
-            _fail(MemzError(f"no answer within {timeout:.0f}s (the daemon may be busy; see memzctl status)"))
-        if daemon_pid(home) is None:
-            (home.requests / f"{rid}.json").unlink(missing_ok=True)
-            _fail(DaemonNotRunning("memzd stopped before answering"))
-        time.sleep(0.05)
-    payload = json.loads(response.read_text(encoding="utf-8"))
-    response.unlink(missing_ok=True)
+    if user:
+        body["user"] = user
+    streamed = []
+
+    def show(text: str) -> None:
+        if not streamed:
+            text = text.lstrip()
+        streamed.append(text)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    try:
+        payload = control.ask(ctx.obj, body, timeout, on_text=None if as_json else show)
+    except KeyboardInterrupt:
+        err.print("\nwithdrawn: the daemon stops generating this answer")
+        raise typer.Exit(130)
+    except MemzError as exc:
+        if streamed:
+            print()
+        _fail(exc)
     if as_json:
         print(json.dumps(payload, indent=2, ensure_ascii=False))
     elif "error" in payload:
         _fail(MemzError(f"{payload['error']['code']}: {payload['error']['message']}"))
     else:
-        print(payload["response"])
+        print("" if streamed else payload["response"])
     if "error" in payload:
         raise typer.Exit(1)
 
@@ -412,5 +445,23 @@ def service_status(ctx: typer.Context, dry_run: bool = _DRY, launchd: bool = _LA
     _service(ctx, "status", dry_run, launchd, systemd)
 
 
+@service_app.command("start")
+def service_start(ctx: typer.Context, dry_run: bool = _DRY, launchd: bool = _LAUNCHD, systemd: bool = _SYSTEMD) -> None:
+    """Start this home's installed service."""
+    _service(ctx, "start", dry_run, launchd, systemd)
+
+
+@service_app.command("stop")
+def service_stop(ctx: typer.Context, dry_run: bool = _DRY, launchd: bool = _LAUNCHD, systemd: bool = _SYSTEMD) -> None:
+    """Stop this home's service (it stops within seconds; it starts again at the next login)."""
+    _service(ctx, "stop", dry_run, launchd, systemd)
+
+
+@service_app.command("restart")
+def service_restart(ctx: typer.Context, dry_run: bool = _DRY, launchd: bool = _LAUNCHD, systemd: bool = _SYSTEMD) -> None:
+    """Restart this home's service (e.g. after changing config.yaml)."""
+    _service(ctx, "restart", dry_run, launchd, systemd)
+
+
 def memzctl_main() -> None:
-    app()
+    app(args=hoist_home(sys.argv[1:]), prog_name="memzctl")

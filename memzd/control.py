@@ -88,15 +88,34 @@ def require_home(home: Home) -> None:
                         f"create one with: memzctl init {home.root}")
 
 
+def defaults() -> Path:
+    """The shipped defaults (config.yaml, anchors/), inside the installed package."""
+    return Path(__file__).resolve().parent / "defaults"
+
+
+def init_home(home: Home) -> bool:
+    """Make `home` a memz home: its folders, the shipped default config.yaml and anchors
+    (what is there already is kept), and its database. True if it was not a home before."""
+    import shutil
+
+    from .store import Store
+
+    fresh = not is_home(home)
+    home.ensure()
+    if not home.config_path.exists():
+        write_atomic(home.config_path, (defaults() / "config.yaml").read_bytes())
+    if not home.anchors.exists():
+        shutil.copytree(defaults() / "anchors", home.anchors)
+    Store(home.db_path).close()
+    return fresh
+
+
 def open_store(home: Home):
-    """The home's database, refusing a folder that is not a home (imports sqlite only)."""
+    """The home's database, refusing a folder that is not a home (imports no torch)."""
     from .store import Store
 
     require_home(home)
-    if not home.db_path.exists():
-        raise MemzError(f"no memz database at {home.db_path} yet; start the daemon once "
-                        f"(memzd --home {home.root}) or re-run memzctl init {home.root}")
-    return Store(home.db_path)
+    return Store(home.db_path)  # a home whose daemon never ran gets its (empty) database now
 
 
 # -- status --------------------------------------------------------------------

@@ -3,8 +3,9 @@
 This module owns the service file (its text, where it lives, its name) and the
 service-manager commands that load, unload and query it. `plan()` only works
 out what would be done, so `memzctl service ... --dry-run` can show it;
-`execute()` does it. One home maps to one service name (a short hash of the
-home's path), so two homes on one machine run side by side.
+`execute()` does it. One home maps to one service name, after the home's
+folder and a short hash of its path (`dev.memz.notes-1a2b3c`), so two homes on
+one machine run side by side and `launchctl list` says which is which.
 """
 
 from __future__ import annotations
@@ -12,17 +13,19 @@ from __future__ import annotations
 import hashlib
 import os
 import plistlib
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ServiceError
+from .files import write_atomic
 
-ACTIONS = ("install", "uninstall", "status")
+ACTIONS = ("install", "uninstall", "status", "start", "stop", "restart")
 KINDS = ("launchd", "systemd")
 THROTTLE_S = 10  # wait this long before restarting a crashed daemon
-STOP_TIMEOUT_S = 120  # SIGTERM lets memzd finish its training step; kill after this
+STOP_TIMEOUT_S = 30  # memzd stops within 5 s of SIGTERM in any phase; kill only if it hangs past this
 TCC_FOLDERS = ("Desktop", "Documents", "Downloads")  # launchd agents are denied these
 
 
@@ -46,12 +49,14 @@ def default_kind() -> str:
 
 
 def service_id(home: Path) -> str:
-    """A short hash of the home's absolute path, stable across installs."""
-    return hashlib.sha256(str(Path(home).expanduser().resolve()).encode()).hexdigest()[:10]
+    """The home's folder name (letters, digits, - and _) and a short hash of its path."""
+    home = Path(home).expanduser().resolve()
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", home.name).strip("-").lower()[:40] or "home"
+    return f"{name}-{hashlib.sha256(str(home).encode()).hexdigest()[:6]}"
 
 
 def service_name(home: Path, kind: str) -> str:
-    """The launchd label (`dev.memz.<hash>`) or systemd unit name (`memz-<hash>.service`)."""
+    """The launchd label (`dev.memz.<name>`) or systemd unit name (`memz-<name>.service`)."""
     return f"dev.memz.{service_id(home)}" if kind == "launchd" else f"memz-{service_id(home)}.service"
 
 
@@ -155,6 +160,12 @@ def plan(action: str, home: Path, kind: str | None = None, *,
         if action == "uninstall":
             return ServicePlan(kind, path, None, [], warnings, action,
                                best_effort=[["launchctl", "bootout", target]])
+        if action in ("start", "stop", "restart"):
+            _require_installed(path, action)
+            command = {"start": ["launchctl", "kickstart", target],
+                       "stop": ["launchctl", "kill", "SIGTERM", target],
+                       "restart": ["launchctl", "kickstart", "-k", target]}[action]
+            return ServicePlan(kind, path, None, [command], warnings, action)
         return ServicePlan(kind, path, None, [], warnings, action,
                            best_effort=[["launchctl", "print", target]])
 
@@ -168,8 +179,17 @@ def plan(action: str, home: Path, kind: str | None = None, *,
     if action == "uninstall":
         return ServicePlan(kind, path, None, [ctl + ["daemon-reload"]], warnings, action,
                            best_effort=[ctl + ["disable", "--now", name]])
+    if action in ("start", "stop", "restart"):
+        _require_installed(path, action)
+        return ServicePlan(kind, path, None, [ctl + [action, name]], warnings, action)
     return ServicePlan(kind, path, None, [], warnings, action,
                        best_effort=[ctl + ["status", "--no-pager", name]])
+
+
+def _require_installed(path: Path, action: str) -> None:
+    if not path.exists():
+        raise ServiceError(f"cannot {action}: no service is installed for this home ({path} is missing); "
+                           "install it with: memzctl service install")
 
 
 def _run(cmd: list[str], run) -> subprocess.CompletedProcess:
@@ -201,9 +221,7 @@ def execute(plan: ServicePlan, run=subprocess.run) -> list[str]:
         d.mkdir(parents=True, exist_ok=True)
     if plan.content is not None:
         plan.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = plan.path.with_name(f".{plan.path.name}.tmp")
-        tmp.write_text(plan.content)
-        tmp.replace(plan.path)
+        write_atomic(plan.path, plan.content)
         lines.append(f"wrote {plan.path}")
     elif plan.action == "uninstall":
         if plan.path.exists():
@@ -212,9 +230,21 @@ def execute(plan: ServicePlan, run=subprocess.run) -> list[str]:
         else:
             lines.append(f"no service file at {plan.path}")
     for cmd in plan.commands:
-        done = _run(cmd, run)
+        try:
+            done = _run(cmd, run)
+        except ServiceError:
+            _undo(plan)
+            raise
         if done.returncode != 0:
+            _undo(plan)
             err = (done.stderr or done.stdout or "").strip() or "(no output)"
-            raise ServiceError(f"`{' '.join(cmd)}` failed with exit code {done.returncode}: {err}")
+            raise ServiceError(f"`{' '.join(cmd)}` failed with exit code {done.returncode}: {err}"
+                               + ("; the service file was removed again" if plan.action == "install" else ""))
         lines.append(f"ran: {' '.join(cmd)}")
     return lines
+
+
+def _undo(plan: ServicePlan) -> None:
+    """An install that fails leaves no service file behind."""
+    if plan.action == "install" and plan.content is not None:
+        plan.path.unlink(missing_ok=True)

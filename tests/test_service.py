@@ -197,11 +197,45 @@ def test_status_shows_output_even_when_not_running(home, user_home, memzd_path):
     assert run.calls == [["systemctl", "--user", "status", "--no-pager", service.service_name(home, "systemd")]]
 
 
-def test_failing_command_raises_with_its_stderr(home, user_home, memzd_path):
+def test_failing_command_raises_with_its_stderr_and_leaves_no_service_file(home, user_home, memzd_path):
     run = FakeRun(fail={"bootstrap": (5, "Bootstrap failed: 5: Input/output error")})
     p = service.plan("install", home, "launchd", user_home=user_home, memzd_path=memzd_path)
     with pytest.raises(ServiceError, match="Input/output error"):
         service.execute(p, run=run)
+    assert not p.path.exists(), "a failed install left its plist behind"
+
+
+def test_labels_are_named_after_the_home(tmp_path, user_home):
+    notes = tmp_path / "My Notes!"
+    notes.mkdir()
+    label = service.service_name(notes, "launchd")
+    assert label.startswith("dev.memz.my-notes-") and " " not in label
+    assert service.service_name(notes, "systemd").startswith("memz-my-notes-")
+
+
+@pytest.mark.parametrize("kind, action, command", [
+    ("systemd", "start", ["systemctl", "--user", "start"]),
+    ("systemd", "stop", ["systemctl", "--user", "stop"]),
+    ("systemd", "restart", ["systemctl", "--user", "restart"]),
+    ("launchd", "start", ["launchctl", "kickstart"]),
+    ("launchd", "stop", ["launchctl", "kill", "SIGTERM"]),
+    ("launchd", "restart", ["launchctl", "kickstart", "-k"]),
+])
+def test_start_stop_restart_an_installed_service(home, user_home, memzd_path, kind, action, command):
+    with pytest.raises(ServiceError, match="memzctl service install"):  # not installed yet
+        service.plan(action, home, kind, user_home=user_home, memzd_path=memzd_path)
+    service.execute(service.plan("install", home, kind, user_home=user_home, memzd_path=memzd_path), run=FakeRun())
+    run = FakeRun()
+    service.execute(service.plan(action, home, kind, user_home=user_home, memzd_path=memzd_path), run=run)
+    assert run.calls[0][:len(command)] == command
+
+
+def test_the_stop_timeout_covers_a_daemon_that_stops_in_5_s(home, user_home, memzd_path):
+    unit = service.plan("install", home, "systemd", user_home=user_home, memzd_path=memzd_path).content
+    assert 5 < int(unit_settings(unit)["Service.TimeoutStopSec"][0]) <= 60
+    plist = plistlib.loads(service.plan("install", home, "launchd", user_home=user_home,
+                                        memzd_path=memzd_path).content.encode())
+    assert 5 < plist["ExitTimeOut"] <= 60
 
 
 def test_missing_service_manager_raises(home, user_home, memzd_path):
@@ -214,6 +248,6 @@ def test_missing_service_manager_raises(home, user_home, memzd_path):
 
 def test_bad_action_or_kind(home):
     with pytest.raises(ServiceError, match="install"):
-        service.plan("start", home)
+        service.plan("reboot", home)
     with pytest.raises(ServiceError, match="launchd"):
         service.plan("install", home, "upstart")
