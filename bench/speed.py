@@ -18,7 +18,9 @@ Four measurements, each with its baseline taken in the same run:
 - start-up: memzd start to the first answered request (model cache warm);
 - ingestion: examples/s from inbox files into SQLite (10 files), with the
   peak memory of a 10-file and a 1-file run (streaming keeps them equal),
-  against a plain loader (whole file, one INSERT per row).
+  against a plain loader (whole file, one INSERT per row);
+- commands: wall time of the memzctl commands that need no model (status,
+  checkpoints, --version, --help), against `python -c pass`; target < 0.5 s.
 
 Figures go to bench/results/speed.json and are printed as a table. Timings on
 a shared machine are noisy: each training method runs `--rounds` times in
@@ -499,6 +501,35 @@ def bench_ingestion(n_total: int, n_files: int) -> dict:
             "per_s": memz["per_s"], "ratio_vs_plain": memz["per_s"] / plain["per_s"]}
 
 
+# -- commands -------------------------------------------------------------------------
+
+COMMAND_TARGET_S = 0.5  # a memzctl command that needs no model starts and finishes in this
+
+
+def bench_commands(repeats: int) -> dict:
+    """Wall time of memzctl commands that need no model, against `python -c pass` (the floor)."""
+    home = Path(tempfile.mkdtemp(prefix="memz-commands-"))
+    memzctl = str(Path(sys.executable).with_name("memzctl"))
+    subprocess.run([memzctl, "init", str(home)], check=True, stdout=subprocess.DEVNULL)
+    commands = {"python -c pass": [sys.executable, "-c", "pass"],
+                "memzctl --version": [memzctl, "--version"],
+                "memzctl status": [memzctl, "--home", str(home), "status"],
+                "memzctl status --json": [memzctl, "--home", str(home), "status", "--json"],
+                "memzctl checkpoints": [memzctl, "--home", str(home), "checkpoints"],
+                "memzctl --help": [memzctl, "--help"]}
+    out = {}
+    for name, cmd in commands.items():
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times.append(time.perf_counter() - t0)
+        out[name] = {"p50_s": percentile(times, 50), "max_s": max(times)}
+        print(f"  {name}: p50 {out[name]['p50_s']:.3f} s, max {out[name]['max_s']:.3f} s", flush=True)
+    shutil.rmtree(home, ignore_errors=True)
+    return out
+
+
 # -- report -----------------------------------------------------------------------
 
 def table(r: dict) -> str:
@@ -528,6 +559,11 @@ def table(r: dict) -> str:
             f"| {a['training_p95_vs_idle_p95']:.2f}x | <= 3x |",
             f"| start-up to first answer (s) | {a['startup_s']:.2f} | | | <= 10 s |",
         ]
+    for name, c in r.get("commands", {}).items():
+        if name != "python -c pass":
+            floor = r["commands"]["python -c pass"]["p50_s"]
+            lines.append(f"| `{name}` p50 (s) vs python -c pass | {c['p50_s']:.3f} | {floor:.3f} "
+                         f"| {c['p50_s'] / floor:.1f}x | < {COMMAND_TARGET_S} s |")
     lines += [
         f"| ingestion examples/s ({i['examples']} in {i['files']} files) vs plain loader | {i['per_s']:.0f} "
         f"| {i['plain']['per_s']:.0f} | {i['ratio_vs_plain']:.2f}x | >= 5000/s |",
@@ -542,7 +578,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny in-code model, small counts (seconds)")
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds per training method (best counts)")
     ap.add_argument("--epochs", type=int, default=4, help="epochs over the 64 training examples, every method")
-    ap.add_argument("--skip", action="append", default=[], choices=["training", "answers", "ingestion"])
+    ap.add_argument("--skip", action="append", default=[],
+                    choices=["training", "answers", "ingestion", "commands"])
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "speed.json")
     args = ap.parse_args(argv)
     from memzd.model import load_base
@@ -570,6 +607,8 @@ def main(argv=None) -> int:
         print(f"answers done ({time.perf_counter() - started:.0f}s)", flush=True)
     if "ingestion" not in args.skip:
         result["ingestion"] = bench_ingestion(2_000 if args.quick else 100_000, 10)
+    if "commands" not in args.skip:
+        result["commands"] = bench_commands(3 if args.quick else 10)
     result["seconds"] = time.perf_counter() - started
     result["machine"]["load_average_at_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)

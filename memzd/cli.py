@@ -26,7 +26,6 @@ from . import control
 from . import service as service_mod
 from .config import Home
 from .errors import ConfigError, MemzError
-from .inbox import read_examples
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -190,6 +189,8 @@ def add(ctx: typer.Context,
 
 def _validate_file(path: Path, max_line_bytes: int) -> tuple[int, list[tuple[int, str]]]:
     """Check a file line by line as the daemon will (streamed, same caps and messages)."""
+    from .inbox import read_examples
+
     good, bad = 0, []
     with open(path, "rb") as f:
         for number, example, error, _ in read_examples(f, max_line_bytes):

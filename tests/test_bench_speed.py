@@ -27,4 +27,6 @@ def test_quick_speed_benchmark_writes_its_figures(tmp_path):
     assert a["training"]["p95_s"] > 0 and a["idle_p50_vs_direct"] > 0
     i = r["ingestion"]
     assert i["memz"]["rows"] == i["examples"] and i["per_s"] > 0
-    assert "| training tok/s" in run.stdout
+    assert set(r["commands"]) >= {"python -c pass", "memzctl status", "memzctl checkpoints", "memzctl --version"}
+    assert all(c["p50_s"] > 0 for c in r["commands"].values())
+    assert "| training tok/s" in run.stdout and "`memzctl status` p50" in run.stdout
