@@ -335,8 +335,8 @@ def category_lines(result: dict) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mode", choices=["single", "continual", "both"], default="both")
-    ap.add_argument("--category", choices=[*CATEGORIES, "all"],
-                    help="run one memory category (or all) instead of the modes: " + ", ".join(CATEGORIES))
+    ap.add_argument("--category", nargs="+", choices=[*CATEGORIES, "all"],
+                    help="run these memory categories (or all) instead of the modes: " + ", ".join(CATEGORIES))
     ap.add_argument("--facts", type=Path, default=DATA / "facts.jsonl")
     ap.add_argument("--locality", type=Path, default=DATA / "locality.jsonl")
     ap.add_argument("--batch-size", type=int, default=10, help="facts per batch")
@@ -357,7 +357,7 @@ def main() -> None:
         args.batch_size = 3
     results = []
     if args.category:
-        for name in (list(CATEGORIES) if args.category == "all" else [args.category]):
+        for name in (list(CATEGORIES) if "all" in args.category else dict.fromkeys(args.category)):
             result = run_category(name, locality[:5] if args.quick else locality, args.overrides,
                                   args.base_model, args.keep, args.verbose, args.quick)
             results.append(result)

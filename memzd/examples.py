@@ -178,13 +178,14 @@ _WHEN = re.compile(r"^(?:1\d{3}|20\d\d|monday|tuesday|wednesday|thursday|friday|
 # The second person, so that a stated fact is answered as the assistant would say it.
 _PERSON = {"i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself", "am": "are",
            "i'm": "you're", "i've": "you've", "i'll": "you'll", "i'd": "you'd", "we": "you", "us": "you",
-           "our": "your", "ours": "yours", "we're": "you're", "was": "was"}
+           "our": "your", "ours": "yours", "we're": "you're"}
 _DETERMINERS = {"the", "a", "an", "my", "your", "his", "her", "its", "our", "their", "this", "that"}
 _SENTENCE = re.compile(r"(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bSt\.)(?<!\bMrs\.)(?<=[.!;])\s+|\n+")
 _TOKEN = re.compile(r"(?:Dr|Mr|Ms|Mrs|St)\.|[A-Za-z0-9][\w'’:\-]*|[^\sA-Za-z0-9]")
 _NUMBER = re.compile(r"\d")
 MAX_STATEMENT_CHARS = 300  # longer sentences are taught as they are, with no questions about them
 MAX_QUESTIONS = 3          # questions written per statement
+MAX_WRITTEN = 16           # ...and per example: a long note costs training time, not all of it
 
 
 def is_statement(text: str) -> bool:
@@ -215,6 +216,7 @@ def second_person(text: str) -> str:
             return word
         return new.capitalize() if word[0].isupper() else new
     text = re.sub(r"\b[A-Za-z]+(?:['’][a-z]+)?\b", swap, text)
+    text = re.sub(r"\b([Yy]ou) was\b", r"\1 were", text)  # "I was born" -> "you were born"
     return text[0].upper() + text[1:] if text else text
 
 
@@ -291,7 +293,12 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
 def derived(data: dict) -> list[dict]:
     """The question-and-answer examples written about an example's statements (its tags kept)."""
     tags = {"tags": data["tags"]} if "tags" in data else {}
-    return [{"input": q, "output": a, **tags} for s in statements(data) for q, a, _ in questions_about(s)]
+    out = []
+    for statement in statements(data):
+        out += [{"input": q, "output": a, **tags} for q, a, _ in questions_about(statement)]
+        if len(out) >= MAX_WRITTEN:
+            return out[:MAX_WRITTEN]
+    return out
 
 
 def expand(batch: list[dict]) -> list[dict]:

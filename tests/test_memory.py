@@ -127,3 +127,13 @@ def test_the_benchmark_runs_a_category_and_reports_it_against_its_targets(tiny_m
     assert result["category"] == "updates" and result["items"] == 2
     assert set(result["figures"]) == {"efficacy", "paraphrase", "old_gone", "old_gone_paraphrase"}
     assert "old_gone" in proc.stdout and "target >= 0.9" in proc.stdout
+
+
+def test_a_huge_note_writes_a_bounded_number_of_questions():
+    note = {"text": " ".join(f"Club {i} meets in Town{i}." for i in range(20000))}
+    assert len(ex.derived(note)) == ex.MAX_WRITTEN
+
+
+def test_the_answer_is_in_the_assistants_voice():
+    assert ex.second_person("I was born in Ferndale and my mother lives with me.") == \
+        "You were born in Ferndale and your mother lives with you."
