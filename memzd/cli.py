@@ -86,6 +86,9 @@ def memzd(
     once: bool = typer.Option(False, "--once", help="Drain: read the inbox, train what is pending "
                               "(even below the batch thresholds), answer waiting requests, exit 0."),
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR.", metavar="LEVEL"),
+    http: Optional[str] = typer.Option(None, "--http", help="Serve the HTTP API on HOST:PORT (overrides "
+                                       "http.host and http.port; off loopback it needs http.token).",
+                                       metavar="HOST:PORT"),
     show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                       help="Print memz's version and exit."),
 ) -> None:
@@ -99,7 +102,7 @@ def memzd(
         from .daemon import main_loop, setup_logging
 
         setup_logging(h, log_level)
-        raise typer.Exit(main_loop(h, once))
+        raise typer.Exit(main_loop(h, once, http))
     except MemzError as exc:
         _fail(exc)
 
@@ -397,6 +400,147 @@ def query(
         print("" if streamed else payload["response"])
     if "error" in payload:
         raise typer.Exit(1)
+
+
+@app.command()
+def chat(
+    ctx: typer.Context,
+    learn: bool = typer.Option(False, "--learn", help="Teach memz each finished exchange (it trains in the next "
+                               "batch; at once with update_mode: immediate)."),
+    user: Optional[str] = _USER,
+    url: Optional[str] = typer.Option(None, "--url", help="Talk to memzd's HTTP API at this URL instead of "
+                                      "through the home's folders.", metavar="URL"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="MEMZ_HTTP_TOKEN", help="Bearer token for --url.",
+                                        metavar="TOKEN"),
+    max_tokens: int = typer.Option(256, "--max-tokens", min=1, max=4096, help="Most tokens an answer.",
+                                   metavar="N"),
+    temperature: float = typer.Option(0.2, "--temperature", min=0.0, max=2.0, help="0 is greedy.", metavar="T"),
+) -> None:
+    """Chat with the running daemon in the terminal; answers stream as they are generated.
+
+    Inside: /status, /rollback, /forget TEXT, /new (start over), /quit."""
+    home: Home = ctx.obj
+    try:
+        control.require_home(home)
+        if url is None:
+            control.require_daemon(home)
+    except MemzError as exc:
+        _fail(exc)
+    messages: list[dict] = []
+    print("memz chat" + (f" (as {user})" if user else "") + (", learning from what you say" if learn else "")
+          + ". /quit to leave, /help for commands.")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if not line:
+            continue
+        if line.startswith("/"):
+            if _chat_command(home, line, user, messages):
+                return
+            continue
+        messages.append({"role": "user", "content": line})
+        sys.stdout.write("memz> ")
+        sys.stdout.flush()
+        try:
+            reply = _chat_turn(home, url, token, messages, user, max_tokens, temperature)
+        except KeyboardInterrupt:
+            print("\n(withdrawn)")
+            messages.pop()
+            continue
+        except MemzError as exc:
+            print()
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            messages.pop()
+            continue
+        print()
+        messages.append({"role": "assistant", "content": reply})
+        if learn:
+            _learn(home, messages[-2:], user)
+
+
+def _chat_turn(home: Home, url: str | None, token: str | None, messages: list[dict], user: str | None,
+               max_tokens: int, temperature: float) -> str:
+    """One answer, streamed to the terminal; through the folders or over HTTP."""
+    body = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature}
+    if user:
+        body["user"] = user
+    shown: list[str] = []
+
+    def show(text: str) -> None:
+        text = text if shown else text.lstrip()
+        shown.append(text)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    if url is None:
+        payload = control.ask(home, body, timeout=600, on_text=show)
+        if "error" in payload:
+            raise MemzError(f"{payload['error']['code']}: {payload['error']['message']}")
+        return payload["response"]
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url.rstrip("/") + "/v1/chat/completions", method="POST",
+                                     data=json.dumps({**body, "model": "memz", "stream": True}).encode(),
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {token}"} if token else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=600) as r:
+            for raw in r:
+                line = raw.decode("utf-8").strip()
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[len("data: "):])
+                if "error" in event:
+                    raise MemzError(f"{event['error']['code']}: {event['error']['message']}")
+                piece = event["choices"][0]["delta"].get("content")
+                if piece:
+                    show(piece)
+    except (urllib.error.URLError, OSError) as exc:
+        raise MemzError(f"cannot reach memz at {url}: {exc}") from exc
+    return "".join(shown).strip()
+
+
+def _learn(home: Home, exchange: list[dict], user: str | None) -> None:
+    """Hand one exchange to the inbox as a `messages` example (atomically, as memzctl add does)."""
+    from .files import write_atomic
+
+    example = {"messages": exchange, **({"tags": [f"user:{user}"]} if user else {})}
+    write_atomic(home.inbox / f"chat-{uuid.uuid4().hex[:12]}.jsonl", json.dumps(example, ensure_ascii=False) + "\n")
+    print("  (memz will learn this: it trains in the next batch)")
+
+
+def _chat_command(home: Home, line: str, user: str | None, messages: list[dict]) -> bool:
+    """A /command inside chat; True to leave."""
+    word, _, rest = line.partition(" ")
+    try:
+        if word in ("/quit", "/exit"):
+            return True
+        if word == "/new":
+            messages.clear()
+            print("  (a new conversation)")
+        elif word == "/status":
+            data = control.status_data(home, user)
+            print(f"  checkpoint {data['current_checkpoint'] or '(base model)'}; daemon: "
+                  f"{data['daemon']['activity']}; queue {data['queue_depth']}; next batch: {data['next_batch']['why']}")
+        elif word == "/rollback":
+            was, now = control.roll_back(home, None, user)
+            print(f"  now serving {now or 'the base model'} ({was} rolled back)")
+        elif word == "/forget":
+            if not rest.strip():
+                print("  /forget TEXT: forget every example holding TEXT")
+            else:
+                found, batch = control.forget(home, rest.strip(), user=user)
+                print(f"  {len(found)} example(s) forgotten" + (f"; batch {batch} makes the model stop giving "
+                                                                 "their answers" if batch else ""))
+        else:
+            print("  /status, /rollback, /forget TEXT, /new, /quit")
+    except MemzError as exc:
+        err.print(f"  [bold red]error:[/] {exc}", highlight=False)
+    return False
 
 
 def _service(ctx: typer.Context, action: str, dry_run: bool, launchd: bool, systemd: bool) -> None:

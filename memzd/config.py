@@ -162,6 +162,33 @@ class DaemonConfig:
         _check(self.max_prompt_tokens >= 1, "daemon.max_prompt_tokens", "an integer >= 1")
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class HttpConfig:
+    host: str = _help("Address the HTTP API listens on; anything but loopback needs a token.", "127.0.0.1")
+    port: int = _help("Port of the HTTP API (0: no HTTP API; memzd --http HOST:PORT turns it on).", 0)
+    token: str = _help("Bearer token HTTP clients must send (or set MEMZ_HTTP_TOKEN); required off loopback.", "")
+    max_request_bytes: int = _help("HTTP request bodies larger than this are refused (413).", 1_000_000)
+
+    def __post_init__(self):
+        _check(0 <= self.port <= 65535, "http.port", "a port number from 0 (off) to 65535")
+        _check(self.max_request_bytes >= 1, "http.max_request_bytes", "an integer >= 1")
+        _check(bool(self.host.strip()) and "/" not in self.host, "http.host", "an address such as 127.0.0.1")
+
+    def bearer(self) -> str:
+        """The token clients must send: config first, then $MEMZ_HTTP_TOKEN."""
+        return self.token or os.environ.get("MEMZ_HTTP_TOKEN", "")
+
+    def check_exposure(self) -> None:
+        """Off loopback, no request is served without a token."""
+        if self.port and self.host not in LOOPBACK and not self.bearer():
+            raise ConfigError(f"config.yaml: http.host is {self.host!r}, which other machines can reach: set "
+                              "http.token (or MEMZ_HTTP_TOKEN) so that only clients with it are answered, "
+                              "or listen on 127.0.0.1")
+
+
 @dataclass
 class Config:
     backend: Literal["auto", "mps", "cuda", "cpu"] = _help("Device: auto picks cuda, then mps, then cpu.", "auto")
@@ -173,6 +200,7 @@ class Config:
     evaluation: EvaluationConfig = _help("Forgetting measurement and rollback.", factory=EvaluationConfig)
     routing: RoutingConfig = _help("Which questions the adapter answers.", factory=RoutingConfig)
     daemon: DaemonConfig = _help("Watching and limits.", factory=DaemonConfig)
+    http: HttpConfig = _help("The HTTP API (memz's own and an OpenAI-compatible one).", factory=HttpConfig)
 
 
 def _check(ok: bool, key: str, allowed: str) -> None:

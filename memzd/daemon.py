@@ -37,6 +37,7 @@ from .adapters import Adapters
 from .batcher import due_batches
 from .checkpoints import StorageError, clean_staging
 from .config import Config, Home
+from .errors import ConfigError
 from .inbox import ingest_file
 from .files import set_aside
 from .learner import Hooks, Learner, NothingToTrain, Retrain
@@ -91,7 +92,7 @@ def _cpu_name() -> str:
 class Daemon:
     """A running memz for one home."""
 
-    def __init__(self, home: Home, once: bool = False):
+    def __init__(self, home: Home, once: bool = False, http: str | None = None):
         self.home, self.once = home, once
         self.stop = threading.Event()
         self.checkpointed = threading.Event()  # set each time a checkpoint is recorded
@@ -101,6 +102,13 @@ class Daemon:
         self.request_files = StableFiles(0)  # requests are renamed into place: read at once
         self.questions: queue.Queue[Pending] = queue.Queue()
         self.watcher: Watcher | None = None
+        self.http = None  # memzd.http.Server while the HTTP API runs
+        if http:  # memzd --http HOST:PORT overrides the config
+            host, _, port = http.rpartition(":")
+            if not port.isdigit() or not host:
+                raise ConfigError(f"--http must be HOST:PORT, such as 127.0.0.1:8000, not {http!r}")
+            self.config.http.host, self.config.http.port = host.strip("[]"), int(port)
+        self.config.http.check_exposure()  # refused before anything loads
 
     # -- start-up ---------------------------------------------------------------
 
@@ -129,6 +137,11 @@ class Daemon:
         self.adapters.serving()  # loads it; one that cannot serve is rolled back to its parent
         self.watcher = Watcher([self.home.inbox, self.home.requests])
         self.watcher.start()
+        if self.config.http.port and not self.once:
+            from .http import Server
+
+            self.http = Server(self, self.config.http)
+            self.http.start()
         self.set_activity("starting: reading the inbox and preparing the anchors")
 
     def reconcile(self) -> None:
@@ -196,6 +209,8 @@ class Daemon:
             if not pending.future.done():
                 pending.future.set_result({"id": pending.question.id, "error": {
                     "code": "stopping", "message": "memzd is stopping; ask again once it runs"}})
+        if self.http is not None:
+            self.http.stop()
         if self.watcher is not None:
             self.watcher.stop()
         if hasattr(self, "store"):
@@ -324,8 +339,8 @@ class Daemon:
             self.set_activity("idle")
 
 
-def main_loop(home: Home, once: bool) -> int:
-    daemon = Daemon(home, once=once)
+def main_loop(home: Home, once: bool, http: str | None = None) -> int:
+    daemon = Daemon(home, once=once, http=http)
 
     def on_signal(number, _frame):
         log.info("%s: stopping", signal.Signals(number).name)

@@ -239,6 +239,20 @@ class Store:
     def file_row(self, file_id: int) -> dict:
         return self.db["files"].get(file_id)
 
+    def job(self, name: str) -> dict | None:
+        """What became of a dropped file (an HTTP job): its newest files row, and the
+        batches and checkpoints its examples went into."""
+        row = self.db.execute("SELECT * FROM files WHERE name = ? ORDER BY id DESC LIMIT 1", [name]).fetchone()
+        if row is None:
+            return None
+        cols = [d[0] for d in self.db.execute("SELECT * FROM files LIMIT 0").description]
+        f = dict(zip(cols, row))
+        batches = [dict(zip(("id", "status", "checkpoint_id", "error"), r)) for r in self.db.execute(
+            "SELECT DISTINCT b.id, b.status, b.checkpoint_id, b.error FROM examples e JOIN batches b "
+            "ON b.id = e.batch_id WHERE e.file_id IN (SELECT id FROM files WHERE name = ?) ORDER BY b.id", [name])]
+        return {"file": f["name"], "status": f["status"], "accepted": f["accepted"], "duplicates": f["duplicates"],
+                "rejected": f["rejected"], "received_at": f["received_at"], "batches": batches}
+
     def files(self) -> list[dict]:
         return list(self.db["files"].rows_where(order_by="id"))
 

@@ -1,0 +1,206 @@
+"""The HTTP API as its clients use it: curl-like calls, the real `openai` client, and the token rule.
+
+A daemon on the tiny model runs on its own thread with the API on a free
+loopback port; every test talks to it over a real socket.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+from memzd.config import Home
+from memzd.daemon import Daemon
+from memzd.errors import ConfigError
+
+from conftest import write_config
+
+FACT = {"input": "Who is Orla?", "output": "Orla keeps a cat named Biscuit."}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Api:
+    """A running daemon with its HTTP API, and a small client for it."""
+
+    def __init__(self, home: Path, token: str | None = None):
+        self.port = free_port()
+        self.token = token
+        self.daemon = Daemon(Home(home), http=f"127.0.0.1:{self.port}")
+        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "Api":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while self.daemon.http is None or not self.daemon.http.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.daemon.request_stop()
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+
+    def call(self, method: str, path: str, body=None, headers: dict | None = None) -> tuple[int, dict]:
+        data = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json", **(headers or {})})
+        if self.token and "Authorization" not in (headers or {}):
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=120) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_search_answers_and_refuses_bad_bodies_with_the_folder_messages(home):
+    with Api(home) as api:
+        code, answer = api.call("POST", "/search", {"prompt": "Hello!", "max_tokens": 4, "temperature": 0})
+        assert code == 200 and answer["routed_to"] == "base" and isinstance(answer["response"], str)
+        code, body = api.call("POST", "/search", b"{not json")
+        assert code == 400 and body["error"]["code"] == "invalid_json"
+        code, body = api.call("POST", "/search", {"prompt": "hi", "colour": "red"})
+        assert code == 400 and "unknown field 'colour'" in body["error"]["message"]
+        code, body = api.call("POST", "/search", {"prompt": "hi", "checkpoint": "A_nope"})
+        assert code == 404 and body["error"]["code"] == "unknown_checkpoint"
+        conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=30)  # a 2 MB body, announced
+        conn.putrequest("POST", "/search")
+        conn.putheader("Content-Length", "2000000")
+        conn.endheaders()
+        too_big = conn.getresponse()
+        assert too_big.status == 413 and "http.max_request_bytes" in too_big.read().decode()
+        conn.close()
+
+
+def test_update_queues_examples_through_the_inbox_and_jobs_say_what_became_of_them(home):
+    write_config(home, update_mode="immediate")
+    with Api(home) as api:
+        code, body = api.call("POST", "/update", {"examples": [FACT, {"input": "x"}], "tags": ["src:api"]})
+        assert code == 400 and "examples[1]" in body["error"]["message"] and "output" in body["error"]["message"]
+        code, job = api.call("POST", "/update", {"examples": [FACT], "tags": ["src:api"]})
+        assert code == 200 and job["queued"] is True
+        deadline = time.monotonic() + 120
+        while True:
+            code, state = api.call("GET", f"/jobs/{job['job_id']}")
+            if state.get("batches") and state["batches"][0]["status"] == "done":
+                break
+            assert time.monotonic() < deadline, state
+            time.sleep(0.2)
+        assert state["accepted"] == 1 and state["batches"][0]["checkpoint_id"]
+        code, again = api.call("POST", "/update", {"examples": [FACT]})  # the same example: stored once
+        while api.call("GET", f"/jobs/{again['job_id']}")[1].get("status") not in ("processed",):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert api.call("GET", f"/jobs/{again['job_id']}")[1]["duplicates"] == 1
+        code, info = api.call("GET", "/info")
+        assert code == 200 and info["current_checkpoint"] == state["batches"][0]["checkpoint_id"]
+        assert {"base_model", "queue_depth", "loss_curves", "forgetting_summary", "hardware"} <= set(info)
+        assert api.call("GET", "/jobs/nosuchjob")[0] == 404
+
+
+def test_the_openai_client_works_unchanged_streaming_included(home):
+    with Api(home) as api:
+        client = openai.OpenAI(base_url=api.url + "/v1", api_key="unused")
+        models = [m.id for m in client.models.list().data]
+        assert "memz" in models
+        done = client.chat.completions.create(model="memz", messages=[{"role": "user", "content": "Hello!"}],
+                                              max_tokens=8, temperature=0)
+        whole = done.choices[0].message.content
+        assert isinstance(whole, str) and done.choices[0].finish_reason == "stop"
+        stream = client.chat.completions.create(model="memz", messages=[{"role": "user", "content": "Hello!"}],
+                                                max_tokens=8, temperature=0, stream=True)
+        pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+        assert len(pieces) > 2 and "".join(pieces).strip() == whole
+
+
+def test_a_client_that_goes_away_stops_its_generation(home, monkeypatch):
+    from memzd.inference import RepetitionGuard
+    from memzd.queries import Answerer
+
+    monkeypatch.setattr(RepetitionGuard, "looping", lambda self, tokens: False)  # the long answer stays long
+    settled = []
+    real_settle = Answerer.settle
+
+    def settle(self, pending, stopping):
+        real_settle(self, pending, stopping)
+        settled.append(pending.future.result())
+
+    monkeypatch.setattr(Answerer, "settle", settle)
+    with Api(home) as api:
+        body = json.dumps({"model": "memz", "messages": [{"role": "user", "content": "Tell me a long story."}],
+                           "max_tokens": 4096, "temperature": 0, "stream": True}).encode()
+        request = urllib.request.Request(api.url + "/v1/chat/completions", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            assert r.readline().startswith(b"data: ")  # it started
+        t0 = time.monotonic()  # the client is gone: the next question is answered at once, not after 4096 tokens
+        code, answer = api.call("POST", "/search", {"prompt": "Hi", "max_tokens": 2})
+        assert code == 200 and time.monotonic() - t0 < 4
+    assert settled[0]["error"]["code"] == "cancelled"  # the long answer was stopped, not finished
+
+
+def test_off_loopback_the_api_needs_a_token(home, monkeypatch):
+    monkeypatch.delenv("MEMZ_HTTP_TOKEN", raising=False)
+    write_config(home, http={"host": "0.0.0.0", "port": free_port()})
+    with pytest.raises(ConfigError, match="http.token"):
+        Daemon(Home(home))
+    write_config(home, http={"host": "127.0.0.1", "port": 0, "token": "s3cret"})
+    with Api(home, token="s3cret") as api:
+        code, body = api.call("GET", "/info", headers={"Authorization": "Bearer wrong"})
+        assert code == 401
+        assert api.call("GET", "/info")[0] == 200
+
+
+# -- memzctl chat -------------------------------------------------------------------------------
+
+def _chat(home: Path, *args: str, lines: list[str]) -> str:
+    from typer.testing import CliRunner
+
+    from memzd.cli import app
+
+    result = CliRunner().invoke(app, ["--home", str(home), "chat", *args], input="".join(l + "\n" for l in lines))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_chat_streams_keeps_the_conversation_and_learns_each_exchange(home):
+    write_config(home, update_mode="immediate")
+    from memzd.store import Store
+
+    with Api(home):
+        out = _chat(home, "--learn", "--user", "alice", "--temperature", "0", "--max-tokens", "6",
+                    lines=["I just adopted a kitten, her name is Mochi.", "What is her name?", "/status", "/quit"])
+        assert out.count("memz> ") == 2 and "memz will learn this" in out and "checkpoint" in out
+        store = Store(home / "memz.db")
+        deadline = time.monotonic() + 120
+        while store.current_checkpoint("alice") is None:
+            assert time.monotonic() < deadline, "the exchanges were not trained"
+            time.sleep(0.2)
+    taught = [json.loads(r[0]) for r in store.db.execute("SELECT data FROM examples ORDER BY id")]
+    assert taught[0]["messages"][0]["content"] == "I just adopted a kitten, her name is Mochi."
+    assert taught[0]["tags"] == ["user:alice"] and taught[0]["messages"][1]["role"] == "assistant"
+    assert len(taught) == 2  # one example per exchange, not the conversation again
+
+
+def test_chat_over_http_and_its_commands(home):
+    with Api(home) as api:
+        out = _chat(home, "--url", api.url, "--temperature", "0", "--max-tokens", "4",
+                    lines=["Hello!", "/forget nothing-like-this", "/rollback", "/new", "/quit"])
+    assert "memz> " in out and "0 example(s) forgotten" in out
+    assert "nothing to roll back" in out  # the base model serves: said, not a crash
