@@ -403,6 +403,69 @@ def query(
 
 
 @app.command()
+def export(ctx: typer.Context,
+           args: list[str] = typer.Argument(..., help="[ID] DIR: the checkpoint (default: the current one) and "
+                                            "an empty or new folder.", metavar="[ID] DIR"),
+           merged: bool = typer.Option(False, "--merged", help="Also write the base with the adapter merged in "
+                                       "(a plain transformers model)."),
+           gguf: bool = typer.Option(False, "--gguf", help="Also write the merged model as model.gguf "
+                                     "(llama.cpp, Ollama)."),
+           user: Optional[str] = _USER) -> None:
+    """Write a checkpoint's adapter (its base named), and optionally a merged model and a GGUF."""
+    from .export import export as write
+
+    if len(args) > 2:
+        _fail(MemzError("give at most a checkpoint id and a folder: memzctl export [ID] DIR"))
+    checkpoint, out = (args[0], args[1]) if len(args) == 2 else (None, args[0])
+    home: Home = ctx.obj
+    try:
+        control.require_home(home)
+        if checkpoint is None and user:
+            store = control.open_store(home)
+            checkpoint = store.current_checkpoint(user)
+            store.close()
+        for line in write(home, checkpoint, Path(out), merged=merged, gguf=gguf):
+            print(line)
+    except MemzError as exc:
+        _fail(exc)
+
+
+@app.command()
+def logs(ctx: typer.Context,
+         n: int = typer.Option(10, "-n", "--count", min=1, help="How many answers, newest first.", metavar="N"),
+         as_json: bool = _JSON) -> None:
+    """Every question memz answered: prompt, answer, checkpoint, route, latency (also in memz.db)."""
+    try:
+        store = control.open_store(ctx.obj)
+    except MemzError as exc:
+        _fail(exc)
+    try:
+        rows = store.answers(n)
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        console.print("no answers yet: ask with memzctl query \"...\"")
+        return
+    for r in reversed(rows):  # oldest of them first, like a conversation
+        question = r["prompt"][-1]["content"] if r["prompt"] else ""
+        route = f"{r['checkpoint'] or 'base model'}, {r['routed_to'] or '-'}"
+        head = f"#{r['id']} {r['at']} {r['source']}" + (f" user {r['user']}" if r["user"] else "")
+        console.print(f"[bold]{head}[/]  ({route}, {r['latency_ms'] if r['latency_ms'] is not None else '-'} ms)",
+                      highlight=False)
+        console.print(f"  Q: {_clip(question)}", highlight=False, markup=False)
+        answer = f"error: {r['error']}" if r["error"] else r["response"]
+        console.print(f"  A: {_clip(answer or '')}", highlight=False, markup=False)
+
+
+def _clip(text: str, width: int = 74) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+@app.command()
 def chat(
     ctx: typer.Context,
     learn: bool = typer.Option(False, "--learn", help="Teach memz each finished exchange (it trains in the next "

@@ -272,12 +272,9 @@ class Answerer:
 
     def _log(self, q: Question | None, payload: dict, source: str, rid: str | None = None) -> None:
         """Every answer and refusal is kept in memz.db (memzctl logs)."""
-        log_answer = getattr(self.store, "log_answer", None)
-        if log_answer is None:
-            return
         try:
             error = payload.get("error")
-            log_answer(request_id=payload.get("id") or rid or "", source=source,
+            self.store.log_answer(request_id=payload.get("id") or rid or "", source=source,
                        messages=q.messages if q else [], response=payload.get("response"),
                        checkpoint=payload.get("checkpoint"), routed_to=payload.get("routed_to"),
                        latency_ms=payload.get("latency_ms"),

@@ -94,6 +94,17 @@ def m006_question_keys(db: sqlite_utils.Database) -> None:
     db["examples"].create_index(["qkey", "user"])
 
 
+@migrations()
+def m007_answers(db: sqlite_utils.Database) -> None:
+    """Every answer memz gives (or refuses), as simonw/llm logs its responses."""
+    db["answers"].create(
+        {"id": int, "at": str, "request_id": str, "source": str, "user": str, "prompt": str, "response": str,
+         "checkpoint": str, "routed_to": str, "latency_ms": int, "error": str},
+        pk="id",
+    )
+    db["answers"].create_index(["at"])
+
+
 def utcnow() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -527,6 +538,23 @@ class Store:
                 self.set_checkpoint_status(target, "stable")
             self.set_current(target, user)
             self.log_event("rollback", why, checkpoint=current, user=user)
+
+    # -- the answer log -----------------------------------------------------------
+
+    def log_answer(self, request_id: str, source: str, messages: list[dict], response: str | None,
+                   checkpoint: str | None, routed_to: str | None, latency_ms: int | None,
+                   error: str | None = None, user: str | None = None) -> None:
+        self.db["answers"].insert({"at": utcnow(), "request_id": request_id, "source": source, "user": user,
+                                   "prompt": json.dumps(messages, ensure_ascii=False), "response": response,
+                                   "checkpoint": checkpoint, "routed_to": routed_to, "latency_ms": latency_ms,
+                                   "error": error})
+
+    def answers(self, limit: int = 10) -> list[dict]:
+        """The newest answers first."""
+        rows = list(self.db["answers"].rows_where(order_by="id desc", limit=limit))
+        for r in rows:
+            r["prompt"] = json.loads(r["prompt"] or "[]")
+        return rows
 
     # -- events and state -----------------------------------------------------
 

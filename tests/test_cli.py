@@ -186,3 +186,19 @@ def test_an_install_that_fails_leaves_no_half_made_venv(tmp_path):
                             timeout=300)
     assert result.returncode != 0  # torch cannot be had with no package index
     assert "removing the half-made" in result.stderr and not venv.exists()
+
+
+def test_logs_show_every_answer_and_the_database_holds_them(home):
+    from conftest import run_once
+
+    (home / "requests").mkdir(exist_ok=True)
+    (home / "requests" / "a.json").write_text(json.dumps({"prompt": "Hello there", "max_tokens": 3}))
+    (home / "requests" / "b.json").write_text(json.dumps({"prompt": "hi", "colour": "red"}))
+    run_once(home)
+    out = memzctl("--home", str(home), "logs", "-n", "5").stdout
+    assert "Q: Hello there" in out and "unknown field 'colour'" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    rows = json.loads(memzctl("--home", str(home), "logs", "--json").stdout)
+    assert {r["request_id"] for r in rows} == {"a", "b"} and all(r["source"] == "folder" for r in rows)
+    answered = next(r for r in rows if r["request_id"] == "a")
+    assert answered["routed_to"] == "base" and answered["latency_ms"] >= 0 and answered["prompt"][0]["content"] == "Hello there"
