@@ -257,6 +257,9 @@ def status(ctx: typer.Context, as_json: bool = _JSON, user: Optional[str] = _USE
         t.add_row("failed batches", f"[red]{data['failed_batches']}[/] (see logs/memzd.log)")
     if data.get("users") and not user:
         t.add_row("users", ", ".join(data["users"]) + "  (memzctl status --user NAME)")
+    if data["current_checkpoint"]:
+        t.add_row("pictures", "memzctl plot" + (f" --user {user}" if user else "")
+                  + "  (loss, forgetting and recall across the lineage, as a PNG)")
     console.print(t)
 
 
@@ -428,6 +431,32 @@ def export(ctx: typer.Context,
             print(line)
     except MemzError as exc:
         _fail(exc)
+
+
+@app.command()
+def plot(ctx: typer.Context,
+         checkpoint: Optional[str] = typer.Argument(None, help="Checkpoint id (default: the current one).",
+                                                    metavar="[ID]"),
+         out: Optional[Path] = typer.Option(None, "-o", "--out", help="PNG to write (default: "
+                                            "logs/plot-<ID>.png in the home).", metavar="FILE.png"),
+         user: Optional[str] = _USER) -> None:
+    """A PNG of the lineage: the batch's loss curve, forgetting and recall per checkpoint."""
+    from .plot import plot as draw
+
+    try:
+        store = control.open_store(ctx.obj)
+    except MemzError as exc:
+        _fail(exc)
+    try:
+        checkpoint = checkpoint or store.current_checkpoint(user)
+        if checkpoint is None:
+            _fail(MemzError("no checkpoint serves yet: nothing to plot (see memzctl checkpoints)"))
+        path = draw(store, checkpoint, out or ctx.obj.logs / f"plot-{checkpoint}.png")
+    except MemzError as exc:
+        _fail(exc)
+    finally:
+        store.close()
+    print(f"wrote {path}")
 
 
 @app.command()

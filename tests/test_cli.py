@@ -202,3 +202,22 @@ def test_logs_show_every_answer_and_the_database_holds_them(home):
     assert {r["request_id"] for r in rows} == {"a", "b"} and all(r["source"] == "folder" for r in rows)
     answered = next(r for r in rows if r["request_id"] == "a")
     assert answered["routed_to"] == "base" and answered["latency_ms"] >= 0 and answered["prompt"][0]["content"] == "Hello there"
+
+
+def test_plot_draws_the_lineage_to_a_png(home, tmp_path):
+    from conftest import run_once
+
+    assert "nothing to plot" in memzctl("--home", str(home), "plot").stderr
+    write_config(home, update_mode="immediate")
+    drop(home, "a.jsonl", FACTS[:1])
+    run_once(home)
+    drop(home, "b.jsonl", FACTS[1:])
+    run_once(home)
+    assert "memzctl plot" in memzctl("--home", str(home), "status").stdout
+    result = memzctl("--home", str(home), "plot")
+    assert result.returncode == 0, result.stderr
+    current = Store(home / "memz.db").current_checkpoint()
+    png = home / "logs" / f"plot-{current}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    out = tmp_path / "mine.png"
+    assert memzctl("--home", str(home), "plot", "-o", str(out)).returncode == 0 and out.exists()
