@@ -142,7 +142,8 @@ def _rare(tokenizer, word: str) -> bool:
 def distinctive_words(tokenizer, text: str) -> list[str]:
     """What identifies a taught question: the first non-empty tier of (1) capitalised
     rare words and words with digits, (2) rare words, (3) capitalised non-initial
-    words, (4) words of three letters or more; function words (STOPWORDS) never."""
+    words, (4) words of three letters or more; function words (STOPWORDS) never;
+    and PERSONAL when the question is in the first person."""
     every = _words(text)
     later = [w for w in every[1:] if w.lower() not in STOPWORDS]  # the first word is capitalised anyway
     words = [w for w in every[:1] if w.lower() not in STOPWORDS] + later
@@ -150,15 +151,39 @@ def distinctive_words(tokenizer, text: str) -> list[str]:
              [w for w in words if _rare(tokenizer, w)],
              [w for w in later if w[0].isupper()],
              [w for w in words if len(w) >= 3])
+    mark = [PERSONAL] if personal(text) else []
     for tier in tiers:
         if tier:
-            return sorted({w.lower() for w in tier})
-    return []
+            return sorted({w.lower() for w in tier}) + mark
+    return mark
+
+
+# A question about the asker's own things ("What is my dog's name?") is another
+# question than the same words without them ("What is a good name for a dog?").
+# Its key carries this marker, and only a query in the first person meets it.
+PERSONAL = "@me"
+_FIRST_PERSON = frozenset({"i", "my", "me", "mine", "myself", "i'm", "i've", "i'd", "i'll"})
+
+
+def personal(text: str) -> bool:
+    """Is the text in the first person (about the asker's own things)?"""
+    return any(w.lower() in _FIRST_PERSON for w in re.findall(r"[A-Za-z]+(?:'[a-z]+)?", text.replace("\u2019", "'")))
+
+
+def lexical_score(found: set[str], words: list[str]) -> float:
+    """Share of a taught question's distinctive words among a query's (stemmed) words;
+    0 when the taught question was personal and the query is not."""
+    if PERSONAL in words:
+        if PERSONAL not in found:
+            return 0.0
+        words = [w for w in words if w != PERSONAL]
+    return len(found & {stem(w) for w in words}) / max(len(words), 1)
 
 
 def query_words(text: str) -> set[str]:
-    """Every word of a query, lower-cased; hyphenated words also give their parts."""
-    out = set()
+    """Every word of a query, lower-cased; hyphenated words also give their parts;
+    PERSONAL when it is in the first person."""
+    out = {PERSONAL} if personal(text) else set()
     for w in _words(text):
         out.add(w.lower())
         out.update(p.lower() for p in w.split("-") if p)
@@ -271,7 +296,7 @@ class KeyMemory:
         if not self.words:
             return 0.0, -2.0
         found = {stem(w) for w in query_words(text)}
-        lexical = max(len(found & {stem(x) for x in w}) / max(len(w), 1) for w in self.words)
+        lexical = max(lexical_score(found, w) for w in self.words)
         key = self.embed(model, tokenizer, [text], device)[0]
         margin = float((self.keys @ key).max() - (self.ref_keys @ key).max())
         return lexical, margin

@@ -86,9 +86,19 @@ def test_a_long_statement_gets_no_questions():
 
 def test_function_words_never_key_a_question_and_inflections_still_meet():
     tok = _Plain()
-    assert gate.distinctive_words(tok, "My son goes where?") == ["son"]
-    assert gate.distinctive_words(tok, "My piano lesson is every week, when?") == ["lesson", "piano", "week"]
+    assert gate.distinctive_words(tok, "My son goes where?") == ["son", gate.PERSONAL]
+    assert gate.distinctive_words(tok, "The piano lesson is every week, when?") == ["lesson", "piano", "week"]
     assert gate.stem("lessons") == gate.stem("lesson") and gate.stem("lives") == gate.stem("live")
+
+
+def test_a_personal_question_keys_only_questions_in_the_first_person():
+    tok = _Plain()
+    words = gate.distinctive_words(tok, "What is my dog's name?")
+    assert words == ["dog", "name", gate.PERSONAL]
+    score = lambda q: gate.lexical_score({gate.stem(w) for w in gate.query_words(q)}, words)
+    assert score("What did I name my dog?") == 1.0
+    assert score("What is a good name for a dog?") == 0.0  # same words, not about the asker's dog
+    assert gate.distinctive_words(tok, "Where does Zorblax live?") == ["zorblax"]  # third person: no marker
 
 
 class _Plain:
@@ -107,7 +117,7 @@ def test_a_conversation_trains_questions_about_what_the_user_said(home):
     from memzd.checkpoints import load_checkpoint
     *_, keys = load_checkpoint(home / "checkpoints" / ckpt.id, None, root=home / "checkpoints")
     memory = gate.KeyMemory.from_file(*keys)
-    assert ["adopted", "kitten", "name"] in memory.words  # keyed by the written question
+    assert ["adopted", "kitten", "name", gate.PERSONAL] in memory.words  # keyed by the written question
     assert ckpt.metrics["recall"] is not None  # the written question is a recall probe
 
 
