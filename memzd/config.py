@@ -119,7 +119,7 @@ class EvaluationConfig:
     catastrophic_delta: float = _help("anchor_ce_delta above which a checkpoint forgot too much.", 0.25)
     anchor_max_tokens: int = _help("Greedy tokens generated per anchor for retention_score.", 48)
     adapter_delta: float = _help(
-        "adapter_anchor_ce_delta (the adapter alone, ungated) above which it drifted too far.", 2.0)
+        "adapter_anchor_ce_delta (the adapter alone, ungated) above which it drifted too far.", 4.0)
     min_recall: float = _help("recall on its own batch below which a checkpoint did not learn it.", 0.5)
 
     def __post_init__(self):

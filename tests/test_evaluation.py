@@ -158,7 +158,7 @@ def test_the_adapters_own_drift_decides_by_evaluation_adapter_delta(home, adapte
 
 @pytest.mark.parametrize("metrics,reason", [
     ({"anchor_ce_delta": 0.3}, "anchor_ce_delta 0.300 > evaluation.catastrophic_delta 0.25"),
-    ({"adapter_anchor_ce_delta": 2.5}, "adapter_anchor_ce_delta 2.500 > evaluation.adapter_delta 2.0"),
+    ({"adapter_anchor_ce_delta": 4.5}, "adapter_anchor_ce_delta 4.500 > evaluation.adapter_delta 4.0"),
     ({"recall": 0.4}, "recall 0.40 < evaluation.min_recall 0.5"),
 ])
 def test_verdict_names_what_failed(metrics, reason):
