@@ -236,12 +236,14 @@ class Daemon:
 
     def serve_requests(self) -> None:
         """Answer submitted questions and request files (called between training steps too)."""
+        waiting = []
         while not self.stop.is_set():
             try:
-                pending = self.questions.get_nowait()
+                waiting.append(self.questions.get_nowait())
             except queue.Empty:
                 break
-            self.answerer.settle(pending, self.stop.is_set)
+        if waiting:  # everything that waits is answered together (memzd.queries.Answerer.settle_many)
+            self.answerer.settle_many(waiting, self.stop.is_set)
         for path in self.request_files.ready(self.home.requests):
             if self.stop.is_set():
                 return

@@ -28,12 +28,21 @@ class Cancelled(Exception):
 
 
 class _Cancel(StoppingCriteria):
-    def __init__(self, cancelled: Check):
-        self.cancelled, self.hit = cancelled, False
+    """Stops every row when `cancelled()` (the daemon stops), or one row when its own check says so."""
+
+    def __init__(self, cancelled: Check | None, per_row: list[Check | None] | None = None):
+        self.cancelled, self.per_row = cancelled, per_row
+        self.hit = False
+        self.rows_hit: set[int] = set()
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-        self.hit = self.hit or bool(self.cancelled())
-        return torch.full((input_ids.shape[0],), self.hit, dtype=torch.bool, device=input_ids.device)
+        self.hit = self.hit or bool(self.cancelled and self.cancelled())
+        flags = [self.hit] * input_ids.shape[0]
+        for i, check in enumerate(self.per_row or ()):
+            if i in self.rows_hit or (check is not None and check()):
+                self.rows_hit.add(i)
+                flags[i] = True
+        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
 
 
 class RepetitionGuard(StoppingCriteria):
@@ -60,25 +69,28 @@ class RepetitionGuard(StoppingCriteria):
 
 
 class _Stream(BaseStreamer):
-    """Hands each new piece of decoded text to `on_text` (whole characters only)."""
+    """Hands each row's new decoded text to its callback (whole characters only)."""
 
-    def __init__(self, tokenizer, on_text: Callable[[str], None]):
-        self.tokenizer, self.on_text = tokenizer, on_text
-        self.ids: list[int] = []
-        self.sent = 0
+    def __init__(self, tokenizer, on_texts: list[Callable[[str], None] | None]):
+        self.tokenizer, self.on_texts = tokenizer, on_texts
+        self.ids: list[list[int]] = [[] for _ in on_texts]
+        self.sent = [0] * len(on_texts)
         self.prompt_seen = False
 
     def put(self, value) -> None:
         if not self.prompt_seen:  # generate() puts the prompt first
             self.prompt_seen = True
             return
-        self.ids += value.reshape(-1).tolist()
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # half a character: wait for the rest
-            return
-        if len(text) > self.sent:
-            self.on_text(text[self.sent:])
-            self.sent = len(text)
+        for i, token in enumerate(value.reshape(len(self.on_texts), -1).tolist()):
+            if self.on_texts[i] is None:
+                continue
+            self.ids[i] += token
+            text = self.tokenizer.decode(self.ids[i], skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # half a character: wait for the rest
+                continue
+            if len(text) > self.sent[i]:
+                self.on_texts[i](text[self.sent[i]:])
+                self.sent[i] = len(text)
 
     def end(self) -> None:
         pass
@@ -86,7 +98,9 @@ class _Stream(BaseStreamer):
 
 def _generate(model, tokenizer, rows: list[list[int]], max_tokens: int, temperature: float,
               device: torch.device, seed: int | None, cancelled: Check | None = None,
-              on_text: Callable[[str], None] | None = None, guard: bool = False) -> list[str]:
+              on_texts: list[Callable[[str], None] | None] | None = None, guard: bool = False,
+              row_cancelled: list[Check | None] | None = None) -> list[str | None]:
+    """Generate for rows padded on the left; a row whose own check cancelled it gives None."""
     pad = tokenizer.pad_token_id
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -103,18 +117,21 @@ def _generate(model, tokenizer, rows: list[list[int]], max_tokens: int, temperat
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
     criteria = StoppingCriteriaList()
-    cancel = _Cancel(cancelled) if cancelled is not None else None
+    cancel = _Cancel(cancelled, row_cancelled) if cancelled is not None or row_cancelled else None
     if cancel is not None:
         criteria.append(cancel)
     if guard:
         criteria.append(RepetitionGuard(width))
+    streamer = _Stream(tokenizer, on_texts) if on_texts and any(on_texts) else None
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                          max_new_tokens=max_tokens, pad_token_id=pad,
                          eos_token_id=tokenizer.eos_token_id, stopping_criteria=criteria,
-                         streamer=_Stream(tokenizer, on_text) if on_text is not None else None, **kwargs)
+                         streamer=streamer, **kwargs)
     if cancel is not None and cancel.hit:
         raise Cancelled()
-    return [tokenizer.decode(o[width:], skip_special_tokens=True).strip() for o in out]
+    gone = cancel.rows_hit if cancel is not None else set()
+    return [None if i in gone else tokenizer.decode(o[width:], skip_special_tokens=True).strip()
+            for i, o in enumerate(out)]
 
 
 def answer(model, tokenizer, messages: list[dict], *, adapter: str | None, device: torch.device,
@@ -129,7 +146,18 @@ def answer(model, tokenizer, messages: list[dict], *, adapter: str | None, devic
     """
     with using(model, adapter):
         return _generate(model, tokenizer, [ids or prompt_ids(tokenizer, messages)], max_tokens,
-                         temperature, device, seed, cancelled, on_text, guard=True)[0]
+                         temperature, device, seed, cancelled, [on_text], guard=True)[0]
+
+
+def answer_batch(model, tokenizer, rows: list[list[int]], *, adapter: str | None, device: torch.device,
+                 max_tokens: int, temperature: float, stopping: Check,
+                 cancelled: list[Check | None], on_texts: list[Callable[[str], None] | None]) -> list[str | None]:
+    """Several answers generated together (one forward per token for all of them): what
+    concurrent askers of the same adapter and settings get. Each row streams to its own
+    callback and can be withdrawn on its own (None for it); `stopping` stops them all."""
+    with using(model, adapter):
+        return _generate(model, tokenizer, rows, max_tokens, temperature, device, None, stopping, on_texts,
+                         guard=True, row_cancelled=cancelled)
 
 
 def greedy_answers(model, tokenizer, chats: list[list[dict]], *, adapter: str | None,

@@ -36,7 +36,7 @@ from .control import partial_path
 from .errors import CheckpointError, RequestError
 from .examples import USER_RE
 from .files import safe_name, set_aside, write_json_atomic
-from .inference import Cancelled, answer
+from .inference import Cancelled, answer, answer_batch
 from .store import Store
 from .tokens import prompt_ids
 
@@ -167,11 +167,9 @@ class Answerer:
         self.max_request_bytes, self.max_prompt_tokens = max_request_bytes, max_prompt_tokens
         self.answered = 0
 
-    def answer(self, q: Question, cancelled: Callable[[], bool] | None = None,
-               on_text: Callable[[str], None] | None = None) -> dict:
-        """Answer one validated question; RequestError for what the asker got wrong,
-        Cancelled when `cancelled()` turns true while it is generated."""
-        start = time.perf_counter()
+    def _prepare(self, q: Question) -> tuple[list[int], str | None, str | None, str]:
+        """(prompt ids, checkpoint, adapter, checkpoint status) of a question; RequestError
+        for what the asker got wrong."""
         a = self.adapters
         ids = prompt_ids(a.tokenizer, q.messages)
         if len(ids) > self.max_prompt_tokens:
@@ -179,8 +177,7 @@ class Answerer:
                                f"{self.max_prompt_tokens} (daemon.max_prompt_tokens)")
         if q.checkpoint is not None:  # pinned: that checkpoint's route, whoever asks
             ckpt = q.checkpoint
-            row = self.store.checkpoint(ckpt)
-            if row is None:
+            if self.store.checkpoint(ckpt) is None:
                 raise RequestError("unknown_checkpoint", f"no checkpoint '{ckpt}'; see memzctl checkpoints")
             try:
                 a.ensure(ckpt)
@@ -190,31 +187,79 @@ class Answerer:
         else:
             ckpt, adapter = a.answering(q.messages, q.user)
         row = self.store.checkpoint(ckpt) if ckpt else None
-        status = row.status if row else "base"
-        text = answer(a.model, a.tokenizer, q.messages, adapter=adapter, device=a.device,
-                      max_tokens=q.max_tokens, temperature=q.temperature, cancelled=cancelled,
-                      on_text=on_text, ids=ids)
+        return ids, ckpt, adapter, row.status if row else "base"
+
+    def _payload(self, q: Question, text: str, ckpt, adapter, status, start: float) -> dict:
         self.answered += 1
         return {"id": q.id, "response": text, "checkpoint": ckpt, "checkpoint_status": status,
                 "routed_to": "adapter" if adapter else "base", **({"user": q.user} if q.user else {}),
                 "latency_ms": round((time.perf_counter() - start) * 1000)}
 
+    def answer(self, q: Question, cancelled: Callable[[], bool] | None = None,
+               on_text: Callable[[str], None] | None = None) -> dict:
+        """Answer one validated question; RequestError for what the asker got wrong,
+        Cancelled when `cancelled()` turns true while it is generated."""
+        start = time.perf_counter()
+        a = self.adapters
+        ids, ckpt, adapter, status = self._prepare(q)
+        text = answer(a.model, a.tokenizer, q.messages, adapter=adapter, device=a.device,
+                      max_tokens=q.max_tokens, temperature=q.temperature, cancelled=cancelled,
+                      on_text=on_text, ids=ids)
+        return self._payload(q, text, ckpt, adapter, status, start)
+
     def settle(self, pending: Pending, stopping: Callable[[], bool]) -> None:
-        """Answer a submitted question and resolve its future (never raises)."""
-        if pending.cancelled or not pending.future.set_running_or_notify_cancel():
-            return
-        q = pending.question
-        try:
-            payload = self.answer(q, cancelled=lambda: pending.cancelled or stopping(), on_text=pending.on_text)
-        except Cancelled:
-            payload = {"id": q.id, "error": {"code": "cancelled", "message": "the question was withdrawn "
-                                             "or the daemon is stopping"}}
-        except Exception as exc:  # a bug or a model failure: answer it, keep serving
-            if not isinstance(exc, RequestError):
-                log.exception("question %s failed", q.id)
-            payload = error_payload(q.id, exc)
-        self._log(q, payload, pending.source)
-        pending.future.set_result(payload)
+        """Answer one submitted question and resolve its future (never raises)."""
+        self.settle_many([pending], stopping)
+
+    def settle_many(self, pendings: list[Pending], stopping: Callable[[], bool]) -> None:
+        """Answer submitted questions and resolve their futures (never raises). Questions
+        for the same adapter with the same settings are generated together, one forward
+        per token for all of them: twenty chat clients at once cost little more than one."""
+        start = time.perf_counter()
+        groups: dict[tuple, list] = {}
+        for pending in pendings:
+            if pending.cancelled or not pending.future.set_running_or_notify_cancel():
+                continue
+            q = pending.question
+            try:
+                ids, ckpt, adapter, status = self._prepare(q)
+            except Exception as exc:  # a bad question, or a bug: answer it, keep serving
+                self._resolve(pending, self._failure(q, exc))
+                continue
+            groups.setdefault((adapter, q.temperature, q.max_tokens), []).append(
+                (pending, ids, ckpt, adapter, status))
+        a = self.adapters
+        for (adapter, temperature, max_tokens), items in groups.items():
+            try:
+                texts = answer_batch(a.model, a.tokenizer, [ids for _, ids, *_ in items], adapter=adapter,
+                                     device=a.device, max_tokens=max_tokens, temperature=temperature,
+                                     stopping=stopping, cancelled=[lambda p=p: p.cancelled for p, *_ in items],
+                                     on_texts=[p.on_text for p, *_ in items])
+            except Cancelled:
+                texts = [None] * len(items)
+            except Exception as exc:
+                log.exception("answering %d question(s) failed", len(items))
+                for pending, *_ in items:
+                    self._resolve(pending, self._failure(pending.question, exc))
+                continue
+            for (pending, _ids, ckpt, adapter_, status), text in zip(items, texts):
+                q = pending.question
+                if text is None:
+                    payload = {"id": q.id, "error": {"code": "cancelled", "message": "the question was "
+                                                     "withdrawn or the daemon is stopping"}}
+                else:
+                    payload = self._payload(q, text, ckpt, adapter_, status, start)
+                self._resolve(pending, payload)
+
+    def _failure(self, q: Question, exc: Exception) -> dict:
+        if not isinstance(exc, RequestError):
+            log.error("question %s failed: %s: %s", q.id, type(exc).__name__, exc)
+        return error_payload(q.id, exc)
+
+    def _resolve(self, pending: Pending, payload: dict) -> None:
+        self._log(pending.question, payload, pending.source)
+        if not pending.future.done():
+            pending.future.set_result(payload)
 
     def handle(self, path: Path, stopping: Callable[[], bool]) -> bool:
         """Answer or refuse one request file; never raises for bad input. False when the
