@@ -16,6 +16,9 @@ Four measurements, each with its baseline taken in the same run:
   runs), against model.generate on the same model and adapter in this
   process; then again while the daemon trains a batch;
 - start-up: memzd start to the first answered request (model cache warm);
+- HTTP: the same answers over POST /search against the folder path and direct
+  generate, time to the first streamed token of /v1/chat/completions, and 20
+  chat clients at once while a batch trains (all answered, p95 vs idle);
 - ingestion: examples/s from inbox files into SQLite (10 files), with the
   peak memory of a 10-file and a 1-file run (streaming keeps them equal),
   against a plain loader (whole file, one INSERT per row);
@@ -36,11 +39,14 @@ import platform
 import random
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
@@ -256,13 +262,36 @@ class Daemon:
 
     def __init__(self, home: Path):
         self.home, self.proc, self.log = home, None, None
+        self.port = free_port()
 
     def start(self) -> float:
         self.log = open(self.home / "bench-daemon.log", "ab")
         t = time.perf_counter()
-        self.proc = subprocess.Popen([str(BIN / "memzd"), "--home", str(self.home)],
+        self.proc = subprocess.Popen([str(BIN / "memzd"), "--home", str(self.home),
+                                      "--http", f"127.0.0.1:{self.port}"],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         return t
+
+    def http(self, path: str, body: dict, stream: bool = False) -> tuple[float, float, dict | str]:
+        """(seconds to the first streamed text, or to the answer; seconds in all; the answer)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=json.dumps(body).encode(),
+                                         method="POST", headers={"Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=600) as r:
+            if not stream:
+                payload = json.loads(r.read())
+                t = time.perf_counter() - t0
+                return t, t, payload
+            first, text = None, ""
+            for raw in r:
+                line = raw.decode().strip()
+                if not line.startswith("data: {"):
+                    continue
+                piece = json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                if piece and first is None:
+                    first = time.perf_counter() - t0
+                text += piece
+            return first or time.perf_counter() - t0, time.perf_counter() - t0, text
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -331,6 +360,12 @@ class Daemon:
         os.replace(tmp, self.home / "inbox" / name)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def write_config(home: Path, base_model: str, max_steps: int) -> None:
     cfg = yaml.safe_load((home / "config.yaml").read_text()) or {}
     cfg.update(base_model=base_model, update_mode="immediate")
@@ -392,7 +427,8 @@ def bench_daemon(base, base_model: str, quick: bool) -> dict:
 
         direct(teach[0]["input"])
         d.ask("warm", teach[0]["input"], max_tokens)
-        lat_d, lat_m, server_ms, n_gen, routed = [], [], [], [], []
+        d.http("/search", {"prompt": teach[0]["input"], "max_tokens": max_tokens, "temperature": 0})
+        lat_d, lat_m, lat_h, first_token, server_ms, n_gen, routed = [], [], [], [], [], [], []
         for i in range(n_idle):
             prompt = teach[i % len(teach)]["input"]
             dt, n = direct(prompt)
@@ -402,6 +438,14 @@ def bench_daemon(base, base_model: str, quick: bool) -> dict:
             lat_m.append(mt)
             server_ms.append(body["latency_ms"])
             routed.append(body.get("routed_to"))
+            lat_h.append(d.http("/search", {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0})[1])
+            first_token.append(d.http("/v1/chat/completions", {
+                "model": "memz", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                "temperature": 0, "stream": True}, stream=True)[0])
+        out["http"] = {"p50_s": percentile(lat_h, 50), "p95_s": percentile(lat_h, 95),
+                       "first_token_p50_s": percentile(first_token, 50),
+                       "p50_minus_folder_ms": 1000 * (percentile(lat_h, 50) - percentile(lat_m, 50)),
+                       "p50_minus_direct_ms": 1000 * (percentile(lat_h, 50) - percentile(lat_d, 50))}
         out["direct"] = {"p50_s": percentile(lat_d, 50), "p95_s": percentile(lat_d, 95),
                          "mean_new_tokens": sum(n_gen) / len(n_gen)}
         out["idle"] = {"p50_s": percentile(lat_m, 50), "p95_s": percentile(lat_m, 95),
@@ -427,6 +471,33 @@ def bench_daemon(base, base_model: str, quick: bool) -> dict:
                            "server_p50_ms": percentile(busy_server, 50),
                            "still_training_at_end": bool(still and "training" in still[0][0])}
         out["training_p95_vs_idle_p95"] = out["training"]["p95_s"] / out["idle"]["p95_s"]
+
+        # 5. twenty chat clients at once over HTTP, while the batch still trains
+        clients, errors, lock = [], [], threading.Lock()
+
+        def chat(i: int) -> None:
+            try:
+                _, total, text = d.http("/v1/chat/completions", {
+                    "model": "memz", "messages": [{"role": "user", "content": teach[i % len(teach)]["input"]}],
+                    "max_tokens": max_tokens, "temperature": 0, "stream": True}, stream=True)
+                with lock:
+                    clients.append(total)
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                with lock:
+                    errors.append(repr(exc))
+
+        n_clients = 5 if quick else 20
+        threads = [threading.Thread(target=chat, args=(i,)) for i in range(n_clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        still = d.query_db("SELECT value FROM state WHERE key = 'activity'")
+        out["concurrent_chat"] = {"clients": n_clients, "answered": len(clients), "errors": errors,
+                                  "p95_s": percentile(clients, 95) if clients else None,
+                                  "still_training_at_end": bool(still and "training" in still[0][0])}
+        if clients:
+            out["concurrent_chat"]["p95_vs_http_idle_p95"] = percentile(clients, 95) / out["http"]["p95_s"]
         steps = d.query_db("SELECT step, at FROM metrics WHERE name = 'finetune_loss' ORDER BY id")
         if len(steps) > 2:
             out["training"]["step_s_median"] = percentile([b[1] - a[1] for a, b in zip(steps, steps[1:])], 50)
@@ -559,6 +630,20 @@ def table(r: dict) -> str:
             f"| {a['training_p95_vs_idle_p95']:.2f}x | <= 3x |",
             f"| start-up to first answer (s) | {a['startup_s']:.2f} | | | <= 10 s |",
         ]
+        if "http" in a:
+            h, c = a["http"], a.get("concurrent_chat", {})
+            lines += [
+                f"| answer p50 over HTTP vs folder (s) | {h['p50_s']:.3f} | {a['idle']['p50_s']:.3f} "
+                f"| {h['p50_minus_folder_ms']:+.1f} ms | |",
+                f"| answer p50 over HTTP vs direct generate (s) | {h['p50_s']:.3f} | {a['direct']['p50_s']:.3f} "
+                f"| {h['p50_minus_direct_ms']:+.1f} ms | <= +5 ms |",
+                f"| first streamed token p50 (s) vs whole answer p50 | {h['first_token_p50_s']:.3f} | {h['p50_s']:.3f} "
+                f"| {h['first_token_p50_s'] / h['p50_s']:.2f}x | |",
+                f"| {c.get('clients')} chat clients at once while training: answered, errors | {c.get('answered')} "
+                f"| {len(c.get('errors', []))} | | all, 0 |",
+                f"| ... their p95 vs idle HTTP p95 (s) | {c.get('p95_s') or 0:.3f} | {h['p95_s']:.3f} "
+                f"| {c.get('p95_vs_http_idle_p95') or 0:.2f}x | <= 3x |",
+            ]
     for name, c in r.get("commands", {}).items():
         if name != "python -c pass":
             floor = r["commands"]["python -c pass"]["p50_s"]

@@ -25,6 +25,9 @@ def test_quick_speed_benchmark_writes_its_figures(tmp_path):
     a = r["answers"]
     assert a["startup_s"] > 0 and a["idle"]["p50_s"] > 0 and a["direct"]["p50_s"] > 0
     assert a["training"]["p95_s"] > 0 and a["idle_p50_vs_direct"] > 0
+    h, c = a["http"], a["concurrent_chat"]
+    assert h["p50_s"] > 0 and h["first_token_p50_s"] > 0
+    assert c["answered"] == c["clients"] and c["errors"] == []
     i = r["ingestion"]
     assert i["memz"]["rows"] == i["examples"] and i["per_s"] > 0
     assert set(r["commands"]) >= {"python -c pass", "memzctl status", "memzctl checkpoints", "memzctl --version"}
