@@ -241,7 +241,10 @@ def status(ctx: typer.Context, as_json: bool = _JSON, user: Optional[str] = _USE
     t.add_row("queue depth", str(data["queue_depth"]))
     t.add_row("next batch", (f"{nb['at']}: " if nb["at"] else "") + nb["why"])
     t.add_row("last update", data["last_update"] or "never")
-    t.add_row("hardware", f"{data['hardware'].get('device')} ({data['hardware'].get('backend')})")
+    hw = data["hardware"]
+    t.add_row("hardware", f"{hw.get('device')} ({hw.get('backend')}"
+              + (f", base in {hw['dtype']}" if hw.get("dtype") else "")
+              + (f", {hw['quantization']}" if hw.get("quantization") not in (None, "none") else "") + ")")
     fs = data["forgetting_summary"]
     t.add_row("forgetting", f"served: anchor_ce_delta {_fmt(fs['anchor_ce_delta'])}, "
               f"retention {_fmt(fs['retention_score'])}")

@@ -193,6 +193,14 @@ class HttpConfig:
 class Config:
     backend: Literal["auto", "mps", "cuda", "cpu"] = _help("Device: auto picks cuda, then mps, then cpu.", "auto")
     base_model: str = _help("'bundled' (SmolLM2-135M-Instruct), a hub id, or a local folder.", "bundled")
+    base_dtype: Literal["auto", "fp32", "bf16", "fp16"] = _help(
+        "Precision of the frozen base weights: auto is bf16 on CUDA (fp16 where bf16 is missing) and MPS, "
+        "fp32 on the CPU (where training already uses bf16 copies of the weights).", "auto")
+    quantization: Literal["none", "8bit", "4bit"] = _help(
+        "Load the base quantised (QLoRA) through bitsandbytes: CUDA only (pip install 'memz[quant]').", "none")
+    device_map: str = _help(
+        "Spread the base over devices through accelerate: '' (one device), 'auto', or 'auto:GPU_GB,CPU_GB' "
+        "to cap the memory used on the GPU and in RAM (the rest is offloaded).", "")
     update_mode: Literal["immediate", "batched"] = _help("Train on each file at once, or in batches.", "batched")
     lora: LoraConfig = _help("LoRA adapter shape.", factory=LoraConfig)
     training: TrainingConfig = _help("Optimisation of one batch.", factory=TrainingConfig)
@@ -201,6 +209,18 @@ class Config:
     routing: RoutingConfig = _help("Which questions the adapter answers.", factory=RoutingConfig)
     daemon: DaemonConfig = _help("Watching and limits.", factory=DaemonConfig)
     http: HttpConfig = _help("The HTTP API (memz's own and an OpenAI-compatible one).", factory=HttpConfig)
+
+    def __post_init__(self):
+        _check(self.device_map == "" or self.device_map == "auto" or _is_caps(self.device_map), "device_map",
+               "'' (one device), 'auto', or 'auto:GPU_GB,CPU_GB' such as 'auto:20,64'")
+
+
+def _is_caps(text: str) -> bool:
+    head, _, caps = text.partition(":")
+    try:
+        return head == "auto" and len(caps.split(",")) == 2 and all(float(c) > 0 for c in caps.split(","))
+    except ValueError:
+        return False
 
 
 def _check(ok: bool, key: str, allowed: str) -> None:

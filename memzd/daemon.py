@@ -41,7 +41,7 @@ from .errors import ConfigError
 from .inbox import ingest_file
 from .files import set_aside
 from .learner import Hooks, Learner, NothingToTrain, Retrain
-from .model import load_base
+from .model import load_base_for
 from .queries import Answerer, Pending, Question
 from .store import Store, utcnow
 from .trainer import Interrupted
@@ -121,11 +121,11 @@ class Daemon:
         t0 = time.perf_counter()
         if self.config.training.threads:
             torch.set_num_threads(self.config.training.threads)
-        base = load_base(self.config.base_model, self.config.backend)
+        base = load_base_for(self.config)
         model = lora.wrap(base.model, self.config.lora)
-        log.info("base model %s on %s loaded in %.1fs", base.name, base.device, time.perf_counter() - t0)
-        describe = getattr(base, "describe", None)
-        info = describe() if describe else {}
+        log.info("base model %s on %s (%s) loaded in %.1fs", base.name, base.device, base.info.get("dtype"),
+                 time.perf_counter() - t0)
+        info = base.describe()
         self.store.set_json("hardware", {**hardware(base.device), **info})
         self.store.set_json("daemon", {"pid": os.getpid(), "started": utcnow(), "base_model": base.name})
         self.adapters = Adapters(self.home, self.store, model, base.tokenizer, base.device, base.name,

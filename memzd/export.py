@@ -118,7 +118,7 @@ def _merged(config: Config, folder: Path):
 
     from .model import load_base
 
-    base = load_base(config.base_model, "cpu")
+    base = load_base(config.base_model, "cpu", "fp32")  # merged in full precision, on any machine
     peft_config, state, _meta, _keys = load_checkpoint(folder, base.name)
     model = get_peft_model(base.model, peft_config, adapter_name="export")
     set_peft_model_state_dict(model, state, adapter_name="export")

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,6 +35,10 @@ class BaseModel:
     tokenizer: object
     name: str  # recorded in every checkpoint's lineage
     device: torch.device
+    info: dict = field(default_factory=dict)  # dtype, quantization, device_map: shown by status, kept in meta
+
+    def describe(self) -> dict:
+        return dict(self.info)
 
 
 def cache_root() -> Path:
@@ -98,26 +102,96 @@ def _bundled_folder() -> Path:
     return folder
 
 
-def load_base(base_model: str, backend: str = "auto") -> BaseModel:
-    """Load the frozen base model and its tokenizer onto the chosen device."""
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_dtype(base_dtype: str, device: torch.device) -> str:
+    """`auto`: bf16 on CUDA (fp16 where the GPU lacks bf16) and MPS; fp32 on the CPU, where
+    training already runs its matmuls on bf16 copies of the weights (memzd.bf16)."""
+    if base_dtype != "auto":
+        return base_dtype
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "mps":
+        return "bf16"
+    return "fp32"
+
+
+def _quantization(quantization: str, device: torch.device, dtype: torch.dtype):
+    """A BitsAndBytesConfig for 8bit/4bit on CUDA; a clear refusal elsewhere."""
+    if quantization == "none":
+        return None
+    if device.type != "cuda":
+        raise ConfigError(f"config.yaml: quantization '{quantization}' needs a CUDA GPU (bitsandbytes), and this "
+                          f"base runs on {device.type}; use quantization: none with base_dtype: bf16 "
+                          "(half the memory of fp32)")
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as exc:
+        raise ConfigError(f"config.yaml: quantization '{quantization}' needs bitsandbytes: "
+                          "pip install 'memz[quant]'") from exc
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
+
+
+def _device_map(device_map: str, device: torch.device) -> dict:
+    """from_pretrained's device_map / max_memory for accelerate ('auto', or 'auto:GPU_GB,CPU_GB')."""
+    if not device_map:
+        return {}
+    try:
+        import accelerate  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError("config.yaml: device_map needs accelerate: pip install accelerate") from exc
+    out: dict = {"device_map": "auto"}
+    if ":" in device_map:
+        gpu, cpu = (float(x) for x in device_map.split(":", 1)[1].split(","))
+        out["max_memory"] = {"cpu": f"{cpu}GiB", **({0: f"{gpu}GiB"} if device.type == "cuda" else {})}
+    return out
+
+
+def load_base(base_model: str, backend: str = "auto", base_dtype: str = "fp32", quantization: str = "none",
+              device_map: str = "") -> BaseModel:
+    """Load the frozen base model and its tokenizer onto the chosen device, in `base_dtype`
+    ('auto' per device), quantised or spread over devices as asked. LoRA weights added
+    later stay fp32 (peft keeps adapters in fp32 over a half-precision base)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = pick_device(backend)
+    precision = resolve_dtype(base_dtype, device)
+    dtype = DTYPES[precision]
+    quant = _quantization(quantization, device, dtype)
+    placement = _device_map(device_map, device)
     if base_model == "bundled":
         source, offline = str(_bundled_folder()), True
     else:
-        source, offline = base_model, Path(base_model).expanduser().exists()
+        path = Path(base_model).expanduser()
+        source, offline = base_model, path.exists()
+        if offline and not (path / "config.json").is_file():
+            raise ConfigError(f"config.yaml: base_model '{base_model}' is a folder without config.json, "
+                              "not a transformers model folder")
     kwargs = {"local_files_only": True} if offline else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         # safetensors only: a pickled pytorch_model.bin could run code as it loads
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=True, **kwargs)
-    except OSError as exc:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
+                                                     quantization_config=quant, **placement, **kwargs)
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"config.yaml: base_model '{base_model}' could not be loaded: {exc}") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device)
+    if quant is None and not placement:
+        model.to(device)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return BaseModel(model=model, tokenizer=tokenizer, name=base_model_name(base_model), device=device)
+    info = {"dtype": precision, "quantization": quantization, "device_map": device_map or None,
+            "parameters": sum(p.numel() for p in model.parameters())}
+    return BaseModel(model=model, tokenizer=tokenizer, name=base_model_name(base_model), device=device, info=info)
+
+
+def load_base_for(config) -> BaseModel:
+    """The base model as a home's config asks for it (memzd and memzctl export use this)."""
+    return load_base(config.base_model, config.backend, config.base_dtype, config.quantization, config.device_map)
