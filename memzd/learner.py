@@ -38,7 +38,7 @@ from .adapters import Adapters
 from .checkpoints import check_state, new_id, write_checkpoint
 from .config import Config, Home
 from .evaluator import AnchorSet, evaluate, forgetting_loss, holds, prepare_anchor_set, verdict
-from .examples import answer_of, to_chat
+from .examples import answer_of, expand, to_chat
 from .inference import Cancelled, greedy_answers
 from .model import cache_root
 from .store import CheckpointRow, ParentMoved, Store, utcnow
@@ -179,6 +179,7 @@ class Learner:
             if superseded and parent_memory is not None:
                 parent_memory = parent_memory.without(a.model, a.tokenizer, [
                     gate.question_text(q) for q in self._questions(superseded)], a.device)
+            examples = expand(examples)  # with the questions written about their statements (memzd.examples)
         # Replay: earlier examples of this lineage, a seeded sample of at most REPLAY_POOL
         # times the per-epoch count, from which each epoch draws afresh.
         replay = self.store.replay_sample(parent, REPLAY_POOL * cfg.training.replay, cfg.training.seed + batch_id,
