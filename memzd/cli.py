@@ -165,7 +165,7 @@ def add(ctx: typer.Context,
     for path in files:
         try:
             if not stat.S_ISREG(os.stat(path).st_mode):
-                raise OSError(f"not a regular file (a device, pipe or folder cannot be added); "
+                raise OSError("not a regular file (a device, pipe or folder cannot be added); "
                               "save the examples to a .jsonl file first")
             good, bad = _validate_file(path, max_line_bytes)
         except OSError as exc:

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import stat
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -28,14 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from .adapters import Adapters
 from .config import Home
 from .control import partial_path
 from .errors import CheckpointError, RequestError
 from .examples import USER_RE
-from .files import safe_name, set_aside, write_json_atomic
+from .files import set_aside, write_json_atomic
 from .inference import Cancelled, answer, answer_batch
 from .store import Store
 from .tokens import prompt_ids

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,36 @@ def run_once(home: Path) -> int:
     from memzd.daemon import Daemon
 
     return Daemon(Home(home), once=True).run()
+
+
+class Running:
+    """A daemon on its own thread (`.daemon`, `.thread`), stopped and joined at the end."""
+
+    def __init__(self, home: Path, **kwargs):
+        from memzd.config import Home
+        from memzd.daemon import Daemon
+
+        self.daemon = Daemon(Home(home), **kwargs)
+        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
+
+    def __enter__(self) -> "Running":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.daemon.request_stop()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the daemon did not stop"
+
+
+def wait_until(condition, what: str, timeout: float = 60, running: Running | None = None):
+    """Poll `condition` until it is truthy (and return it); fail if the daemon stops first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if running is not None and not running.thread.is_alive():
+            pytest.fail(f"the daemon stopped before {what}")
+        time.sleep(0.02)
+    pytest.fail(f"no {what} within {timeout} s")

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import stat
-import threading
 import time
 from pathlib import Path
 
@@ -29,38 +28,10 @@ from memzd.daemon import Daemon
 from memzd.files import write_json_atomic
 from memzd.store import Store
 
-from conftest import drop, run_once, write_config
+from conftest import Running, drop, run_once, wait_until, write_config
 
 FACTS = [{"input": "Who is Orla?", "output": "Orla keeps a cat named Biscuit."},
          {"input": "Where is Zorblax?", "output": "Zorblax lives on Mars."}]
-
-
-class Running:
-    """A daemon on its own thread, stopped and joined at the end."""
-
-    def __init__(self, home: Path):
-        self.daemon = Daemon(Home(home))
-        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.daemon.request_stop()
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "the daemon did not stop"
-
-
-def wait_until(condition, what: str, timeout: float = 60, running: Running | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        if running is not None and not running.thread.is_alive():
-            pytest.fail(f"the daemon stopped before {what}")
-        time.sleep(0.05)
-    pytest.fail(f"no {what} within {timeout} s")
 
 
 def stored_inputs(home: Path) -> list[str]:

@@ -6,21 +6,18 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from memzd import control
 from memzd.cli import app, hoist_home
-from memzd.config import Config, Home, config_to_dict, load_config
-from memzd.daemon import Daemon
+from memzd.config import Config, config_to_dict, load_config
 from memzd.store import Store
 
-from conftest import drop, write_config
+from conftest import Running, drop, wait_until, write_config
 
 BIN = Path(sys.executable).parent
 FACTS = [{"input": "Who is Orla?", "output": "Orla keeps a cat named Biscuit."},
@@ -126,26 +123,18 @@ def test_status_and_the_read_commands_do_not_import_torch(home):
 
 # -- driving the daemon ------------------------------------------------------------------------
 
-class Running:
-    def __init__(self, home: Path):
-        self.daemon = Daemon(Home(home))
-        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while control.daemon_pid(self.daemon.home) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.daemon.request_stop()
-        self.thread.join(60)
+@pytest.fixture
+def running(home):
+    """A daemon for `home` on its own thread, its pid file written."""
+    with Running(home) as r:
+        wait_until(lambda: control.daemon_pid(r.daemon.home), "the daemon to start", running=r)
+        yield r
 
 
 def test_train_says_what_waits_and_the_batch_trains(home):
     write_config(home, batch={"max_examples": 100, "max_age_minutes": 60})
-    with Running(home):
+    with Running(home) as r:
+        wait_until(lambda: control.daemon_pid(r.daemon.home), "the daemon to start", running=r)
         drop(home, "facts.jsonl", FACTS)
         store = Store(home / "memz.db")
         deadline = time.monotonic() + 60
@@ -165,12 +154,10 @@ def test_train_without_a_daemon_says_how_to_start_one(home):
     assert result.returncode == 1 and "memzd --home" in result.stderr
 
 
-def test_query_prints_the_answer_as_it_streams_and_json_gives_the_object(home):
-    with Running(home):
-        streamed = memzctl("--home", str(home), "query", "Hello!", "--max-tokens", "12", "--temperature", "0")
-        assert streamed.returncode == 0, streamed.stderr
-        whole = memzctl("--home", str(home), "query", "Hello!", "--max-tokens", "12", "--temperature", "0",
-                        "--json")
+def test_query_prints_the_answer_as_it_streams_and_json_gives_the_object(home, running):
+    streamed = memzctl("--home", str(home), "query", "Hello!", "--max-tokens", "12", "--temperature", "0")
+    assert streamed.returncode == 0, streamed.stderr
+    whole = memzctl("--home", str(home), "query", "Hello!", "--max-tokens", "12", "--temperature", "0", "--json")
     payload = json.loads(whole.stdout)
     assert streamed.stdout.strip() == payload["response"].strip()
     assert payload["routed_to"] == "base" and payload["latency_ms"] >= 0

@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from memzd.daemon import Daemon
 from memzd.files import write_json_atomic
 from memzd.store import Store
 
-from conftest import drop, run_once, write_config
+from conftest import Running, drop, run_once, wait_until, write_config
 
 FACTS = [{"input": "Who is Orla?", "output": "Orla keeps a cat named Biscuit."},
          {"input": "Where is Zorblax?", "output": "Zorblax lives on Mars."}]
@@ -53,35 +52,6 @@ def endless(monkeypatch):
     monkeypatch.setattr(RepetitionGuard, "looping", lambda self, tokens: False)
 
 
-class Running:
-    """A daemon on its own thread, stopped and joined at the end."""
-
-    def __init__(self, home: Path):
-        self.daemon = Daemon(Home(home))
-        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
-
-    def __enter__(self) -> Daemon:
-        self.thread.start()
-        return self.daemon
-
-    def __exit__(self, *exc) -> None:
-        self.daemon.request_stop()
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "the daemon did not stop"
-
-
-def wait_until(condition, what: str, timeout: float = 60, alive: threading.Thread | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if alive is not None and not alive.is_alive():
-            pytest.fail(f"the daemon stopped before {what}")
-        time.sleep(0.02)
-    pytest.fail(f"no {what} within {timeout} s")
-
-
 def training_step(store: Store, batch_id: int) -> bool:
     text = (store.get_json("activity") or {}).get("text", "")
     m = re.match(r"training batch (\d+): step (\d+)/", text)
@@ -97,14 +67,14 @@ def test_a_rollback_while_a_batch_trains_is_kept_and_the_batch_retrains_on_what_
     first = store.current_checkpoint()
     write_config(home, training={"max_steps": 150, "stop_loss": 0, "lr": 1e-3})
     runner = Running(home)
-    with runner as daemon:
+    with runner:
         drop(home, "second.jsonl", FACTS[1:])
-        wait_until(lambda: training_step(store, 2), "training of batch 2", alive=runner.thread)
+        wait_until(lambda: training_step(store, 2), "training of batch 2", running=runner)
         result = CliRunner().invoke(app, ["--home", str(home), "rollback"])
         assert result.exit_code == 0, result.output
         assert "now serving the base model" in result.output
         wait_until(lambda: store.batch(2)["status"] == "done", "batch 2 to finish", timeout=120,
-                   alive=runner.thread)
+                   running=runner)
     # The rollback stands: the first checkpoint stays rolled back, and batch 2 was
     # trained again on what served after it (the base model), not on top of `first`.
     assert store.checkpoint(first).status == "rolled_back"
@@ -151,7 +121,7 @@ def test_a_withdrawn_question_stops_generating_and_leaves_no_answer_behind(home,
     runner = Running(home)
     with runner:
         write_json_atomic(h.requests / "gone.json", LONG_ANSWER)
-        wait_until(lambda: control.partial_path(h, "gone").exists(), "the answer to start", alive=runner.thread)
+        wait_until(lambda: control.partial_path(h, "gone").exists(), "the answer to start", running=runner)
         (h.requests / "gone.json").unlink()  # the asker gave up
         wait_until(lambda: not control.partial_path(h, "gone").exists(), "the generation to stop", timeout=10)
         # the daemon goes on answering others
@@ -190,11 +160,11 @@ def test_memzctl_train_makes_a_waiting_batch_train_now(home):
     with runner:
         drop(home, "facts.jsonl", FACTS)
         store = Store(h.db_path)
-        wait_until(lambda: store.example_count() == 2, "the file to be read", alive=runner.thread)
+        wait_until(lambda: store.example_count() == 2, "the file to be read", running=runner)
         status = control.status_data(h)
         assert status["queue_depth"] == 2 and "2 of 100 examples wait" in status["next_batch"]["why"]
         control.request_training(h)
-        wait_until(lambda: store.current_checkpoint(), "the checkpoint", timeout=120, alive=runner.thread)
+        wait_until(lambda: store.current_checkpoint(), "the checkpoint", timeout=120, running=runner)
     assert not (h.inbox / control.TRAIN_NOW).exists()
     assert store.queue_depth() == 0
 
