@@ -198,7 +198,8 @@ def verdict(result: dict) -> list[str]:
 # "answer", "questions" (asked directly) and "paraphrases"; optionally "neighbours"
 # (questions near the fact about something else: kept when answered exactly as the
 # base model answered them), "teach_old"/"old" (an earlier fact that "teach"
-# updates: taught in a first batch), or "unseen" ({"q", "a"}: a behaviour's new inputs).
+# updates: taught in a first batch), "unseen" ({"q", "a"}: a behaviour's new inputs), or
+# "changes" (locality questions the item changes on purpose: a correction of them).
 
 CATEGORIES = {
     "conversation": {"data": "conversation.jsonl", "what": "facts the user states in a chat (messages)",
@@ -245,6 +246,8 @@ def run_category(name: str, locality: list[dict], overrides: list[str], base_mod
     log = open(home / "bench.log", "w")
     print(f"[{name}] {spec['what']}: home {home}; asking the base model first", flush=True)
     probes = _probes(items)
+    changed = {q for it in items for q in it.get("changes", [])}  # general questions a correction changes on purpose
+    locality = [l for l in locality if l["question"] not in changed]
     loc_q = [l["question"] for l in locality]
     questions = loc_q + [q for _, q, _ in probes]
     fresh = [q for q in dict.fromkeys(questions) if (base_model, q) not in _BASE_ANSWERS]
