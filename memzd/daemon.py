@@ -259,6 +259,9 @@ class Daemon:
             if self.stop.is_set():
                 break
             try:
+                big = path.stat().st_size > 10_000_000  # a big file takes a while: status says so
+                if big:
+                    self.set_activity(f"reading inbox/{path.name} ({path.stat().st_size / 1e6:.0f} MB)")
                 result = ingest_file(path, self.store, self.home, self.config.daemon.max_line_bytes,
                                      stop=self.stop.is_set, between=self.serve_requests)
             except OSError as exc:
@@ -276,6 +279,8 @@ class Daemon:
                 self.inbox_files.forget(path)
             if result.interrupted:
                 break
+            if big:
+                self.set_activity("idle")
             handled += 1
             self.store.log_event("file", f"{path.name}: {result.accepted} new, {result.duplicates} duplicate, "
                                  f"{result.rejected} rejected", reason=result.reason)

@@ -37,10 +37,11 @@ def test_labels_cover_only_the_answer(base):
     text = tokens.encode({"text": "The quick fox."}, base.tokenizer, 512)
     assert text.labels == text.input_ids  # a {"text"} example is learned whole
     multi = tokens.encode({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "A1"},
-                                        {"role": "user", "content": "more"}, {"role": "assistant", "content": "B2"}]},
+                                        {"role": "user", "content": "more?"}, {"role": "assistant", "content": "B2"}]},
                           base.tokenizer, 512)
     learned = base.tokenizer.decode([t for t in multi.labels if t != tokens.IGNORE])
-    assert "A1" in learned and "B2" in learned and "more" not in learned
+    # assistant turns are learned, and what the user states ("hi"); what the user asks ("more?") is context
+    assert "A1" in learned and "B2" in learned and "hi" in learned and "more" not in learned
 
 
 def test_answer_loss_matches_the_plain_hf_loss(base):
