@@ -1,11 +1,9 @@
 """Memory from what people write: statements in conversations and notes are learned and answerable."""
 
-import inspect
-
 import pytest
 
 from memzd import examples as ex
-from memzd import gate, learner
+from memzd import gate
 from memzd.store import Store
 from memzd.tokens import IGNORE, encode
 
@@ -108,8 +106,6 @@ class _Plain:
         return [text.strip()]
 
 
-@pytest.mark.skipif("expand(" not in inspect.getsource(learner),
-                    reason="memzd.learner does not train the expanded batch yet (examples.expand)")
 def test_a_conversation_trains_questions_about_what_the_user_said(home):
     drop(home, "chat.jsonl", [KITTEN])
     run_once(home)
