@@ -66,14 +66,15 @@ def encode(data: dict, tokenizer, max_len: int) -> Encoded:
             upto = _render(tokenizer, chat[: i + 1], add_generation_prompt=False)
             if not upto.startswith(done):
                 raise ValueError("this tokenizer's chat template does not render turn by turn")
-            at = upto.rfind(message["content"])
+            content = message["content"].strip()  # templates may trim it
+            at = upto.rfind(content)
             if at < len(done):  # the template rewrote the content: it stays context
                 continue
             context = _ids(tokenizer, upto[len(done):at])
-            stated = _ids(tokenizer, message["content"])
+            stated = _ids(tokenizer, content)
             ids += context + stated
             labels += [IGNORE] * len(context) + stated
-            done = upto[:at + len(message["content"])]
+            done = upto[:at + len(content)]
             continue
         if message["role"] != "assistant":
             continue
