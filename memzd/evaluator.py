@@ -13,7 +13,8 @@ alone, ungated, on its own batch and on the first ADAPTER_ANCHORS anchors:
 - adapter_recall: recall with every probe answered by the adapter;
 - adapter_forgetting_loss, adapter_anchor_ce_delta: its CE on those anchors,
   and that minus the base model's on the same anchors;
-- adapter_retention_score: share of those anchors whose greedy answer is unchanged.
+- adapter_retention_score: share of those anchors whose greedy answer starts
+  as the base model's did (its first ADAPTER_ANSWER_TOKENS tokens).
 With no anchors, the forgetting figures are None, never zero.
 `verdict` turns the figures into a status under `evaluation.rollback_mode`.
 """
@@ -35,9 +36,13 @@ from .tokens import Encoded, answer_loss, collate, encode
 Route = Callable[[list[dict]], "str | None"]  # chat -> adapter name, or None for the base
 
 # Anchors the adapter answers alone, ungated, per checkpoint: enough to tell a
-# wrecked adapter (CE up by nats, answers gone) from a sound one, at about a
-# second of forward passes and one generation batch on the bundled model.
-ADAPTER_ANCHORS = 16
+# wrecked adapter (CE up by 10+ nats, answers gone) from a sound one (0.7-1.9).
+# Its answers are generated only this many tokens long and compared with the
+# start of the base model's. Cost on the bundled model, one thread of a busy
+# 2-core CPU: 16 anchors with 48-token answers 12 s; 16 with 16 tokens 8.5 s
+# (CE 4.4 s, generation 4.1 s); 8 with 16 tokens about half that.
+ADAPTER_ANCHORS = 8
+ADAPTER_ANSWER_TOKENS = 16
 
 
 @dataclass
@@ -191,8 +196,8 @@ def _adapter_alone(model, tokenizer, device, anchor_set: AnchorSet, adapter: str
     tokens = anchor_set.n_tokens[:n]
     base = sum(ce * t for ce, t in zip(anchor_set.base_ce_each[:n], tokens)) / max(sum(tokens), 1)
     outs = greedy_answers(model, tokenizer, [a.chat for a in anchor_set.anchors[:n]], adapter=adapter,
-                          device=device, max_tokens=max_tokens, cancelled=cancelled)
-    kept = sum(normalize(o) == normalize(g) for o, g in zip(outs, anchor_set.base_greedy[:n]))
+                          device=device, max_tokens=min(max_tokens, ADAPTER_ANSWER_TOKENS), cancelled=cancelled)
+    kept = sum(normalize(g).startswith(normalize(o)) for o, g in zip(outs, anchor_set.base_greedy[:n]))
     return {"adapter_forgetting_loss": loss, "adapter_anchor_ce_delta": loss - base,
             "adapter_retention_score": kept / n, "adapter_anchors": n}
 
