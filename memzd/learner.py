@@ -37,7 +37,8 @@ from . import gate, lora
 from .adapters import Adapters
 from .checkpoints import check_state, new_id, write_checkpoint
 from .config import Config, Home
-from .evaluator import AnchorSet, evaluate, forgetting_loss, holds, prepare_anchor_set, verdict
+from .evaluator import (AnchorSet, evaluate, forgetting_loss, holds, prepare_anchor_set, verdict,
+                        verdict_reasons)
 from .examples import answer_of, expand, to_chat
 from .inference import Cancelled, greedy_answers
 from .model import cache_root
@@ -178,14 +179,14 @@ class Learner:
             superseded = self.store.supersede(batch_id, parent)
             if superseded and parent_memory is not None:
                 parent_memory = parent_memory.without(a.model, a.tokenizer, [
-                    gate.question_text(q) for q in self._questions(superseded)], a.device)
+                    gate.question_text(q) for q in self._questions(expand(superseded))], a.device)
             examples = expand(examples)  # with the questions written about their statements (memzd.examples)
         # Replay: earlier examples of this lineage, a seeded sample of at most REPLAY_POOL
         # times the per-epoch count, from which each epoch draws afresh.
         replay = self.store.replay_sample(parent, REPLAY_POOL * cfg.training.replay, cfg.training.seed + batch_id,
                                           exclude_batch=batch_id)
         encoded = [encode(e, a.tokenizer, cfg.training.max_seq_len) for e in examples]
-        replayed = [encode(e, a.tokenizer, cfg.training.max_seq_len) for e in replay]
+        replayed = [encode(e, a.tokenizer, cfg.training.max_seq_len) for e in expand(replay)]
         cut = [e for e in encoded if e.cut]
         if cut:  # said once per batch, where the user looks: the log, the events, the metrics
             why = (f"batch {batch_id}: {len(cut)} example(s) longer than training.max_seq_len "
@@ -220,6 +221,9 @@ class Learner:
         if forgotten:
             metrics["forgotten_gone"] = self._gone(forgotten, a.router(lora.TRAIN, memory), hooks)
         status = verdict(metrics, cfg.evaluation)
+        if status != "stable":  # say why, where the user looks
+            self.store.log_event("verdict", f"batch {batch_id}: {status}: "
+                                 + "; ".join(verdict_reasons(metrics, cfg.evaluation)), batch=batch_id)
         ckpt = self._commit(batch_id, parent, examples, metrics, status, memory, user)
         log.info("batch %d done in %.1fs: %s", batch_id, time.perf_counter() - t0,
                  ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
