@@ -15,14 +15,16 @@ import json
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Home
 from .errors import ExampleError
 from .examples import parse_example, to_chat
-from .files import set_aside, unique_path
+from .files import set_aside, unique_path, write_atomic
 from .store import Store
+from .watch import held_for_writing
 
 log = logging.getLogger("memz.inbox")
 
@@ -199,7 +201,9 @@ def ingest_file(path: Path, store: Store, home: Home, max_line_bytes: int = 1_00
     store.finish_file(result.file_id, status, result.rejected)
     if status == "processed":
         home.processed.mkdir(parents=True, exist_ok=True)
-        os.rename(path, unique_path(home.processed / path.name))
+        moved = unique_path(home.processed / path.name)
+        os.rename(path, moved)
+        _return_late_lines(moved, after.st_size, home)
     else:
         result.reason = ("no usable line: see the .errors.jsonl beside it" if result.rejected
                          else "no example in it: only blank lines")
@@ -207,6 +211,25 @@ def ingest_file(path: Path, store: Store, home: Home, max_line_bytes: int = 1_00
     log.info("%s: %d new, %d duplicate, %d rejected lines", path.name,
              result.accepted, result.duplicates, result.rejected)
     return result
+
+
+def _return_late_lines(moved: Path, read_bytes: int, home: Home, settle_seconds: float = 2.0) -> None:
+    """Lines appended between the read and the move (`echo ... >> file` at that moment) went
+    into the moved file: they go back to the inbox as a file of their own, to be read next."""
+    deadline = time.monotonic() + settle_seconds
+    while held_for_writing(moved) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a writer that opened the file before the move finishes its line
+    try:
+        with open(moved, "rb") as f:
+            f.seek(read_bytes)
+            late = f.read()
+    except OSError:
+        return
+    if late:
+        back = unique_path(home.inbox / f"{moved.stem}.late{moved.suffix}")
+        write_atomic(back, late)
+        log.info("%s: %d bytes were appended while it was moved; they are read again as %s",
+                 moved.name, len(late), back.name)
 
 
 def _commit(store: Store, result: IngestResult, chunk: list) -> None:

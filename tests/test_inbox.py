@@ -71,6 +71,27 @@ def test_same_file_twice_trains_once(h):
     assert len(list(h.processed.iterdir())) == 2  # both files kept, none overwritten
 
 
+def test_a_line_appended_while_the_file_is_moved_comes_back_to_the_inbox(h, monkeypatch):
+    # `echo ... >> file` can land between the read and the move out of the inbox:
+    # the line is in the moved file, and must not be lost there.
+    store = Store(h.db_path)
+    path = drop(h.root, "notes.jsonl", [{"input": "q0", "output": "a0"}])
+    finish = store.finish_file
+
+    def finish_while_someone_appends(*args):
+        finish(*args)
+        with open(path, "a") as f:
+            f.write(json.dumps({"input": "q1", "output": "a1"}) + "\n")
+
+    monkeypatch.setattr(store, "finish_file", finish_while_someone_appends)
+    first = ingest_file(path, store, h)
+    assert first.accepted == 1
+    (late,) = [p for p in h.inbox.iterdir() if p.is_file()]
+    monkeypatch.undo()
+    assert ingest_file(late, store, h).accepted == 1
+    assert sorted(json.loads(r["data"])["input"] for r in store.db.query("select data from examples")) == ["q0", "q1"]
+
+
 def test_file_with_no_usable_line_is_rejected_whole(h):
     store = Store(h.db_path)
     path = drop(h.root, "bad.jsonl", ["nope", "[]"])
