@@ -214,6 +214,9 @@ CATEGORIES = {
                 "targets": {"efficacy": 0.90, "old_gone": 0.90, "paraphrase": 0.80, "old_gone_paraphrase": 0.80}},
     "behaviours": {"data": "behaviours.jsonl", "what": "a reply format over unseen inputs",
                    "targets": {"unseen": 0.80, "locality": 0.95}},
+    "forget": {"data": "facts.jsonl", "what": "10 facts taught, then 3 forgotten with `memzctl forget ANSWER`",
+               "targets": {"forgotten_gone": 0.95, "forgotten_gone_paraphrase": 0.95, "efficacy": 0.95,
+                           "locality": 0.95}},
     "safety": {"data": "facts_small.jsonl", "what": "training.lr 0.5: refused (auto_rollback), marked (warn)",
                "targets": {"refused": 1.0, "marked": 1.0}},
 }
@@ -226,6 +229,10 @@ def _probes(items: list[dict]) -> list[tuple[str, str, str]]:
     """(kind, question, expected) for everything a category asks after teaching."""
     out = []
     for it in items:
+        if it.get("forget"):
+            out += [("forgotten_gone", q, it["answer"]) for q in it.get("questions", [])]
+            out += [("forgotten_gone_paraphrase", q, it["answer"]) for q in it.get("paraphrases", [])]
+            continue
         out += [("efficacy", q, it["answer"]) for q in it.get("questions", [])]
         out += [("paraphrase", q, it["answer"]) for q in it.get("paraphrases", [])]
         if "old" in it:
@@ -242,6 +249,9 @@ def run_category(name: str, locality: list[dict], overrides: list[str], base_mod
     items = load_jsonl(DATA / spec["data"])[:2 if quick else None]
     if name == "safety":
         return run_safety(items, overrides, base_model, keep)
+    if name == "forget":  # the first 10 facts, asked as taught; the first 3 (1 when quick) forgotten
+        items = [dict(it, questions=[t["input"] for t in it["teach"]], forget=i < (1 if quick else 3))
+                 for i, it in enumerate(items[:10])]
     home = new_home(name, overrides, base_model)
     log = open(home / "bench.log", "w")
     print(f"[{name}] {spec['what']}: home {home}; asking the base model first", flush=True)
@@ -261,20 +271,26 @@ def run_category(name: str, locality: list[dict], overrides: list[str], base_mod
     for i, examples in enumerate(drops, 1):
         drop(home, f"{name}-{i}.jsonl", examples)
         lives.append(memzd_once(home, log))
+    forgotten = [it["answer"] for it in items if it.get("forget")]
+    if forgotten:
+        for text in forgotten:
+            subprocess.run([str(BIN / "memzctl"), "--home", str(home), "forget", text], check=True,
+                           stdout=log, stderr=subprocess.STDOUT)
+        lives.append(memzd_once(home, log))
     ck = checkpoints(home)[0]
     answers = ask_all(home, [q for _, q, _ in probes] + [q for q, _ in known], log)
     got: dict[str, list[bool]] = {}
     for (kind, q, expected), a in zip(probes, answers):
         if kind == "neighbours":
             ok = normalize(a) == normalize(base_of[q])
-        elif kind.startswith("old_gone"):
+        elif kind.startswith(("old_gone", "forgotten_gone")):
             ok = not holds(a, expected)
         else:
             ok = holds(a, expected)
         got.setdefault(kind, []).append(ok)
         if verbose and not ok:
             print(f"    miss ({kind}): {q!r} -> {a!r}" + (f" (base: {base_of[q]!r})" if kind == "neighbours"
-                                                          else f" (want {'not ' if kind.startswith('old') else ''}"
+                                                          else f" (want {'not ' if 'gone' in kind else ''}"
                                                                f"{expected!r})"))
     a_loc = answers[len(probes):]
     got["locality"] = [holds(a, k) for a, (_, k) in zip(a_loc, known)]
