@@ -401,7 +401,7 @@ def category_lines(result: dict) -> list[str]:
         target = targets.get(key)
         n = result.get("counts", {}).get(key)
         most = key in AT_MOST
-        met = value <= target if most else value >= target
+        met = target is not None and (value <= target if most else value >= target)
         lines.append(f"  {key:20s} {value:6.2f}" + (f"  of {n:3d}" if n else "") +
                      (f"  target {'<=' if most else '>='} {target}  {'met' if met else 'NOT MET'}"
                       if target is not None else ""))

@@ -125,11 +125,11 @@ def test_the_benchmark_runs_a_category_and_reports_it_against_its_targets(tiny_m
     from conftest import REPO
     out = tmp_path / "k.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "knowledge.py"), "--quick", "--category", "updates", "forget",
+        [sys.executable, str(REPO / "bench" / "knowledge.py"), "--quick", "--category", "updates", "forget", "growth",
          "--base-model", str(tiny_model_dir), "--set", "training.max_steps=2", "--set", "evaluation.anchor_sample=4",
          "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    updates, forget = json.loads(out.read_text())["results"]
+    updates, forget, growth = json.loads(out.read_text())["results"]
     assert updates["category"] == "updates" and updates["items"] == 2
     assert set(updates["figures"]) == {"efficacy", "paraphrase", "old_gone", "old_gone_paraphrase"}
     assert "old_gone" in proc.stdout and "target >= 0.9" in proc.stdout
@@ -137,6 +137,10 @@ def test_the_benchmark_runs_a_category_and_reports_it_against_its_targets(tiny_m
     assert forget["category"] == "forget" and len(forget["drop_to_live_s"]) == 2
     assert forget["counts"]["forgotten_gone"] == 2 and forget["counts"]["efficacy"] == 2
     assert "forgotten_gone" in proc.stdout
+    # growth: batches one after another (2 of 1 fact when quick), asked once after the last
+    assert [r["batch"] for r in growth["rounds"]] == [1, 2]
+    assert growth["counts"]["efficacy"] == 4 and growth["counts"]["first_batch"] == 2
+    assert "slowdown" in growth["figures"] and "target <= 1.3" in proc.stdout
 
 
 def test_a_huge_note_writes_a_bounded_number_of_questions():
