@@ -250,12 +250,13 @@ def _probes(items: list[dict]) -> list[tuple[str, str, str]]:
 
 
 def run_category(name: str, locality: list[dict], overrides: list[str], base_model: str | None,
-                 keep: Path | None, verbose: bool, quick: bool = False) -> dict:
+                 keep: Path | None, verbose: bool, quick: bool = False, growth_facts: int = 300) -> dict:
     spec = CATEGORIES[name]
     items = load_jsonl(DATA / spec["data"])[:2 if quick else None]
     if name == "safety":
         return run_safety(items, overrides, base_model, keep)
     if name == "growth":
+        items = items[:growth_facts]
         return run_growth(items, locality, overrides, base_model, keep, verbose, quick)
     if name == "forget":  # the first 10 facts, asked as taught; the first 3 (1 when quick) forgotten
         items = [dict(it, questions=[t["input"] for t in it["teach"]], forget=i < (1 if quick else 3))
@@ -420,6 +421,8 @@ def main() -> None:
     ap.add_argument("--category", nargs="+", choices=[*CATEGORIES, "all"],
                     help="run these memory categories instead of the modes: " + ", ".join(CATEGORIES)
                          + " (all: every one but growth, which takes about half an hour)")
+    ap.add_argument("--growth-facts", type=int, default=300, metavar="N",
+                    help="growth: the first N of the 300 facts, in batches of 10")
     ap.add_argument("--facts", type=Path, default=DATA / "facts.jsonl")
     ap.add_argument("--locality", type=Path, default=DATA / "locality.jsonl")
     ap.add_argument("--batch-size", type=int, default=10, help="facts per batch")
@@ -443,7 +446,7 @@ def main() -> None:
         every = [n for n, spec in CATEGORIES.items() if not spec.get("long")]
         for name in (every if "all" in args.category else dict.fromkeys(args.category)):
             result = run_category(name, locality[:5] if args.quick else locality, args.overrides,
-                                  args.base_model, args.keep, args.verbose, args.quick)
+                                  args.base_model, args.keep, args.verbose, args.quick, args.growth_facts)
             results.append(result)
             print("\n".join(category_lines(result)) + "\n", flush=True)
         modes = []
