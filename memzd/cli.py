@@ -244,6 +244,7 @@ def status(ctx: typer.Context, as_json: bool = _JSON, user: Optional[str] = _USE
     hw = data["hardware"]
     t.add_row("hardware", f"{hw.get('device')} ({hw.get('backend')}"
               + (f", base in {hw['dtype']}" if hw.get("dtype") else "")
+              + (f", {hw['memory_bytes'] / 1e9:.2f} GB" if hw.get("memory_bytes") else "")
               + (f", {hw['quantization']}" if hw.get("quantization") not in (None, "none") else "") + ")")
     fs = data["forgetting_summary"]
     t.add_row("forgetting", f"served: anchor_ce_delta {_fmt(fs['anchor_ce_delta'])}, "

@@ -188,7 +188,8 @@ def load_base(base_model: str, backend: str = "auto", base_dtype: str = "fp32", 
     for p in model.parameters():
         p.requires_grad_(False)
     info = {"dtype": precision, "quantization": quantization, "device_map": device_map or None,
-            "parameters": sum(p.numel() for p in model.parameters())}
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "memory_bytes": int(model.get_memory_footprint())}
     return BaseModel(model=model, tokenizer=tokenizer, name=base_model_name(base_model), device=device, info=info)
 
 

@@ -38,7 +38,8 @@ def test_a_bf16_base_keeps_lora_in_fp32_and_trains_and_serves(home):
     store = Store(home / "memz.db")
     ckpt = store.current_checkpoint()
     assert ckpt and store.checkpoint(ckpt).metrics["finetune_loss"] is not None
-    assert store.get_json("hardware")["dtype"] == "bf16"  # memzctl status shows it
+    hardware = store.get_json("hardware")  # memzctl status shows it
+    assert hardware["dtype"] == "bf16" and hardware["memory_bytes"] > 0
     meta = json.loads((home / "checkpoints" / ckpt / "meta.json").read_text())
     assert meta["base"]["dtype"] == "bf16"  # and the lineage records it
     assert "response" in json.loads((home / "responses" / "q.json").read_text())
@@ -48,9 +49,10 @@ def test_bf16_and_fp32_bases_give_close_losses(tiny_model_dir):
     from memzd import tokens
     from memzd.trainer import train
 
-    losses = {}
+    losses, memory = {}, {}
     for dtype in ("fp32", "bf16"):
         base = load_base(str(tiny_model_dir), "cpu", dtype)
+        memory[dtype] = base.info["memory_bytes"]
         cfg = Config()
         model = lora.wrap(base.model, cfg.lora)
         torch.manual_seed(0)
@@ -60,6 +62,7 @@ def test_bf16_and_fp32_bases_give_close_losses(tiny_model_dir):
         enc = [tokens.encode(e, base.tokenizer, 512) for e in FACTS]
         losses[dtype] = train(model, enc, cfg.training, pad_id=base.tokenizer.pad_token_id, device=base.device).losses
     assert all(abs(a - b) / a < 0.05 for a, b in zip(losses["fp32"], losses["bf16"])), losses
+    assert memory["bf16"] < 0.6 * memory["fp32"], memory  # the base takes half the memory
 
 
 def test_quantisation_is_refused_off_cuda_with_what_to_do(tiny_model_dir):
