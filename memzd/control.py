@@ -98,7 +98,7 @@ def init_home(home: Home) -> bool:
     (what is there already is kept), and its database. True if it was not a home before."""
     import shutil
 
-    from .store import Store
+    Store = _import_store().Store
 
     fresh = not is_home(home)
     home.ensure()
@@ -110,10 +110,29 @@ def init_home(home: Home) -> bool:
     return fresh
 
 
+def _import_store():
+    """memzd.store, without numpy where numpy is not loaded yet.
+
+    sqlite_utils imports numpy when it can (about 100 ms of a 0.5 s `memzctl status`)
+    only to map numpy types to column types when it creates or alters a table from
+    values; memz creates its tables with declared types and stores Python values, so a
+    command that needs no model skips it. numpy imports normally afterwards."""
+    import sys
+
+    if "numpy" in sys.modules or "sqlite_utils" in sys.modules:
+        from . import store
+        return store
+    sys.modules["numpy"] = None  # makes `import numpy` raise ImportError for the moment
+    try:
+        from . import store
+    finally:
+        del sys.modules["numpy"]
+    return store
+
+
 def open_store(home: Home):
     """The home's database, refusing a folder that is not a home (imports no torch)."""
-    from .store import Store
-
+    Store = _import_store().Store
     require_home(home)
     return Store(home.db_path)  # a home whose daemon never ran gets its (empty) database now
 
