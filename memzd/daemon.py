@@ -51,6 +51,7 @@ log = logging.getLogger("memz.daemon")
 
 MAX_ATTEMPTS = 3             # a batch that fails this often is set aside as failed
 STORAGE_RETRY_SECONDS = 60   # after a disk failure (full, read-only), wait this long before trying again
+ANSWER_ROUNDS = 3            # rounds of waiting questions answered before training goes on (bounded: training is not starved)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -236,14 +237,16 @@ class Daemon:
 
     def serve_requests(self) -> None:
         """Answer submitted questions and request files (called between training steps too)."""
-        waiting = []
-        while not self.stop.is_set():
-            try:
-                waiting.append(self.questions.get_nowait())
-            except queue.Empty:
+        for _ in range(ANSWER_ROUNDS):  # questions that came while others were answered go next
+            waiting = []
+            while not self.stop.is_set():
+                try:
+                    waiting.append(self.questions.get_nowait())
+                except queue.Empty:
+                    break
+            if not waiting:
                 break
-        if waiting:  # everything that waits is answered together (memzd.queries.Answerer.settle_many)
-            self.answerer.settle_many(waiting, self.stop.is_set)
+            self.answerer.settle_many(waiting, self.stop.is_set)  # all that wait, together
         for path in self.request_files.ready(self.home.requests):
             if self.stop.is_set():
                 return

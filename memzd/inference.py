@@ -11,6 +11,7 @@ to max_tokens.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import torch
@@ -154,10 +155,22 @@ def answer_batch(model, tokenizer, rows: list[list[int]], *, adapter: str | None
                  cancelled: list[Check | None], on_texts: list[Callable[[str], None] | None]) -> list[str | None]:
     """Several answers generated together (one forward per token for all of them): what
     concurrent askers of the same adapter and settings get. Each row streams to its own
-    callback and can be withdrawn on its own (None for it); `stopping` stops them all."""
-    with using(model, adapter):
-        return _generate(model, tokenizer, rows, max_tokens, temperature, device, None, stopping, on_texts,
-                         guard=True, row_cancelled=cancelled)
+    callback and can be withdrawn on its own (None for it); `stopping` stops them all.
+
+    On the CPU, several rows use every core while they are generated (`training.threads`
+    caps torch's threads for training, which waits meanwhile): twenty askers at once get
+    their answers in about half the time on two cores."""
+    threads = torch.get_num_threads()
+    wide = len(rows) > 1 and device.type == "cpu" and threads < (os.cpu_count() or 1)
+    if wide:
+        torch.set_num_threads(os.cpu_count())
+    try:
+        with using(model, adapter):
+            return _generate(model, tokenizer, rows, max_tokens, temperature, device, None, stopping, on_texts,
+                             guard=True, row_cancelled=cancelled)
+    finally:
+        if wide:
+            torch.set_num_threads(threads)
 
 
 def greedy_answers(model, tokenizer, chats: list[list[dict]], *, adapter: str | None,
