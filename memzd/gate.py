@@ -295,18 +295,26 @@ class KeyMemory:
         """(lexical score, hidden margin) of a query against the taught keys."""
         if not self.words:
             return 0.0, -2.0
-        found = {stem(w) for w in query_words(text)}
-        lexical = max(lexical_score(found, w) for w in self.words)
         key = self.embed(model, tokenizer, [text], device)[0]
         margin = float((self.keys @ key).max() - (self.ref_keys @ key).max())
-        return lexical, margin
+        return self.lexical(text), margin
 
     def admits(self, model, tokenizer, chat: list[dict], device: torch.device) -> bool:
-        """Should the adapter answer this chat?"""
-        lexical, margin = self.scores(model, tokenizer, question_text(chat), device)
-        lex_ok, hid_ok = lexical >= self.lexical_threshold, margin >= self.margin
-        return {"both": lex_ok and hid_ok, "either": lex_ok or hid_ok,
-                "lexical": lex_ok, "hidden": hid_ok}[self.rule]
+        """Should the adapter answer this chat? The hidden key costs a forward pass, so it
+        is computed only where the words leave the rule undecided: under `both`, a general
+        question that shares no word with a taught one goes to the base model at once."""
+        text = question_text(chat)
+        lex_ok = self.lexical(text) >= self.lexical_threshold
+        if self.rule == "lexical" or (self.rule == "both" and not lex_ok) or (self.rule == "either" and lex_ok):
+            return lex_ok
+        return self.scores(model, tokenizer, text, device)[1] >= self.margin
+
+    def lexical(self, text: str) -> float:
+        """The best share of a taught question's distinctive words that `text` holds."""
+        if not self.words:
+            return 0.0
+        found = {stem(w) for w in query_words(text)}
+        return max(lexical_score(found, w) for w in self.words)
 
     # -- stored beside the adapter as memz_keys.safetensors --------------------------
 

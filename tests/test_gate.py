@@ -44,6 +44,29 @@ def test_taught_questions_route_to_the_adapter_and_others_do_not(memory):
     assert lexical == 1.0 and margin > 0
 
 
+def test_the_hidden_key_is_computed_only_where_the_words_leave_the_rule_undecided(memory, monkeypatch):
+    mem, model, base = memory
+    questions = ["Who is Orla Vantrees?", "Where does Zorblax live now?", "What is the capital of France?",
+                 "Who was Orla's teacher?", "What is 7 times 8?"]
+    chat = lambda q: [{"role": "user", "content": q}]
+    for rule in ("both", "either", "lexical", "hidden"):
+        m = mem.with_rule(rule, mem.lexical_threshold, mem.margin)
+        expected = []
+        for q in questions:  # the rule on both scores, as a reader would apply it
+            lexical, margin = m.scores(model, base.tokenizer, q, base.device)
+            lex_ok, hid_ok = lexical >= m.lexical_threshold, margin >= m.margin
+            expected.append({"both": lex_ok and hid_ok, "either": lex_ok or hid_ok,
+                             "lexical": lex_ok, "hidden": hid_ok}[rule])
+        forwards = []
+        embed = m.embed
+        monkeypatch.setattr(m, "embed", lambda *a: forwards.append(1) or embed(*a))
+        assert [m.admits(model, base.tokenizer, chat(q), base.device) for q in questions] == expected, rule
+        if rule == "both":  # France and 7 x 8 share no word with a taught question: no forward for them
+            assert len(forwards) <= len(questions) - 2
+        if rule == "lexical":
+            assert forwards == []
+
+
 def test_memory_round_trips_through_its_file(memory):
     mem, model, base = memory
     again = gate.KeyMemory.from_file(*mem.to_file())
