@@ -387,18 +387,25 @@ class Store:
         return [data for data, _ in old.values()]
 
     def forget(self, ids: list[int], why: str, user: str | None = None) -> int | None:
-        """Take examples out of all future training; those already trained get a pending
-        'forget' batch (returned) that makes the lineage stop giving their answers."""
+        """Take examples out of all future training; those already trained go into the
+        user's pending 'forget' batch (returned; made if none waits) that makes the lineage
+        stop giving their answers."""
         with self.write():
             marks = ",".join("?" * len(ids))
             trained = [r[0] for r in self.db.execute(
                 f"SELECT id FROM examples WHERE id IN ({marks}) AND batch_id IN "
                 "(SELECT id FROM batches WHERE status = 'done')", ids)]
             batch_id = None
-            if trained:
-                batch_id = self.db["batches"].insert(
-                    {"status": "pending", "created_at": utcnow(), "n_examples": len(trained), "user": user,
-                     "kind": "forget"}).last_pk
+            if trained:  # one forget batch: a forget asked for before the last one trained joins it
+                waiting = self.db.execute("SELECT id, n_examples FROM batches WHERE status = 'pending' AND "
+                                          "kind = 'forget' AND user IS ? ORDER BY id LIMIT 1", [user]).fetchone()
+                if waiting:
+                    batch_id = waiting[0]
+                    self.db["batches"].update(batch_id, {"n_examples": waiting[1] + len(trained)})
+                else:
+                    batch_id = self.db["batches"].insert(
+                        {"status": "pending", "created_at": utcnow(), "n_examples": len(trained), "user": user,
+                         "kind": "forget"}).last_pk
                 self.db.execute(f"UPDATE examples SET forget_batch = ? WHERE id IN ({','.join('?' * len(trained))})",
                                 [batch_id, *trained])
             self.db.execute(f"UPDATE examples SET forgotten_at = ? WHERE id IN ({marks})", [utcnow(), *ids])

@@ -77,6 +77,17 @@ def test_an_example_forgotten_before_it_trains_never_trains(home):
     assert len(store.checkpoints()) == before  # nothing left to train
 
 
+def test_forgets_asked_for_before_the_daemon_trains_share_one_batch(home):
+    drop(home, "facts.jsonl", [ORLA, ZORBLAX])
+    run_once(home)
+    store = Store(home / "memz.db")
+    memzctl(home, "forget", "Biscuit")
+    memzctl(home, "forget", "Mars")
+    forgets = [b for b in store.db["batches"].rows_where("kind = 'forget'")]
+    assert len(forgets) == 1 and forgets[0]["n_examples"] == 2
+    assert {e["forget_batch"] for e in store.db["examples"].rows} == {forgets[0]["id"]}
+
+
 def test_forget_needs_something_to_match(home):
     result = CliRunner().invoke(app, ["--home", str(home), "forget"])
     assert result.exit_code == 1 and "TEXT, --id N, --file NAME or --tag T" in result.output
