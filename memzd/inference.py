@@ -12,6 +12,7 @@ to max_tokens.
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -20,6 +21,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from .lora import using
 from .tokens import prompt_ids
+from .trainer import autocast_for
 
 Check = Callable[[], bool]  # True: stop now
 
@@ -157,19 +159,21 @@ def answer_batch(model, tokenizer, rows: list[list[int]], *, adapter: str | None
     concurrent askers of the same adapter and settings get. Each row streams to its own
     callback and can be withdrawn on its own (None for it); `stopping` stops them all.
 
-    On the CPU, several rows use every core while they are generated (`training.threads`
-    caps torch's threads for training, which waits meanwhile): twenty askers at once get
-    their answers in about half the time on two cores."""
+    On the CPU, several rows are generated on every core (`training.threads` caps
+    torch's threads for training, which waits meanwhile) and, where the CPU has fast
+    bf16, in bf16 autocast: a batch of rows is bound by arithmetic, where one row is
+    bound by reading the weights (and autocast would only add casts)."""
     threads = torch.get_num_threads()
-    wide = len(rows) > 1 and device.type == "cpu" and threads < (os.cpu_count() or 1)
-    if wide:
+    batch_on_cpu = len(rows) > 1 and device.type == "cpu"
+    more = batch_on_cpu and threads < (os.cpu_count() or 1)
+    if more:
         torch.set_num_threads(os.cpu_count())
     try:
-        with using(model, adapter):
+        with using(model, adapter), (autocast_for(device, "auto") if batch_on_cpu else nullcontext()):
             return _generate(model, tokenizer, rows, max_tokens, temperature, device, None, stopping, on_texts,
                              guard=True, row_cancelled=cancelled)
     finally:
-        if wide:
+        if more:
             torch.set_num_threads(threads)
 
 

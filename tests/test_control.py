@@ -87,6 +87,13 @@ def test_a_rollback_while_a_batch_trains_is_kept_and_the_batch_retrains_on_what_
     assert store.batch(2)["attempts"] == 1  # a retrain is not a failed attempt
 
 
+def _stops_within_5_s(proc: subprocess.Popen, what: str, sig: int = signal.SIGTERM) -> None:
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    assert proc.wait(timeout=30) == 0
+    assert time.monotonic() - t0 < 5, f"memzd took more than 5 s to stop {what}"
+
+
 def _subprocess_daemon(home: Path, tmp_path: Path) -> subprocess.Popen:
     log = open(tmp_path / "memzd.out", "wb")
     return subprocess.Popen([sys.executable, "-c", ENDLESS, "--home", str(home)], stdout=log, stderr=subprocess.STDOUT,
@@ -102,10 +109,7 @@ def test_a_signal_during_a_long_answer_stops_the_daemon_within_5_s(home, tmp_pat
                    == "idle", "the daemon to start")
         write_json_atomic(h.requests / "long.json", LONG_ANSWER)
         wait_until(lambda: control.partial_path(h, "long").exists(), "the answer to start streaming")
-        t0 = time.monotonic()
-        proc.send_signal(sig)
-        assert proc.wait(timeout=30) == 0
-        assert time.monotonic() - t0 < 5, "memzd took more than 5 s to stop mid-answer"
+        _stops_within_5_s(proc, "mid-answer", sig)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -202,10 +206,7 @@ def test_questions_are_answered_while_the_anchors_are_computed_and_sigterm_stops
         answer = control.ask(h, {"prompt": "Hi", "max_tokens": 3, "temperature": 0}, timeout=60)
         assert "response" in answer  # answered between two batches of anchors
         assert "anchors" in Store(h.db_path).get_json("activity")["text"]  # still computing them
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-        assert time.monotonic() - t0 < 5, "memzd took more than 5 s to stop while computing anchors"
+        _stops_within_5_s(proc, "while computing anchors")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -223,10 +224,7 @@ def test_sigterm_while_a_big_file_is_read_stops_within_5_s_and_loses_nothing(hom
         wait_until(lambda: control.daemon_pid(h), "the daemon to start")
         os.replace(home / "inbox" / ".big.tmp", home / "inbox" / "big.jsonl")
         wait_until(lambda: Store(h.db_path).example_count() > 0, "the file to be read")
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-        assert time.monotonic() - t0 < 5, "memzd took more than 5 s to stop while reading a file"
+        _stops_within_5_s(proc, "while reading a file")
     finally:
         if proc.poll() is None:
             proc.kill()
