@@ -116,6 +116,13 @@ def new_home(name: str, overrides: list[str], base_model: str | None) -> Path:
     return home
 
 
+def done_with(home: Path, keep: Path | None) -> None:
+    """Delete a run's home, copied under `keep` first when asked."""
+    if keep:
+        shutil.copytree(home, keep / home.name, dirs_exist_ok=True)
+    shutil.rmtree(home, ignore_errors=True)
+
+
 def run(mode: str, batches: list[list[dict]], locality: list[dict], overrides: list[str],
         base_model: str | None, keep: Path | None, verbose: bool) -> dict:
     home = new_home(mode, overrides, base_model)
@@ -167,9 +174,7 @@ def run(mode: str, batches: list[list[dict]], locality: list[dict], overrides: l
                 if not holds(a, k):
                     print(f"    miss: {q!r} -> {a!r} (want {k!r})")
     log.close()
-    if keep:
-        shutil.copytree(home, keep / home.name, dirs_exist_ok=True)
-    shutil.rmtree(home, ignore_errors=True)
+    done_with(home, keep)
     return {"mode": mode, "facts": len(all_facts), "locality_questions": len(known),
             "base_efficacy": base_efficacy, "rounds": rounds, "final": rounds[-1], "overrides": overrides}
 
@@ -231,6 +236,14 @@ AT_MOST = {"slowdown"}  # figures whose target is a ceiling
 _BASE_ANSWERS: dict[tuple, str] = {}  # (base model, question) -> its greedy answer, shared by the categories
 
 
+def base_answers(home: Path, questions: list[str], base_model: str | None, log) -> list[str]:
+    """The base model's greedy answers, asked once per base model for all categories
+    (`home` must not have learned anything yet)."""
+    fresh = [q for q in dict.fromkeys(questions) if (base_model, q) not in _BASE_ANSWERS]
+    _BASE_ANSWERS.update({(base_model, q): a for q, a in zip(fresh, ask_all(home, fresh, log) if fresh else [])})
+    return [_BASE_ANSWERS[base_model, q] for q in questions]
+
+
 def _probes(items: list[dict]) -> list[tuple[str, str, str]]:
     """(kind, question, expected) for everything a category asks after teaching."""
     out = []
@@ -269,9 +282,7 @@ def run_category(name: str, locality: list[dict], overrides: list[str], base_mod
     locality = [l for l in locality if l["question"] not in changed]
     loc_q = [l["question"] for l in locality]
     questions = loc_q + [q for _, q, _ in probes]
-    fresh = [q for q in dict.fromkeys(questions) if (base_model, q) not in _BASE_ANSWERS]
-    _BASE_ANSWERS.update({(base_model, q): a for q, a in zip(fresh, ask_all(home, fresh, log) if fresh else [])})
-    before = [_BASE_ANSWERS[base_model, q] for q in questions]
+    before = base_answers(home, questions, base_model, log)
     known = [(q, l["answer"]) for q, l, a in zip(loc_q, locality, before) if holds(a, l["answer"])]
     base_of = dict(zip(questions, before))
     drops = [[e for it in items for e in it["teach_old"]]] if any("teach_old" in it for it in items) else []
@@ -315,9 +326,7 @@ def run_category(name: str, locality: list[dict], overrides: list[str], base_mod
                                                 "adapter_retention_score", "adapter_anchor_ce_delta", "steps",
                                                 "n_examples", "train_seconds", "eval_seconds")}}
     log.close()
-    if keep:
-        shutil.copytree(home, keep / home.name, dirs_exist_ok=True)
-    shutil.rmtree(home, ignore_errors=True)
+    done_with(home, keep)
     return result
 
 
@@ -334,10 +343,8 @@ def run_growth(facts: list[dict], locality: list[dict], overrides: list[str], ba
     print(f"[growth] {len(facts)} facts in {len(batches)} batches: home {home}; asking the base model first",
           flush=True)
     loc_q = [l["question"] for l in locality]
-    fresh = [q for q in loc_q if (base_model, q) not in _BASE_ANSWERS]
-    _BASE_ANSWERS.update({(base_model, q): a for q, a in zip(fresh, ask_all(home, fresh, log) if fresh else [])})
-    known = [(l["question"], l["answer"]) for l in locality if holds(_BASE_ANSWERS[base_model, l["question"]],
-                                                                    l["answer"])]
+    known = [(q, l["answer"]) for q, l, a in zip(loc_q, locality, base_answers(home, loc_q, base_model, log))
+             if holds(a, l["answer"])]
     rounds = []
     for i, batch in enumerate(batches, 1):
         drop(home, f"growth-{i:02d}.jsonl", [t for f in batch for t in f["teach"]])
@@ -366,9 +373,7 @@ def run_growth(facts: list[dict], locality: list[dict], overrides: list[str], ba
     figures["slowdown"] = rounds[-1]["drop_to_live_s"] / rounds[0]["drop_to_live_s"]
     figures["work_slowdown"] = rounds[-1]["work_s"] / max(rounds[0]["work_s"], 1e-9)
     log.close()
-    if keep:
-        shutil.copytree(home, keep / home.name, dirs_exist_ok=True)
-    shutil.rmtree(home, ignore_errors=True)
+    done_with(home, keep)
     return {"category": "growth", "items": len(facts), "figures": figures, "counts": {k: len(v) for k, v in got.items()},
             "rounds": rounds, "metrics": {"batches": len(batches)}}
 
@@ -388,9 +393,7 @@ def run_safety(items: list[dict], overrides: list[str], base_model: str | None, 
         metrics[mode] = {"status": ck["status"], **{k: ck["metrics"].get(k) for k in (
             "recall", "anchor_ce_delta", "retention_score", "adapter_recall", "adapter_anchor_ce_delta",
             "adapter_retention_score", "eval_loss")}}
-        if keep:
-            shutil.copytree(home, keep / home.name, dirs_exist_ok=True)
-        shutil.rmtree(home, ignore_errors=True)
+        done_with(home, keep)
     return {"category": "safety", "items": len(items), "figures": figures, "metrics": metrics}
 
 
