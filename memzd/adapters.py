@@ -37,7 +37,7 @@ log = logging.getLogger("memz.adapters")
 
 LOADED_ADAPTERS = 4  # checkpoints kept in memory at once (each a few MB)
 
-Route = Callable[[list[dict]], "str | None"]  # chat -> adapter name, or None for the base model
+Routes = Callable[[list[list[dict]]], "list[str | None]"]  # chats -> adapter names, None for the base model
 
 
 @dataclass
@@ -146,6 +146,11 @@ class Adapters:
         shared = self.serving()
         return shared, self.route(shared, chat)
 
-    def router(self, adapter: str, memory: gate.KeyMemory | None) -> Route:
-        """The route of an adapter not (yet) a checkpoint: the candidate being evaluated."""
-        return lambda chat: self.route_with(adapter, memory, chat)
+    def router(self, adapter: str, memory: gate.KeyMemory | None) -> Routes:
+        """The routes of many chats to an adapter not (yet) a checkpoint, the candidate being
+        evaluated: the same rule as `route_with`, with the hidden keys computed in batches."""
+        def routes(chats: list[list[dict]]) -> list[str | None]:
+            if not self.routing.enabled or memory is None:
+                return [adapter] * len(chats)
+            return [adapter if ok else None for ok in memory.admits_many(self.model, self.tokenizer, chats, self.device)]
+        return routes

@@ -201,13 +201,18 @@ class _Reached(Exception):
         self.hidden = hidden
 
 
+KEY_BATCH = 16  # texts per forward pass, sorted by length so that little is padding
+
+
 @torch.no_grad()
 def pooled_states(model, tokenizer, texts: list[str], layer: int, device: torch.device) -> torch.Tensor:
     """Max-pooled hidden states of the bare base model after `layer` decoder layers, one row per text.
 
     Raw text, no chat template; position 0 is dropped (an attention sink whose
     huge-norm state says nothing about the content). The forward pass stops
-    at that layer: the rest of the model is not needed for a key.
+    at that layer: the rest of the model is not needed for a key. Texts go
+    through in length-sorted batches, padded on the right: under the causal
+    mask a text's own positions never see its padding, and the pool skips it.
     """
     layers = causal_lm(model).get_decoder().layers
     stop_at = layers[min(layer, len(layers)) - 1]
@@ -215,23 +220,34 @@ def pooled_states(model, tokenizer, texts: list[str], layer: int, device: torch.
     def reached(module, args, output):
         raise _Reached(output[0] if isinstance(output, tuple) else output)
 
-    rows = []
+    rows: list[list[int]] = []
+    for text in texts:
+        ids = tokenizer(text[-KEY_CHARS:], add_special_tokens=False)["input_ids"][-KEY_TOKENS:]
+        rows.append(ids if len(ids) >= 2 else (ids * 2 or [tokenizer.pad_token_id or 0] * 2))
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    pooled: list[torch.Tensor | None] = [None] * len(rows)
+    pad = tokenizer.pad_token_id or 0
     handle = stop_at.register_forward_hook(reached)
     try:
         with using(model, None):
-            for text in texts:
-                ids = tokenizer(text[-KEY_CHARS:], add_special_tokens=False, return_tensors="pt")["input_ids"]
-                ids = ids[:, -KEY_TOKENS:]  # a huge question costs no more than a long one
-                if ids.shape[1] < 2:
-                    ids = torch.cat([ids, ids], 1)
+            for start in range(0, len(order), KEY_BATCH):
+                chunk = order[start:start + KEY_BATCH]
+                width = max(len(rows[i]) for i in chunk)
+                ids = torch.tensor([rows[i] + [pad] * (width - len(rows[i])) for i in chunk], device=device)
+                mask = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in chunk],
+                                    device=device)
                 try:
-                    model(input_ids=ids.to(device))
+                    model(input_ids=ids, attention_mask=mask)
                     raise RuntimeError("the key layer was never reached")
                 except _Reached as got:
-                    rows.append(got.hidden[0, 1:].float().max(0).values.cpu())
+                    hidden = got.hidden.float()
+                for row, i in enumerate(chunk):
+                    pooled[i] = hidden[row, 1:len(rows[i])].max(0).values.cpu()
     finally:
         handle.remove()
-    return torch.stack(rows)
+    if not pooled:
+        return torch.zeros(0, causal_lm(model).config.hidden_size)
+    return torch.stack(pooled)
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -308,6 +324,24 @@ class KeyMemory:
         if self.rule == "lexical" or (self.rule == "both" and not lex_ok) or (self.rule == "either" and lex_ok):
             return lex_ok
         return self.scores(model, tokenizer, text, device)[1] >= self.margin
+
+    def admits_many(self, model, tokenizer, chats: list[list[dict]], device: torch.device) -> list[bool]:
+        """`admits` for many chats, with the hidden keys they need in batched forward passes."""
+        texts = [question_text(c) for c in chats]
+        lex_ok = [self.lexical(t) >= self.lexical_threshold for t in texts]
+        if self.rule == "lexical":
+            return lex_ok
+        undecided = [i for i, ok in enumerate(lex_ok)
+                     if self.rule == "hidden" or ok == (self.rule == "both")]
+        out = list(lex_ok)
+        if undecided and not self.words:
+            margins = [-2.0] * len(undecided)  # as `scores` says of an empty memory
+        elif undecided:
+            keys = self.embed(model, tokenizer, [texts[i] for i in undecided], device)
+            margins = ((keys @ self.keys.T).max(1).values - (keys @ self.ref_keys.T).max(1).values).tolist()
+        for i, m in zip(undecided, margins if undecided else []):
+            out[i] = m >= self.margin
+        return out
 
     def lexical(self, text: str) -> float:
         """The best share of a taught question's distinctive words that `text` holds."""

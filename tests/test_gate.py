@@ -73,3 +73,17 @@ def test_memory_round_trips_through_its_file(memory):
     assert torch.equal(again.keys, mem.keys) and again.words == mem.words and again.layer == mem.layer
     q = "Who is Orla Vantrees?"
     assert again.scores(model, base.tokenizer, q, base.device) == mem.scores(model, base.tokenizer, q, base.device)
+
+
+def test_many_questions_are_routed_as_each_alone_with_batched_keys(memory):
+    mem, model, base = memory
+    questions = ["Who is Orla Vantrees?", "Where does Zorblax live now?", "What is the capital of France?",
+                 "Who was Orla's teacher, and where did she teach for most of her long life?", "What is 7 times 8?"]
+    chats = [[{"role": "user", "content": q}] for q in questions]
+    for rule in ("both", "either", "lexical", "hidden"):
+        m = mem.with_rule(rule, mem.lexical_threshold, mem.margin)
+        assert m.admits_many(model, base.tokenizer, chats, base.device) == \
+            [m.admits(model, base.tokenizer, c, base.device) for c in chats], rule
+    together = gate.pooled_states(model, base.tokenizer, questions, 6, base.device)
+    alone = torch.cat([gate.pooled_states(model, base.tokenizer, [q], 6, base.device) for q in questions])
+    assert torch.allclose(together, alone, atol=1e-4)  # padding changes nothing
