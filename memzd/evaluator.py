@@ -14,15 +14,17 @@ alone, ungated, on its own batch and on the first ADAPTER_ANCHORS anchors:
 - adapter_forgetting_loss, adapter_anchor_ce_delta: its CE on those anchors,
   and that minus the base model's on the same anchors;
 - adapter_retention_score: share of those anchors whose greedy answer starts
-  as the base model's did (its first ADAPTER_ANSWER_TOKENS tokens).
-With no anchors, the forgetting figures are None, never zero.
+  with the base model's first ADAPTER_ANSWER_TOKENS tokens.
+Teacher forcing answers most of it: where every answer token is the model's
+first choice, greedy decoding gives that answer back, so only the other
+probes are generated. With no anchors, the forgetting figures are None, never zero.
 `verdict` turns the figures into a status under `evaluation.rollback_mode`.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -33,14 +35,12 @@ from .inference import greedy_answers
 from .lora import TRAIN, using
 from .tokens import Encoded, answer_loss, collate, encode
 
-Route = Callable[[list[dict]], "str | None"]  # chat -> adapter name, or None for the base
+Routes = Callable[[list[list[dict]]], "list[str | None]"]  # chats -> adapter names, None for the base
 
 # Anchors the adapter answers alone, ungated, per checkpoint: enough to tell a
-# wrecked adapter (CE up by 10+ nats, answers gone) from a sound one (0.7-1.9).
-# Its answers are generated only this many tokens long and compared with the
-# start of the base model's. Cost on the bundled model, one thread of a busy
-# 2-core CPU: 16 anchors with 48-token answers 12 s; 16 with 16 tokens 8.5 s
-# (CE 4.4 s, generation 4.1 s); 8 with 16 tokens about half that.
+# wrecked adapter (CE up by 10+ nats, answers gone) from a sound one (0.7-1.9),
+# in one teacher-forced pass; their answers are compared with the base model's
+# over the first ADAPTER_ANSWER_TOKENS tokens.
 ADAPTER_ANCHORS = 8
 ADAPTER_ANSWER_TOKENS = 16
 
@@ -55,6 +55,10 @@ class AnchorSet:
     base_ce: float           # the base model's mean CE on the reference answers
     base_ce_each: list[float]  # ...per anchor (mean over its answer tokens)
     n_tokens: list[int]        # answer tokens per anchor
+    # For the first ADAPTER_ANCHORS: how many tokens of its own greedy answer, text
+    # tokenised again, the base model gives back under teacher forcing (all of them,
+    # unless the text tokenises otherwise than it was generated).
+    base_first_miss: list[int] = field(default_factory=list)
 
 
 def normalize(text: str) -> str:
@@ -73,23 +77,46 @@ def _anchor_examples(anchors: list[Anchor], answers: list[str], tokenizer, max_l
             for a, ans in zip(anchors, answers)]
 
 
+@dataclass
+class Scored:
+    """One example under teacher forcing: its summed answer CE, its answer tokens, and how
+    many of them, from the first, were the model's first choice. When all were, greedy
+    decoding gives the answer back word for word, so it need not be generated to know."""
+
+    loss: float
+    tokens: int
+    first_miss: int
+
+    @property
+    def word_for_word(self) -> bool:
+        return self.first_miss >= self.tokens
+
+
 @torch.no_grad()
-def mean_ce(model, tokenizer, encoded: list[Encoded], adapter: str | None, device: torch.device,
-            batch_size: int = 16) -> tuple[float, list[float]]:
-    """Token-weighted mean CE over examples, and each example's own mean CE."""
-    per_example = [0.0] * len(encoded)
-    total, count = 0.0, 0
+def score(model, tokenizer, encoded: list[Encoded], adapter: str | None, device: torch.device,
+          batch_size: int = 16) -> list[Scored]:
+    """Each example's answer figures under `adapter`, in length-sorted batches."""
+    out: list[Scored | None] = [None] * len(encoded)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     with using(model, adapter):
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            batch = collate([encoded[i] for i in chunk], tokenizer.pad_token_id, device)
-            losses, counts, _ = answer_loss(model, batch, reduction="none")
-            for i, loss, n in zip(chunk, losses.tolist(), counts.tolist()):
-                per_example[i] = loss / max(n, 1)
-                total += loss
-                count += n
-    return total / max(count, 1), per_example
+            rows = answer_loss(model, collate([encoded[i] for i in chunk], tokenizer.pad_token_id, device),
+                               reduction="none")
+            for i, loss, n, first in zip(chunk, rows.loss.tolist(), rows.tokens.tolist(), rows.first_miss.tolist()):
+                out[i] = Scored(loss, n, first)
+    return out
+
+
+def _mean(scored: list[Scored]) -> float:
+    return sum(s.loss for s in scored) / max(sum(s.tokens for s in scored), 1)
+
+
+def mean_ce(model, tokenizer, encoded: list[Encoded], adapter: str | None, device: torch.device,
+            batch_size: int = 16) -> tuple[float, list[float]]:
+    """Token-weighted mean CE over examples, and each example's own mean CE."""
+    scored = score(model, tokenizer, encoded, adapter, device, batch_size)
+    return _mean(scored), [s.loss / max(s.tokens, 1) for s in scored]
 
 
 def prepare_anchor_set(model, tokenizer, anchors: list[Anchor], device: torch.device,
@@ -106,8 +133,13 @@ def prepare_anchor_set(model, tokenizer, anchors: list[Anchor], device: torch.de
         base_ce, each = mean_ce(model, tokenizer, encoded, None, device)
         cached = {"answers": answers, "base_greedy": greedy, "base_ce": base_ce, "base_ce_each": each,
                   "n_tokens": [e.n_answer for e in encoded]}
+    if "base_first_miss" not in cached:  # (also missing from caches written before it existed)
+        n = min(ADAPTER_ANCHORS, len(anchors))
+        own = score(model, tokenizer, _anchor_examples(anchors[:n], cached["base_greedy"][:n], tokenizer, max_len),
+                    None, device)
+        cached = {**cached, "base_first_miss": [s.first_miss for s in own]}
     return AnchorSet(anchors, cached["answers"], cached["base_greedy"], cached["base_ce"],
-                     cached["base_ce_each"], cached["n_tokens"]), cached
+                     cached["base_ce_each"], cached["n_tokens"], cached["base_first_miss"]), cached
 
 
 def forgetting_loss(model, tokenizer, anchor_set: AnchorSet, adapter: str | None, device: torch.device,
@@ -119,24 +151,32 @@ def forgetting_loss(model, tokenizer, anchor_set: AnchorSet, adapter: str | None
 
 
 def evaluate(model, tokenizer, device: torch.device, batch: list[dict], anchor_set: AnchorSet | None,
-             route: Route, max_len: int, max_tokens: int, *, cancelled=None, adapter: str = TRAIN) -> dict:
-    """All figures for one checkpoint: what is served (through `route`) and what
-    `adapter`, the trained adapter, does alone."""
+             routes: Routes, max_len: int, max_tokens: int, *, cancelled=None, adapter: str = TRAIN) -> dict:
+    """All figures for one checkpoint: what is served (through `routes`) and what
+    `adapter`, the trained adapter, does alone.
+
+    Teacher forcing comes first: one forward pass per route gives every loss and
+    tells which answers greedy decoding would give back word for word. Only the
+    others are generated, to see whether their answer still holds the taught one."""
     metrics: dict = {}
     chats = [to_chat(d) for d in batch]
     questions = [c[:-1] if c else [{"role": "user", "content": d["text"]}] for c, d in zip(chats, batch)]
-    routes = [route(q) for q in questions]  # one routing forward per question, reused below
+    route_of = routes(questions)  # the hidden keys of all questions in batched passes, reused below
     encoded = [encode(d, tokenizer, max_len) for d in batch]
-    metrics["eval_loss"] = _routed_ce(model, tokenizer, encoded, routes, device)[0]
-    probes = [(q, answer_of(d), r) for q, c, d, r in zip(questions, chats, batch, routes)
-              if c is not None and c[-1]["role"] == "assistant"]
+    served = _score_routed(model, tokenizer, encoded, route_of, device)
+    metrics["eval_loss"] = _mean(served)
+    probes = [i for i, c in enumerate(chats) if c is not None and c[-1]["role"] == "assistant"]
     if probes:
-        served = _recalled(model, tokenizer, device, [(c, e, r) for c, e, r in probes], cancelled)
-        # The adapter alone: probes it already answered are not generated again.
-        alone = [h for h, (_, _, r) in zip(served, probes) if r == adapter]
-        gated = [(c, e, adapter) for c, e, r in probes if r != adapter]
-        alone += _recalled(model, tokenizer, device, gated, cancelled) if gated else []
-        metrics["recall"] = sum(served) / len(probes)
+        def probe(i, how, scored):
+            return questions[i], answer_of(batch[i]), how, scored if not encoded[i].cut else None
+        hits = _recalled(model, tokenizer, device, [probe(i, route_of[i], served[i]) for i in probes], cancelled)
+        # The adapter alone: probes it already answered are not scored again.
+        gated = [i for i in probes if route_of[i] != adapter]
+        alone_scored = dict(zip(gated, score(model, tokenizer, [encoded[i] for i in gated], adapter, device)))
+        alone = _recalled(model, tokenizer, device,
+                          [probe(i, adapter, alone_scored.get(i, served[i])) for i in probes], cancelled,
+                          known={k: h for k, (i, h) in enumerate(zip(probes, hits)) if route_of[i] == adapter})
+        metrics["recall"] = sum(hits) / len(probes)
         metrics["adapter_recall"] = sum(alone) / len(probes)
     else:
         metrics["recall"] = metrics["adapter_recall"] = None
@@ -144,74 +184,99 @@ def evaluate(model, tokenizer, device: torch.device, batch: list[dict], anchor_s
         metrics.update(forgetting_loss=None, anchor_ce_delta=None, retention_score=None,
                        adapter_forgetting_loss=None, adapter_anchor_ce_delta=None, adapter_retention_score=None)
         return metrics
-    metrics.update(_adapter_alone(model, tokenizer, device, anchor_set, adapter, max_len, max_tokens, cancelled))
-    anchor_routes = [route(a.chat) for a in anchor_set.anchors]
+    metrics.update(_adapter_alone(model, tokenizer, device, anchor_set, adapter, max_len, cancelled))
+    anchor_routes = routes([a.chat for a in anchor_set.anchors])
     # The base model's losses are cached: only anchors the adapter answers need a forward pass.
     total = sum(ce * n for ce, n, r in zip(anchor_set.base_ce_each, anchor_set.n_tokens, anchor_routes) if r is None)
     count = sum(n for n, r in zip(anchor_set.n_tokens, anchor_routes) if r is None)
     routed_idx = [i for i, r in enumerate(anchor_routes) if r is not None]
+    kept = len(anchor_routes) - len(routed_idx)  # an anchor routed to the base answers exactly as it did
     if routed_idx:
         enc = _anchor_examples([anchor_set.anchors[i] for i in routed_idx],
                                [anchor_set.answers[i] for i in routed_idx], tokenizer, max_len)
-        ce, n = _routed_ce(model, tokenizer, enc, [anchor_routes[i] for i in routed_idx], device)
-        total, count = total + ce * n, count + n
+        scored = _score_routed(model, tokenizer, enc, [anchor_routes[i] for i in routed_idx], device)
+        total, count = total + sum(s.loss for s in scored), count + sum(s.tokens for s in scored)
+        # Unchanged when teacher forcing gives the base model's own answer back; the rest are generated.
+        unsure: dict = {}
+        for i, s in zip(routed_idx, scored):
+            if s.word_for_word and anchor_set.answers[i] == anchor_set.base_greedy[i]:
+                kept += 1
+            else:
+                unsure.setdefault(anchor_routes[i], []).append(i)
+        for name, idx in unsure.items():
+            outs = greedy_answers(model, tokenizer, [anchor_set.anchors[i].chat for i in idx], adapter=name,
+                                  device=device, max_tokens=max_tokens, cancelled=cancelled)
+            kept += sum(normalize(o) == normalize(anchor_set.base_greedy[i]) for o, i in zip(outs, idx))
     metrics["forgetting_loss"] = total / max(count, 1)
     metrics["anchor_ce_delta"] = metrics["forgetting_loss"] - anchor_set.base_ce
-    # An anchor routed to the base model answers exactly as the base did: only
-    # the ones the adapter answers need generating.
-    kept = len(anchor_routes) - len(routed_idx)
-    by_adapter: dict = {}
-    for i in routed_idx:
-        by_adapter.setdefault(anchor_routes[i], []).append(i)
-    for name, idx in by_adapter.items():
-        outs = greedy_answers(model, tokenizer, [anchor_set.anchors[i].chat for i in idx], adapter=name,
-                              device=device, max_tokens=max_tokens, cancelled=cancelled)
-        kept += sum(normalize(o) == normalize(anchor_set.base_greedy[i]) for o, i in zip(outs, idx))
     metrics["retention_score"] = kept / len(anchor_set.anchors)
     metrics["anchors_routed_to_adapter"] = len(routed_idx)
     return metrics
 
 
-def _recalled(model, tokenizer, device, probes: list[tuple[list[dict], str, "str | None"]],
-              cancelled) -> list[bool]:
-    """For each (chat, expected answer, adapter): does that adapter's greedy answer hold it?"""
-    hits = [False] * len(probes)
+def _recalled(model, tokenizer, device, probes: list[tuple[list[dict], str, "str | None", "Scored | None"]],
+              cancelled, known: dict[int, bool] | None = None) -> list[bool]:
+    """For each (chat, expected answer, adapter, its teacher-forced figures): does that
+    adapter's greedy answer hold the expected one? A word-for-word answer does; `known`
+    gives some by their index; the rest are generated."""
+    known = dict(known or {})
+    for i, (_, _, _, scored) in enumerate(probes):
+        if i not in known and scored is not None and scored.word_for_word:
+            known[i] = True
     by_route: dict = {}
-    for i, (_, _, adapter) in enumerate(probes):
-        by_route.setdefault(adapter, []).append(i)
+    for i, (_, _, adapter, _) in enumerate(probes):
+        if i not in known:
+            by_route.setdefault(adapter, []).append(i)
     for adapter, idx in by_route.items():
         longest = max(len(tokenizer(probes[i][1], add_special_tokens=False)["input_ids"]) for i in idx)
         outs = greedy_answers(model, tokenizer, [probes[i][0] for i in idx], adapter=adapter,
                               device=device, max_tokens=min(longest + 8, 256), cancelled=cancelled)
         for i, out in zip(idx, outs):
-            hits[i] = holds(out, probes[i][1])
-    return hits
+            known[i] = holds(out, probes[i][1])
+    return [known[i] for i in range(len(probes))]
 
 
 def _adapter_alone(model, tokenizer, device, anchor_set: AnchorSet, adapter: str, max_len: int,
-                   max_tokens: int, cancelled) -> dict:
-    """The adapter's own drift on the first ADAPTER_ANCHORS anchors, ungated."""
+                   cancelled) -> dict:
+    """The adapter's own drift on the first ADAPTER_ANCHORS anchors, ungated: its CE on
+    their reference answers, and whether its greedy answer starts as the base model's."""
     n = min(ADAPTER_ANCHORS, len(anchor_set.anchors))
-    loss = forgetting_loss(model, tokenizer, anchor_set, adapter, device, max_len, limit=n)
+    anchors = anchor_set.anchors[:n]
+    scored = score(model, tokenizer, _anchor_examples(anchors, anchor_set.answers[:n], tokenizer, max_len),
+                   adapter, device)
+    same = [i for i in range(n) if anchor_set.answers[i] == anchor_set.base_greedy[i]]
+    if len(same) < n:  # given reference answers: the base model's own are scored apart
+        scored_own = score(model, tokenizer, _anchor_examples(anchors, anchor_set.base_greedy[:n], tokenizer,
+                                                               max_len), adapter, device)
+    else:
+        scored_own = scored
+    loss = _mean(scored)
     tokens = anchor_set.n_tokens[:n]
     base = sum(ce * t for ce, t in zip(anchor_set.base_ce_each[:n], tokens)) / max(sum(tokens), 1)
-    outs = greedy_answers(model, tokenizer, [a.chat for a in anchor_set.anchors[:n]], adapter=adapter,
-                          device=device, max_tokens=min(max_tokens, ADAPTER_ANSWER_TOKENS), cancelled=cancelled)
-    kept = sum(normalize(g).startswith(normalize(o)) for o, g in zip(outs, anchor_set.base_greedy[:n]))
+    # Kept where the adapter's first choices give the base model's answer back. Where they
+    # do not, but the base model's do (its answer tokenises as it was generated), the
+    # greedy answers part there: not kept. Only the rest are generated and compared.
+    wanted = [min(s.tokens, ADAPTER_ANSWER_TOKENS) for s in scored_own]
+    base_gives = [i < len(anchor_set.base_first_miss) and anchor_set.base_first_miss[i] >= w
+                  for i, w in enumerate(wanted)]
+    kept = sum(s.first_miss >= w for s, w in zip(scored_own, wanted))
+    unsure = [i for i in range(n) if scored_own[i].first_miss < wanted[i] and not base_gives[i]]
+    if unsure:
+        outs = greedy_answers(model, tokenizer, [anchors[i].chat for i in unsure], adapter=adapter, device=device,
+                              max_tokens=ADAPTER_ANSWER_TOKENS, cancelled=cancelled)
+        kept += sum(normalize(anchor_set.base_greedy[i]).startswith(normalize(o)) for o, i in zip(outs, unsure))
     return {"adapter_forgetting_loss": loss, "adapter_anchor_ce_delta": loss - base,
             "adapter_retention_score": kept / n, "adapter_anchors": n}
 
 
-def _routed_ce(model, tokenizer, encoded: list[Encoded], routes: list, device) -> tuple[float, int]:
-    total, count = 0.0, 0
+def _score_routed(model, tokenizer, encoded: list[Encoded], routes: list, device) -> list[Scored]:
+    """Each example scored under its own route (one pass per adapter)."""
+    out: list[Scored | None] = [None] * len(encoded)
     for adapter in set(routes):
         idx = [i for i, r in enumerate(routes) if r == adapter]
-        sub = [encoded[i] for i in idx]
-        ce, _ = mean_ce(model, tokenizer, sub, adapter, device)
-        n = sum(e.n_answer for e in sub)
-        total += ce * n
-        count += n
-    return total / max(count, 1), count
+        for i, s in zip(idx, score(model, tokenizer, [encoded[i] for i in idx], adapter, device)):
+            out[i] = s
+    return out
 
 
 def verdict_reasons(metrics: dict, cfg) -> list[str]:

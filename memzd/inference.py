@@ -12,7 +12,7 @@ to max_tokens.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Callable
 
 import torch
@@ -163,17 +163,24 @@ def answer_batch(model, tokenizer, rows: list[list[int]], *, adapter: str | None
     torch's threads for training, which waits meanwhile) and, where the CPU has fast
     bf16, in bf16 autocast: a batch of rows is bound by arithmetic, where one row is
     bound by reading the weights (and autocast would only add casts)."""
-    threads = torch.get_num_threads()
     batch_on_cpu = len(rows) > 1 and device.type == "cpu"
-    more = batch_on_cpu and threads < (os.cpu_count() or 1)
-    if more:
-        torch.set_num_threads(os.cpu_count())
+    with (all_cores() if batch_on_cpu else nullcontext()), using(model, adapter), \
+            (autocast_for(device, "auto") if batch_on_cpu else nullcontext()):
+        return _generate(model, tokenizer, rows, max_tokens, temperature, device, None, stopping, on_texts,
+                         guard=True, row_cancelled=cancelled)
+
+
+@contextmanager
+def all_cores():
+    """Every CPU core for torch while inside, whatever `training.threads` caps it to:
+    for batched work that the training waits on (answers, the checks after training)."""
+    threads, cores = torch.get_num_threads(), os.cpu_count() or 1
+    if threads < cores:
+        torch.set_num_threads(cores)
     try:
-        with using(model, adapter), (autocast_for(device, "auto") if batch_on_cpu else nullcontext()):
-            return _generate(model, tokenizer, rows, max_tokens, temperature, device, None, stopping, on_texts,
-                             guard=True, row_cancelled=cancelled)
+        yield
     finally:
-        if more:
+        if threads < cores:
             torch.set_num_threads(threads)
 
 

@@ -40,7 +40,7 @@ from .config import Config, Home
 from .evaluator import (AnchorSet, evaluate, forgetting_loss, holds, prepare_anchor_set, verdict,
                         verdict_reasons)
 from .examples import answer_of, expand, to_chat
-from .inference import Cancelled, greedy_answers
+from .inference import Cancelled, all_cores, greedy_answers
 from .model import cache_root
 from .store import CheckpointRow, ParentMoved, Store, utcnow
 from .tokens import encode
@@ -118,8 +118,9 @@ class _Steps(TrainCallback):
         every = l.config.training.eval_every
         if self.anchor_set and every and step % every == 0:
             a = l.adapters
-            fl = forgetting_loss(a.model, a.tokenizer, self.anchor_set, lora.TRAIN, a.device,
-                                 l.config.training.max_seq_len, limit=TRAINING_CURVE_ANCHORS)
+            with all_cores():
+                fl = forgetting_loss(a.model, a.tokenizer, self.anchor_set, lora.TRAIN, a.device,
+                                     l.config.training.max_seq_len, limit=TRAINING_CURVE_ANCHORS)
             l.store.add_metric(self.batch_id, step, "forgetting_loss", fl)
         self.hooks.activity(f"training batch {self.batch_id}: step {step}/{self.total}, loss {loss:.4f}")
         log.info("batch %d step %d/%d loss %.4f (%.1fs)", self.batch_id, step, self.total, loss,
@@ -205,21 +206,23 @@ class Learner:
         else:  # forgetting notes only: the parent's weights, without their keys
             result = TrainResult()
         hooks.activity(f"evaluating batch {batch_id}")
-        if forgetting:
-            memory = self._forget_keys(parent_memory, forgotten)
-        else:
-            memory = self._memory(parent_memory, examples)
-        try:
-            metrics = evaluate(a.model, a.tokenizer, a.device, examples, anchor_set, a.router(lora.TRAIN, memory),
-                               cfg.training.max_seq_len, cfg.evaluation.anchor_max_tokens, cancelled=hooks.stop.is_set)
-        except Cancelled:
-            raise Interrupted() from None
+        with all_cores():  # the checks are batched work that nothing else waits on but answers
+            if forgetting:
+                memory = self._forget_keys(parent_memory, forgotten)
+            else:
+                memory = self._memory(parent_memory, examples)
+            try:
+                metrics = evaluate(a.model, a.tokenizer, a.device, examples, anchor_set,
+                                   a.router(lora.TRAIN, memory), cfg.training.max_seq_len,
+                                   cfg.evaluation.anchor_max_tokens, cancelled=hooks.stop.is_set)
+            except Cancelled:
+                raise Interrupted() from None
+            if forgotten:
+                metrics["forgotten_gone"] = self._gone(forgotten, a.router(lora.TRAIN, memory), hooks)
         metrics.update(n_examples=len(examples), n_cut=len(cut),
                        finetune_loss=result.losses[-1] if result.losses else None, steps=len(result.losses),
                        train_seconds=round(result.seconds, 2), trained_tokens=result.tokens,
                        eval_seconds=round(time.perf_counter() - t0 - result.seconds, 2))
-        if forgotten:
-            metrics["forgotten_gone"] = self._gone(forgotten, a.router(lora.TRAIN, memory), hooks)
         status = verdict(metrics, cfg.evaluation)
         if status != "stable":  # say why, where the user looks
             self.store.log_event("verdict", f"batch {batch_id}: {status}: "
@@ -267,7 +270,7 @@ class Learner:
         return parent_memory.without(a.model, a.tokenizer, questions, a.device).with_rule(
             r.rule, r.lexical_threshold, r.margin)
 
-    def _gone(self, forgotten: list[dict], route, hooks: Hooks) -> float | None:
+    def _gone(self, forgotten: list[dict], routes, hooks: Hooks) -> float | None:
         """Share of the forgotten examples whose answer the new checkpoint no longer gives."""
         a = self.adapters
         probes = [(q, answer_of(e)) for e, q in zip(forgotten, self._questions(forgotten)) if to_chat(e)]
@@ -275,8 +278,8 @@ class Learner:
             return None
         gone = 0
         try:
-            for q, old in probes:
-                said = greedy_answers(a.model, a.tokenizer, [q], adapter=route(q), device=a.device,
+            for (q, old), adapter in zip(probes, routes([q for q, _ in probes])):
+                said = greedy_answers(a.model, a.tokenizer, [q], adapter=adapter, device=a.device,
                                       max_tokens=64, cancelled=hooks.stop.is_set)[0]
                 gone += not holds(said, old)
         except Cancelled:

@@ -202,6 +202,7 @@ class RowLoss(NamedTuple):
     loss: torch.Tensor
     tokens: torch.Tensor
     all_top1: torch.Tensor
+    first_miss: torch.Tensor  # how many answer tokens, from the first, were the first choice
 
 
 CE_ROWS = 16  # logit rows per chunk on the CPU: 16 x 49k fp32 stays in cache
@@ -278,6 +279,13 @@ def answer_loss(model, batch: Batch, reduction: str = "sum", hidden=None):
     if reduction == "none":
         owner = batch.owner[:, 1:][keep]
         zeros = torch.zeros(batch.n_examples, device=token_loss.device)
-        return RowLoss(zeros.index_add(0, owner, token_loss), torch.bincount(owner, minlength=batch.n_examples),
-                       zeros.index_add(0, owner, (~top1).float()) == 0)
+        counts = torch.bincount(owner, minlength=batch.n_examples)
+        # An example's answer tokens lie together, in order: a token's place in its
+        # answer is its index less the index of its answer's first token.
+        index = torch.arange(owner.numel(), device=owner.device)
+        start = torch.full_like(counts, owner.numel()).scatter_reduce(0, owner, index, "amin")
+        place = index - start[owner]
+        first_miss = counts.clone().scatter_reduce(0, owner, torch.where(top1, counts[owner], place), "amin")
+        return RowLoss(zeros.index_add(0, owner, token_loss), counts,
+                       zeros.index_add(0, owner, (~top1).float()) == 0, first_miss)
     return token_loss.sum(), n

@@ -181,3 +181,48 @@ def test_new_evaluation_keys_are_checked_by_name():
         EvaluationConfig(min_recall=1.5)
     with pytest.raises(ConfigError, match="evaluation.adapter_delta"):
         EvaluationConfig(adapter_delta=-1)
+
+
+def test_teacher_forcing_gives_the_figures_that_generating_the_answers_gives(tiny_model_dir):
+    """Recall and the adapter's retention are read from one teacher-forced pass where it
+    can tell; they must be what generating every answer would say."""
+    import torch
+
+    from memzd import lora
+    from memzd.anchors import Anchor
+    from memzd.config import Config
+    from memzd.evaluator import ADAPTER_ANSWER_TOKENS, evaluate, holds, normalize, prepare_anchor_set
+    from memzd.inference import greedy_answers
+    from memzd.model import load_base
+    from memzd.tokens import encode
+    from memzd.trainer import train
+
+    base = load_base(str(tiny_model_dir))
+    cfg = Config()
+    model = lora.wrap(base.model, cfg.lora)
+    anchors = [Anchor([{"role": "user", "content": p}]) for p in
+               ("What is the capital of France?", "What is 2 + 2?", "Say hello.", "Name a colour.")]
+    anchor_set, _ = prepare_anchor_set(model, base.tokenizer, anchors, base.device, 24, 512)
+    taught = FACTS + [{"input": "What does Kestrel guard?", "output": "Kestrel guards the north gate."}]
+    lora.start_training(model, cfg.lora, None)
+    everything = lambda chats: [lora.TRAIN] * len(chats)
+    fresh = evaluate(model, base.tokenizer, base.device, FACTS, anchor_set, everything, 512, 24)
+    assert fresh["adapter_retention_score"] == fresh["retention_score"] == 1.0  # B = 0: still the base model
+    cfg.training.lr, cfg.training.max_steps, cfg.training.stop_loss = 2e-2, 30, 0.0
+    torch.manual_seed(0)
+    train(model, [encode(e, base.tokenizer, 512) for e in taught[:2]], cfg.training,
+          pad_id=base.tokenizer.pad_token_id, device=base.device)  # the third is never taught
+    m = evaluate(model, base.tokenizer, base.device, taught, anchor_set, everything, 512, 24)
+
+    questions = [[{"role": "user", "content": e["input"]}] for e in taught]
+    said = greedy_answers(model, base.tokenizer, questions, adapter=lora.TRAIN, device=base.device, max_tokens=40)
+    hits = [holds(s, e["output"]) for s, e in zip(said, taught)]
+    assert hits[:2] == [True, True]  # learned: found by teacher forcing alone
+    assert m["recall"] == m["adapter_recall"] == sum(hits) / 3
+    starts = greedy_answers(model, base.tokenizer, [a.chat for a in anchors], adapter=lora.TRAIN,
+                            device=base.device, max_tokens=ADAPTER_ANSWER_TOKENS)
+    kept = [normalize(g).startswith(normalize(o)) for o, g in zip(starts, anchor_set.base_greedy)]
+    assert m["adapter_retention_score"] == sum(kept) / len(anchors)
+    full = greedy_answers(model, base.tokenizer, [a.chat for a in anchors], adapter=lora.TRAIN,
+                          device=base.device, max_tokens=24)
+    assert m["retention_score"] == sum(normalize(o) == normalize(g) for o, g in zip(full, anchor_set.base_greedy)) / 4

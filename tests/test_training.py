@@ -145,6 +145,8 @@ def test_row_loss_flags_an_answer_token_the_model_would_not_pick(base):
         top1 = logits[r, :-1][keep].argmax(-1) == labels[r, 1:][keep]
         assert bool(rows.all_top1[r]) == bool(top1.all())
         assert int(rows.tokens[r]) == int(keep.sum())
+        misses = (~top1).nonzero()
+        assert int(rows.first_miss[r]) == (int(misses[0]) if len(misses) else int(keep.sum()))
     assert not rows.all_top1.all()  # an untrained model misses some of the answer
 
 
