@@ -86,8 +86,9 @@ class TrainingConfig:
     seed: int = _help("Seed for shuffling, dropout and anchor sampling.", 0)
     stop_loss: float = _help("Stop after the first epoch in which every example's answer loss is below this and every answer token is the model's top choice (0: never).", 0.1)
     replay: int = _help("Earlier examples of the lineage mixed into every epoch (drawn afresh), so they are not erased.", 20)
-    threads: int = _help("CPU threads for torch (0: torch's default). 1 keeps a shared 2-core machine responsive; "
-                         "several answers generated together use every core while training waits.", 1)
+    threads: int = _help("CPU threads for training (0: every core). 1 leaves the other cores to other work on "
+                         "a shared machine; the checks after training and several answers generated together "
+                         "use every core whatever this says.", 0)
     precision: Literal["auto", "fp32", "bf16"] = _help("Training math: auto is bf16 on cuda and on CPUs with AVX512-BF16/AMX, fp32 elsewhere.", "auto")
 
     def __post_init__(self):
