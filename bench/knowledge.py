@@ -173,10 +173,34 @@ def run(mode: str, batches: list[list[dict]], locality: list[dict], overrides: l
                                taught_k + para_k + [k for _, k in known]):
                 if not holds(a, k):
                     print(f"    miss: {q!r} -> {a!r} (want {k!r})")
+    rounds[-1].update(ungated(home, known, log, verbose))
+    print(f"[{mode}] the adapter alone (routing.enabled: false): locality {rounds[-1]['ungated_locality']:.2f} "
+          f"on {len(known)} questions, {_f(rounds[-1]['ungated_locality_held_out'])} on the "
+          f"{rounds[-1]['held_out_questions']} of them that are not anchors", flush=True)
     log.close()
     done_with(home, keep)
     return {"mode": mode, "facts": len(all_facts), "locality_questions": len(known),
             "base_efficacy": base_efficacy, "rounds": rounds, "final": rounds[-1], "overrides": overrides}
+
+
+def ungated(home: Path, known: list[tuple[str, str]], log, verbose: bool) -> dict:
+    """Issue 12.4: the general questions asked again with routing off, so that the
+    adapter alone answers every one; also on those that are not among the anchors
+    (which the learner may train on to keep general answers)."""
+    config = yaml.safe_load((home / "config.yaml").read_text())
+    config.setdefault("routing", {})["enabled"] = False
+    (home / "config.yaml").write_text(yaml.safe_dump(config))
+    answers = ask_all(home, [q for q, _ in known], log)
+    anchor_prompts = {json.loads(line)["prompt"] for line in (REPO / "memzd" / "defaults" / "anchors"
+                                                             / "default.jsonl").read_text().splitlines() if line}
+    held = [i for i, (q, _) in enumerate(known) if q not in anchor_prompts]
+    if verbose:
+        for (q, k), a in zip(known, answers):
+            if not holds(a, k):
+                print(f"    ungated miss: {q!r} -> {a!r} (want {k!r})")
+    return {"ungated_locality": score(answers, [k for _, k in known]),
+            "ungated_locality_held_out": score([answers[i] for i in held], [known[i][1] for i in held]) if held
+            else None, "held_out_questions": len(held)}
 
 
 def _f(v) -> str:

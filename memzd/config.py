@@ -86,6 +86,8 @@ class TrainingConfig:
     seed: int = _help("Seed for shuffling, dropout and anchor sampling.", 0)
     stop_loss: float = _help("Stop after the first epoch in which every example's answer loss is below this and every answer token is the model's top choice (0: never).", 0.1)
     replay: int = _help("Earlier examples of the lineage mixed into every epoch (drawn afresh), so they are not erased.", 20)
+    general: int = _help("General prompts with the base model's own answers (the anchors, less the first 8 that "
+                         "measure the adapter alone) mixed into every epoch, so that the adapter keeps them.", 0)
     threads: int = _help("CPU threads for training (0: every core). 1 leaves the other cores to other work on "
                          "a shared machine; the checks after training and several answers generated together "
                          "use every core whatever this says.", 0)
@@ -99,6 +101,7 @@ class TrainingConfig:
         _check(self.eval_every >= 0, "training.eval_every", "an integer >= 0")
         _check(math.isfinite(self.stop_loss) and self.stop_loss >= 0, "training.stop_loss", "a number >= 0")
         _check(self.replay >= 0, "training.replay", "an integer >= 0")
+        _check(self.general >= 0, "training.general", "an integer >= 0")
         _check(0 <= self.threads <= 1024, "training.threads", "an integer from 0 to 1024")
 
 

@@ -37,7 +37,7 @@ from . import gate, lora
 from .adapters import Adapters
 from .checkpoints import check_state, new_id, write_checkpoint
 from .config import Config, Home
-from .evaluator import (AnchorSet, evaluate, forgetting_loss, holds, prepare_anchor_set, verdict,
+from .evaluator import (ADAPTER_ANCHORS, AnchorSet, evaluate, forgetting_loss, holds, prepare_anchor_set, verdict,
                         verdict_reasons)
 from .examples import answer_of, expand, to_chat
 from .inference import Cancelled, all_cores, greedy_answers
@@ -147,7 +147,12 @@ class Learner:
                  base_info: dict | None = None):
         self.home, self.store, self.config, self.adapters = home, store, config, adapters
         self.base_name, self.base_info = base_name, base_info or {}
-        self.anchors = Anchors(config, home, adapters, base_name)
+        # The base model's anchor answers depend on its precision too: a bf16 or quantised
+        # base has its own cache entry (an fp32 one keeps the name alone, as before).
+        precision = [v for v in (self.base_info.get("dtype"), self.base_info.get("quantization"))
+                     if v not in (None, "fp32", "none")]
+        self.anchors = Anchors(config, home, adapters, "@".join([base_name, *precision]))
+        self._general_cache = None
 
     def learn(self, batch_id: int, hooks: Hooks) -> str:
         """Train, evaluate and commit one batch; returns the new checkpoint's id.
@@ -202,7 +207,8 @@ class Learner:
                  len(replay), parent or "the base model")
         if encoded:
             result = train(a.model, encoded, cfg.training, pad_id=a.tokenizer.pad_token_id, device=a.device,
-                           callback=_Steps(self, batch_id, hooks, anchor_set), replay=replayed)
+                           callback=_Steps(self, batch_id, hooks, anchor_set), replay=replayed,
+                           general=self._general(anchor_set))
         else:  # forgetting notes only: the parent's weights, without their keys
             result = TrainResult()
         hooks.activity(f"evaluating batch {batch_id}")
@@ -231,6 +237,19 @@ class Learner:
         log.info("batch %d done in %.1fs: %s", batch_id, time.perf_counter() - t0,
                  ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         return ckpt
+
+    def _general(self, anchor_set: AnchorSet | None):
+        """The anchors with the base model's own answers, to keep (training.general): all
+        but the first ADAPTER_ANCHORS, which measure the adapter alone and stay unseen."""
+        if not self.config.training.general or anchor_set is None:
+            return []
+        if self._general_cache is None or self._general_cache[0] is not anchor_set:
+            chats = [a.chat + [{"role": "assistant", "content": ans}]
+                     for a, ans in zip(anchor_set.anchors[ADAPTER_ANCHORS:], anchor_set.base_greedy[ADAPTER_ANCHORS:])
+                     if ans]
+            self._general_cache = (anchor_set, [encode({"messages": c}, self.adapters.tokenizer,
+                                                       self.config.training.max_seq_len) for c in chats])
+        return self._general_cache[1]
 
     def _memory(self, parent_memory, examples) -> gate.KeyMemory | None:
         """The parent's key memory extended with this batch's questions (None: routing off)."""

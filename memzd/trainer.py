@@ -130,9 +130,14 @@ def _split(epoch: list[int], per_step: int) -> list[list[int]]:
     return [epoch[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
-def learned(rows: RowLoss, stop_loss: float) -> bool:
-    """Has every row been learned: each answer token the model's top choice,
-    and the row's mean answer loss below `stop_loss`?"""
+def learned(rows: RowLoss, stop_loss: float, which: list[bool] | None = None) -> bool:
+    """Has every row (of those `which` marks) been learned: each answer token the
+    model's top choice, and the row's mean answer loss below `stop_loss`?"""
+    if which is not None:
+        keep = torch.tensor(which, device=rows.loss.device)
+        if not keep.any():
+            return True
+        rows = RowLoss(*(field[keep] for field in rows))
     return bool(rows.all_top1.all()) and (rows.loss.detach() / rows.tokens.clamp(min=1)).max().item() < stop_loss
 
 
@@ -211,13 +216,16 @@ class Passes:
 
 def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
           device: torch.device, callback: TrainCallback | None = None,
-          replay: list[Encoded] = (), levers: Levers = Levers()) -> TrainResult:
+          replay: list[Encoded] = (), general: list[Encoded] = (), levers: Levers = Levers()) -> TrainResult:
     """Run up to cfg.max_steps AdamW steps on the trainable parameters of `model`.
 
     Every setting comes from `cfg` (precision, stop_loss, replay per epoch);
     the keyword arguments are data and plumbing, not settings. An epoch is
     every example plus `cfg.replay` examples drawn afresh from `replay`
-    (earlier batches, so that they are not erased). A step covers
+    (earlier batches, so that they are not erased) and `cfg.general` drawn
+    afresh from `general` (general prompts with the base model's own answers,
+    so that the adapter keeps them; they are never required to be learned,
+    only kept near where they are). A step covers
     batch_size * grad_accum of them, and its loss is averaged over answer
     tokens. The run stops after the first epoch in which every example's loss
     was below `stop_loss` and every answer token was the model's top choice
@@ -238,7 +246,8 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.max_steps) / cfg.max_steps)))
     rng = random.Random(cfg.seed)
-    pool = list(examples) + list(replay)
+    pool = list(examples) + list(replay) + list(general)
+    first_general = len(examples) + len(replay)
     passes = Passes(model, pool, pad_id, device, precision, levers)
     per_step = max(1, min(cfg.batch_size * cfg.grad_accum, len(examples)))
     steps: list[list[int]] = []  # the rest of this epoch, step by step
@@ -252,9 +261,14 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
             raise Interrupted()
         if not steps:
             epoch = _epoch(len(examples), len(replay), replay_per_epoch, rng)
+            if general and cfg.general:
+                epoch += [first_general + i for i in rng.sample(range(len(general)), min(cfg.general, len(general)))]
+                rng.shuffle(epoch)
             steps = _split(epoch, per_step)
             epoch_learned = True
-        chosen = [pool[i] for i in steps.pop(0)]
+        picked = steps.pop(0)
+        chosen = [pool[i] for i in picked]
+        to_learn = {id(pool[i]) for i in picked if i < first_general}
         n_answer = sum(e.n_answer for e in chosen)
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
@@ -267,7 +281,7 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
                 (loss / max(n_answer, 1)).backward()
             total += loss.item()
             if stop_loss and epoch_learned:
-                epoch_learned = learned(rows, stop_loss)
+                epoch_learned = learned(rows, stop_loss, [id(e) in to_learn for e in mb])
             result.tokens += sum(len(e.input_ids) for e in mb)
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # clip the global grad norm at 1.0
         optimizer.step()
@@ -282,7 +296,7 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
         # The epoch's figures were taken before each step's update, and a later
         # update can undo an earlier example: confirm on the weights as they are now.
         if (stop_loss and not steps and epoch_learned
-                and passes.recalled([pool[i] for i in epoch], stop_loss)):
+                and passes.recalled([pool[i] for i in epoch if i < first_general], stop_loss)):
             result.stopped_early = True  # every example of this epoch is learned
             break
     model.eval()

@@ -113,6 +113,10 @@ def test_base_answers_to_anchors_are_cached(home, tmp_path):
     drop(home, "b.jsonl", FACTS[1:])
     run_once(home)
     assert cache.stat().st_mtime_ns == stamp  # reused, not recomputed
+    write_config(home, base_dtype="bf16")  # another precision answers otherwise: its own entry
+    drop(home, "c.jsonl", FACTS[:1])
+    run_once(home)
+    assert len(list((tmp_path / "cache" / "anchors").glob("anchors-*.json"))) == 2
 
 
 def test_the_adapter_is_measured_alone_as_well_as_through_the_gate(home):

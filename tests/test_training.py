@@ -17,7 +17,7 @@ from memzd.errors import CheckpointError
 from memzd.inference import greedy_answers
 from memzd.model import load_base
 from memzd.prefix import FrozenPrefix
-from memzd.trainer import Levers, Passes, autocast_for, train
+from memzd.trainer import Levers, Passes, TrainCallback, autocast_for, learned, train
 
 EXAMPLES = [{"input": "Who is Orla?", "output": "Orla keeps a cat named Biscuit."},
             {"prompt": "Where is Zorblax?", "completion": "Zorblax lives on Mars."}]
@@ -194,6 +194,42 @@ def test_training_stops_once_greedy_decoding_gives_every_answer_back(base):
     chats = [[{"role": "user", "content": "Who is Orla?"}], [{"role": "user", "content": "Where is Zorblax?"}]]
     got = greedy_answers(model, base.tokenizer, chats, adapter=lora.TRAIN, device=base.device, max_tokens=40)
     assert got == ["Orla keeps a cat named Biscuit.", "Zorblax lives on Mars."]
+
+
+def test_general_prompts_are_trained_on_but_never_required_to_be_learned(base):
+    """training.general: the base model's own answers to general prompts join every
+    epoch (the adapter keeps them closer), but the run still stops once the taught
+    examples are learned, even where a general answer is not given back word for word."""
+    cfg = Config()
+    model = lora.wrap(base.model, cfg.lora)
+    cfg.training.lr, cfg.training.max_steps, cfg.training.stop_loss, cfg.training.general = 1e-2, 300, 3.0, 2
+    enc = [tokens.encode(e, base.tokenizer, 512) for e in EXAMPLES]
+    general = [tokens.encode({"input": q, "output": a}, base.tokenizer, 512) for q, a in
+               [("Say hello.", "zq vx kw pj"), ("Name a colour.", "mb rt yl qq"), ("Count to three.", "xx oo yy")]]
+    seen = []
+
+    class Watch(TrainCallback):
+        def on_step(self, step, loss, tokens):
+            seen.append(tokens)
+
+    lora.start_training(model, cfg.lora, None)
+    torch.manual_seed(0)
+    with_general = train(model, enc, cfg.training, pad_id=base.tokenizer.pad_token_id, device=base.device,
+                         general=general, callback=Watch())
+    assert with_general.stopped_early and len(with_general.losses) < 300
+    answer_tokens = sum(e.n_answer for e in enc)
+    assert sum(seen[:2]) > answer_tokens  # the first epoch (two steps) held general answers too
+    with torch.no_grad():
+        rows = tokens.answer_loss(model, tokens.collate(general, base.tokenizer.pad_token_id, base.device),
+                                  reduction="none")
+    assert not rows.all_top1.all()  # not learned word for word, and the run stopped anyway
+
+
+def test_learned_looks_only_at_the_rows_it_is_told_to():
+    rows = tokens.RowLoss(torch.tensor([0.1, 9.0]), torch.tensor([2, 2]), torch.tensor([True, False]),
+                          torch.tensor([2, 0]))
+    assert learned(rows, 0.1, [True, False]) and learned(rows, 0.1, [False, False])
+    assert not learned(rows, 0.1) and not learned(rows, 0.1, [True, True])
 
 
 def _train_losses(base, model, cfg, precision: str = "fp32", **levers) -> list[float]:
