@@ -10,6 +10,7 @@ a row, so the second one trains with replay and an existing key memory.
 
     python bench/live.py                 # the bundled model, default config
     python bench/live.py --base-model PATH --facts 3   # any base, fewer facts
+    python bench/live.py --set base_dtype=bf16         # any config override
 
 Prints each phase (training, the checks after training, the rest) from the
 checkpoint's own metrics, and the ratio to the cold path.
@@ -28,20 +29,22 @@ import time
 from pathlib import Path
 
 import yaml
+from knowledge import set_key
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TARGET_S = 20.0  # issue "Real-size models": drop to live with a running daemon on a 2-core CPU
 
 
-def make_home(root: Path, base_model: str | None, threads: int | None) -> Path:
+def make_home(root: Path, args) -> Path:
     subprocess.run([str(BIN / "memzctl"), "init", str(root)], check=True, stdout=subprocess.DEVNULL)
     config = yaml.safe_load((root / "config.yaml").read_text()) or {}
     config["update_mode"] = "immediate"
-    if base_model:
-        config["base_model"] = base_model
-    if threads is not None:
-        config.setdefault("training", {})["threads"] = threads
+    if args.base_model:
+        config["base_model"] = args.base_model
+    for o in args.overrides:
+        key, _, value = o.partition("=")
+        set_key(config, key, value)
     (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return root
 
@@ -90,7 +93,7 @@ def wait(condition, what: str, proc: subprocess.Popen | None, timeout: float = 9
 
 
 def cold(root: Path, args) -> float:
-    home = make_home(root, args.base_model, args.threads)
+    home = make_home(root, args)
     drop(home, "facts.jsonl", facts(args.facts, 0))
     t0 = time.perf_counter()
     subprocess.run([str(BIN / "memzd"), "--home", str(home), "--once"], check=True,
@@ -99,7 +102,7 @@ def cold(root: Path, args) -> float:
 
 
 def warm(root: Path, args) -> list[dict]:
-    home = make_home(root, args.base_model, args.threads)
+    home = make_home(root, args)
     log = open(root / "memzd.log", "wb")
     proc = subprocess.Popen([str(BIN / "memzd"), "--home", str(home)], stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -128,7 +131,8 @@ def main() -> None:
     parser.add_argument("--base-model", help="a local folder (default: the home's default, the bundled model)")
     parser.add_argument("--facts", type=int, default=10, help="facts per batch (2 teaching examples each)")
     parser.add_argument("--batches", type=int, default=2, help="batches dropped one after another")
-    parser.add_argument("--threads", type=int, help="training.threads (default: the config's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for both homes, e.g. --set base_dtype=bf16 --set training.threads=1")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="memz-live-") as tmp:
         print("cold: memzd --once on a fresh home (the baseline)", flush=True)

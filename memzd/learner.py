@@ -43,13 +43,14 @@ from .examples import answer_of, expand, to_chat
 from .inference import Cancelled, all_cores, greedy_answers
 from .model import cache_root
 from .store import CheckpointRow, ParentMoved, Store, utcnow
-from .tokens import encode
+from .tokens import IGNORE, Encoded, encode
 from .trainer import Interrupted, TrainCallback, TrainResult, train
 
 log = logging.getLogger("memz.learner")
 
 TRAINING_CURVE_ANCHORS = 8  # anchors sampled for the during-training forgetting curve (a few seconds each)
 REPLAY_POOL = 10            # replay draws from at most this many times training.replay earlier examples
+GENERAL_ANSWER_TOKENS = 16  # training.general trains the first this many tokens of each general answer
 
 
 @dataclass
@@ -136,6 +137,13 @@ class _Steps(TrainCallback):
 
     def should_stop(self) -> bool:
         return self.hooks.stop.is_set()
+
+
+def _first_answer_tokens(e: Encoded, n: int) -> Encoded:
+    """`e` ending after its first `n` answer tokens (a general answer drifts at its start,
+    and its tail would only dilute the batch's own loss)."""
+    first = next((i for i, t in enumerate(e.labels) if t != IGNORE), len(e.labels))
+    return Encoded(e.input_ids[:first + n], e.labels[:first + n], e.cut)
 
 
 class Learner:
@@ -247,8 +255,9 @@ class Learner:
             chats = [a.chat + [{"role": "assistant", "content": ans}]
                      for a, ans in zip(anchor_set.anchors[ADAPTER_ANCHORS:], anchor_set.base_greedy[ADAPTER_ANCHORS:])
                      if ans]
-            self._general_cache = (anchor_set, [encode({"messages": c}, self.adapters.tokenizer,
-                                                       self.config.training.max_seq_len) for c in chats])
+            encoded = [encode({"messages": c}, self.adapters.tokenizer, self.config.training.max_seq_len)
+                       for c in chats]
+            self._general_cache = (anchor_set, [_first_answer_tokens(e, GENERAL_ANSWER_TOKENS) for e in encoded])
         return self._general_cache[1]
 
     def _memory(self, parent_memory, examples) -> gate.KeyMemory | None:

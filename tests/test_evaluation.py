@@ -230,3 +230,23 @@ def test_teacher_forcing_gives_the_figures_that_generating_the_answers_gives(tin
     full = greedy_answers(model, base.tokenizer, [a.chat for a in anchors], adapter=lora.TRAIN,
                           device=base.device, max_tokens=24)
     assert m["retention_score"] == sum(normalize(o) == normalize(g) for o, g in zip(full, anchor_set.base_greedy)) / 4
+
+
+def test_training_general_trains_on_anchors_beyond_the_measured_ones(home, tmp_path, monkeypatch):
+    """training.general: anchors past the first ADAPTER_ANCHORS, with the base model's
+    answers cut to their first tokens, join the epochs; the measured ones never do."""
+    from memzd import learner as learner_mod
+    from memzd.tokens import IGNORE
+
+    monkeypatch.setattr(learner_mod, "ADAPTER_ANCHORS", 2)  # the test home has 6 anchors
+    handed: list = []
+    real_train = learner_mod.train
+    monkeypatch.setattr(learner_mod, "train", lambda *a, **k: handed.append(k["general"]) or real_train(*a, **k))
+    write_config(home, training={"general": 3})
+    drop(home, "a.jsonl", FACTS)
+    run_once(home)
+    (general,) = handed
+    assert len(general) == 4  # anchors 3-6
+    assert all(0 < sum(t != IGNORE for t in e.labels) <= learner_mod.GENERAL_ANSWER_TOKENS for e in general)
+    (ckpt,) = Store(home / "memz.db").checkpoints()
+    assert ckpt.status == "stable" and ckpt.metrics["recall"] is not None
