@@ -6,7 +6,7 @@ tokenizer; nothing is downloaded), saved as safetensors and loaded the way
 memzd loads a base (memzd.model.load_base, with base_dtype). For each shape and
 precision it prints:
 
-  load memory       resident (CPU) or allocated (CUDA) memory the loaded base takes
+  load memory       the loaded base's footprint (CPU) or allocated memory (CUDA)
   train peak        peak memory while memz trains a batch of 10 facts (20 examples)
   tokens/s          memz's trainer, against the plain peft loop (one example per step,
                     full logits) on the same model in the same run
@@ -27,7 +27,7 @@ import argparse
 import gc
 import json
 import os
-import resource
+import threading
 import sys
 import tempfile
 import time
@@ -63,6 +63,25 @@ BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakRss:
+    """The highest resident memory (MiB) seen while inside, sampled every 5 ms."""
+
+    def __enter__(self):
+        self.peak, self._stop = rss_mib(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_mib())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mib())
 
 
 def device_memory_mib(device: torch.device) -> float:
@@ -110,7 +129,10 @@ def measure(shape: str, dtype: str, folder: Path, backend: str, steps: int) -> d
     base = load_base(str(folder), backend, dtype)
     loaded_s = time.perf_counter() - t0
     device = base.device
-    load_mib = device_memory_mib(device) - before
+    # On the CPU the weights may stay mapped from the file until touched: the model's
+    # own footprint is the honest figure there; on CUDA, what was allocated.
+    load_mib = (device_memory_mib(device) - before if device.type == "cuda"
+                else base.info["memory_bytes"] / 2**20)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     cfg = Config()
@@ -121,23 +143,25 @@ def measure(shape: str, dtype: str, folder: Path, backend: str, steps: int) -> d
     run.precision = "bf16" if dtype != "fp32" or fast_bf16(device) else "fp32"
     torch.manual_seed(0)
     lora.start_training(model, cfg.lora, None)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = train(model, encoded, run, pad_id=base.tokenizer.pad_token_id, device=device)
+    with PeakRss() as rss:  # the process's own maxrss would carry an earlier, larger run's peak
+        result = train(model, encoded, run, pad_id=base.tokenizer.pad_token_id, device=device)
     memz_tps = result.tokens / result.seconds
-    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
-            else max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss_before))
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else rss.peak
     flops = train_flops(model, encoded) * (result.tokens / sum(len(e.input_ids) for e in encoded)) / result.seconds
     torch.manual_seed(0)
     lora.start_training(model, cfg.lora, None)
     one_epoch = encoded[: max(2, min(len(encoded), steps))]
     plain_tps, _ = plain_loop(model, one_epoch, 1, base.tokenizer.pad_token_id, cfg.training.lr)
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    peak_flops = matmul_peak(1024, torch_dtype, 1.0) * 1e9
+    # The share is of the peak in the precision the matmuls run in: bf16 under autocast.
+    math_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
+        dtype if dtype != "fp32" else ("bf16" if run.precision == "bf16" else "fp32")]
+    peak_flops = matmul_peak(1024, math_dtype, 1.0) * 1e9
     out = {"shape": shape, "dtype": dtype, "device": device.type, "parameters": base.info["parameters"],
            "load_s": round(loaded_s, 1), "load_mib": round(load_mib), "train_peak_mib": round(peak),
            "memz_tokens_per_s": round(memz_tps, 1), "plain_tokens_per_s": round(plain_tps, 1),
            "ratio_vs_plain": round(memz_tps / plain_tps, 2), "steps": len(result.losses),
-           "share_of_peak": round(flops / peak_flops, 3), "final_loss": result.losses[-1]}
+           "share_of_peak": round(flops / peak_flops, 3), "math_dtype": str(math_dtype).removeprefix("torch."),
+           "final_loss": result.losses[-1]}
     del model, base
     gc.collect()
     if device.type == "cuda":
@@ -184,7 +208,7 @@ def main(argv=None) -> int:
             results["runs"].append(r)
             print(f"{shape} {dtype}: load {r['load_mib']} MiB, train peak {r['train_peak_mib']} MiB, memz "
                   f"{r['memz_tokens_per_s']} tok/s vs plain {r['plain_tokens_per_s']} ({r['ratio_vs_plain']}x), "
-                  f"{100 * r['share_of_peak']:.1f}% of the {dtype} matmul peak", flush=True)
+                  f"{100 * r['share_of_peak']:.1f}% of the {r['math_dtype']} matmul peak", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
