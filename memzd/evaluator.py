@@ -244,8 +244,7 @@ def _adapter_alone(model, tokenizer, device, anchor_set: AnchorSet, adapter: str
     anchors = anchor_set.anchors[:n]
     scored = score(model, tokenizer, _anchor_examples(anchors, anchor_set.answers[:n], tokenizer, max_len),
                    adapter, device)
-    same = [i for i in range(n) if anchor_set.answers[i] == anchor_set.base_greedy[i]]
-    if len(same) < n:  # given reference answers: the base model's own are scored apart
+    if anchor_set.answers[:n] != anchor_set.base_greedy[:n]:  # given answers: the base's own are scored apart
         scored_own = score(model, tokenizer, _anchor_examples(anchors, anchor_set.base_greedy[:n], tokenizer,
                                                                max_len), adapter, device)
     else:

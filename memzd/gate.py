@@ -311,22 +311,17 @@ class KeyMemory:
         """(lexical score, hidden margin) of a query against the taught keys."""
         if not self.words:
             return 0.0, -2.0
-        key = self.embed(model, tokenizer, [text], device)[0]
-        margin = float((self.keys @ key).max() - (self.ref_keys @ key).max())
-        return self.lexical(text), margin
+        return self.lexical(text), self._margins(self.embed(model, tokenizer, [text], device))[0]
 
     def admits(self, model, tokenizer, chat: list[dict], device: torch.device) -> bool:
-        """Should the adapter answer this chat? The hidden key costs a forward pass, so it
-        is computed only where the words leave the rule undecided: under `both`, a general
-        question that shares no word with a taught one goes to the base model at once."""
-        text = question_text(chat)
-        lex_ok = self.lexical(text) >= self.lexical_threshold
-        if self.rule == "lexical" or (self.rule == "both" and not lex_ok) or (self.rule == "either" and lex_ok):
-            return lex_ok
-        return self.scores(model, tokenizer, text, device)[1] >= self.margin
+        """Should the adapter answer this chat? (`admits_many` for one.)"""
+        return self.admits_many(model, tokenizer, [chat], device)[0]
 
     def admits_many(self, model, tokenizer, chats: list[list[dict]], device: torch.device) -> list[bool]:
-        """`admits` for many chats, with the hidden keys they need in batched forward passes."""
+        """Should the adapter answer each chat? The hidden key costs a forward pass, so it
+        is computed only where the words leave the rule undecided (under `both`, a general
+        question that shares no word with a taught one goes to the base model at once),
+        for all such chats in batched passes."""
         texts = [question_text(c) for c in chats]
         lex_ok = [self.lexical(t) >= self.lexical_threshold for t in texts]
         if self.rule == "lexical":
@@ -337,11 +332,14 @@ class KeyMemory:
         if undecided and not self.words:
             margins = [-2.0] * len(undecided)  # as `scores` says of an empty memory
         elif undecided:
-            keys = self.embed(model, tokenizer, [texts[i] for i in undecided], device)
-            margins = ((keys @ self.keys.T).max(1).values - (keys @ self.ref_keys.T).max(1).values).tolist()
+            margins = self._margins(self.embed(model, tokenizer, [texts[i] for i in undecided], device))
         for i, m in zip(undecided, margins if undecided else []):
             out[i] = m >= self.margin
         return out
+
+    def _margins(self, keys: torch.Tensor) -> list[float]:
+        """How much nearer each query key is to a taught key than to any reference prompt."""
+        return ((keys @ self.keys.T).max(1).values - (keys @ self.ref_keys.T).max(1).values).tolist()
 
     def lexical(self, text: str) -> float:
         """The best share of a taught question's distinctive words that `text` holds."""

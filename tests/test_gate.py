@@ -82,8 +82,13 @@ def test_many_questions_are_routed_as_each_alone_with_batched_keys(memory):
     chats = [[{"role": "user", "content": q}] for q in questions]
     for rule in ("both", "either", "lexical", "hidden"):
         m = mem.with_rule(rule, mem.lexical_threshold, mem.margin)
-        assert m.admits_many(model, base.tokenizer, chats, base.device) == \
-            [m.admits(model, base.tokenizer, c, base.device) for c in chats], rule
+        expected = []
+        for q in questions:  # each question alone, by the rule on its two scores
+            lexical, margin = m.scores(model, base.tokenizer, q, base.device)
+            lex_ok, hid_ok = lexical >= m.lexical_threshold, margin >= m.margin
+            expected.append({"both": lex_ok and hid_ok, "either": lex_ok or hid_ok,
+                             "lexical": lex_ok, "hidden": hid_ok}[rule])
+        assert m.admits_many(model, base.tokenizer, chats, base.device) == expected, rule
     together = gate.pooled_states(model, base.tokenizer, questions, 6, base.device)
     alone = torch.cat([gate.pooled_states(model, base.tokenizer, [q], 6, base.device) for q in questions])
     assert torch.allclose(together, alone, atol=1e-4)  # padding changes nothing
