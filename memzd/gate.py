@@ -107,6 +107,15 @@ REFERENCE_PROMPTS = [
     "What is a synonym for 'happy'?",
     "How do airplanes stay in the air?",
     "What is the name of the dog in the Wizard of Oz?",
+    # Requests in the first person that ask for advice, not for something taught.
+    "How can I keep my garden tidy in winter?",
+    "How do I ask my manager for a raise?",
+    "What gift should I get for my mother?",
+    "Which country should I visit next summer?",
+    "How can I stop my cat scratching the sofa?",
+    "What should I wear to a job interview?",
+    "How do I help my daughter with her homework?",
+    "Where should I go for a weekend by the sea?",
 ]
 
 
@@ -142,9 +151,11 @@ def _rare(tokenizer, word: str) -> bool:
 def distinctive_words(tokenizer, text: str) -> list[str]:
     """What identifies a taught question: the first non-empty tier of (1) capitalised
     rare words and words with digits, (2) rare words, (3) capitalised non-initial
-    words, (4) words of three letters or more; function words (STOPWORDS) never;
-    and PERSONAL when the question is in the first person."""
-    every = _words(text)
+    words, (4) words of three letters or more; function words (STOPWORDS) and the
+    first person never. A question in the first person also gets PERSONAL unless a
+    name or code keys it (tier 1): "my dog's name" is the asker's only in the first
+    person, while "Which city does Ilse live in?" is about the asker's sister Ilse."""
+    every = [w for w in _words(text) if w.lower() not in _FIRST_PERSON]  # who asks is PERSONAL's part
     later = [w for w in every[1:] if w.lower() not in STOPWORDS]  # the first word is capitalised anyway
     words = [w for w in every[:1] if w.lower() not in STOPWORDS] + later
     tiers = ([w for w in words if any(c.isdigit() for c in w) or (w[0].isupper() and _rare(tokenizer, w))],
@@ -152,9 +163,9 @@ def distinctive_words(tokenizer, text: str) -> list[str]:
              [w for w in later if w[0].isupper()],
              [w for w in words if len(w) >= 3])
     mark = [PERSONAL] if personal(text) else []
-    for tier in tiers:
+    for rank, tier in enumerate(tiers):
         if tier:
-            return sorted({w.lower() for w in tier}) + mark
+            return sorted({w.lower() for w in tier}) + (mark if rank >= 1 else [])
     return mark
 
 
@@ -200,6 +211,12 @@ class _Reached(Exception):
     def __init__(self, hidden):
         self.hidden = hidden
 
+
+# Under "both", a query holding every distinctive word of a taught question needs a
+# smaller margin: the hidden key mostly reads the question's template, and "What is
+# the name of my son's school?" looks like a general "What is the name of ...?"
+# question while naming all that "My son goes to Wexley Primary School" was keyed on.
+FULL_MATCH_SLACK = 0.15
 
 KEY_BATCH = 16  # texts per forward pass, sorted by length so that little is padding
 
@@ -323,7 +340,8 @@ class KeyMemory:
         question that shares no word with a taught one goes to the base model at once),
         for all such chats in batched passes."""
         texts = [question_text(c) for c in chats]
-        lex_ok = [self.lexical(t) >= self.lexical_threshold for t in texts]
+        lexical = [self.lexical(t) for t in texts]
+        lex_ok = [x >= self.lexical_threshold for x in lexical]
         if self.rule == "lexical":
             return lex_ok
         undecided = [i for i, ok in enumerate(lex_ok)
@@ -334,7 +352,7 @@ class KeyMemory:
         elif undecided:
             margins = self._margins(self.embed(model, tokenizer, [texts[i] for i in undecided], device))
         for i, m in zip(undecided, margins if undecided else []):
-            out[i] = m >= self.margin
+            out[i] = m >= self.margin - (FULL_MATCH_SLACK if lexical[i] >= 1.0 and self.rule == "both" else 0.0)
         return out
 
     def _margins(self, keys: torch.Tensor) -> list[float]:
