@@ -39,8 +39,8 @@ def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclas
 
 @dataclass
 class LoraConfig:
-    r: int = _help("LoRA rank.", 8)
-    alpha: int = _help("LoRA scaling numerator (scale = alpha / r).", 16)
+    r: int = _help("LoRA rank.", 16)
+    alpha: int = _help("LoRA scaling numerator (scale = alpha / r).", 32)
     dropout: float = _help("Dropout on the LoRA input, 0 to 1.", 0.0)
     target_modules: list[str] = _help(
         "Module names LoRA wraps.",
