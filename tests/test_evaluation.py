@@ -130,8 +130,9 @@ def test_the_adapter_is_measured_alone_as_well_as_through_the_gate(home):
 
 
 def _gated_wreck(home, mode, **evaluation):
-    """The issue's case: lr 0.5 with routing on, so the gate shows the base model's answers."""
-    write_config(home, training={"lr": 0.5, "max_steps": 6},
+    """The issue's case: lr 0.5 with routing on, so the gate shows the base model's answers
+    (rank 8, the rank of the issue's report, at which the tiny model is wrecked in 6 steps)."""
+    write_config(home, lora={"r": 8, "alpha": 16}, training={"lr": 0.5, "max_steps": 6},
                  evaluation={"rollback_mode": mode, "catastrophic_delta": 0.25, **evaluation})
 
 
