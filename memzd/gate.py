@@ -19,7 +19,8 @@ base model:
   taught than to general knowledge?
 
 `rule` combines them: "both" (the default) routes when the lexical score
-reaches `lexical_threshold` and the margin reaches `margin`.
+reaches `lexical_threshold` and the margin reaches `margin` (`margin` -
+FULL_MATCH_SLACK when the query holds every distinctive word of a taught question).
 bench/README.md has the measured separations.
 """
 
