@@ -44,6 +44,15 @@ def test_taught_questions_route_to_the_adapter_and_others_do_not(memory):
     assert lexical == 1.0 and margin > 0
 
 
+def _by_the_rule(m, model, base, q) -> bool:
+    """The routing rule applied to a question's two scores, as a reader would apply it."""
+    lexical, margin = m.scores(model, base.tokenizer, q, base.device)
+    lex_ok, hid_ok = lexical >= m.lexical_threshold, margin >= m.margin
+    slack = gate.FULL_MATCH_SLACK if lexical >= 1.0 else 0.0
+    return {"both": lex_ok and margin >= m.margin - slack, "either": lex_ok or hid_ok,
+            "lexical": lex_ok, "hidden": hid_ok}[m.rule]
+
+
 def test_the_hidden_key_is_computed_only_where_the_words_leave_the_rule_undecided(memory, monkeypatch):
     mem, model, base = memory
     questions = ["Who is Orla Vantrees?", "Where does Zorblax live now?", "What is the capital of France?",
@@ -51,13 +60,7 @@ def test_the_hidden_key_is_computed_only_where_the_words_leave_the_rule_undecide
     chat = lambda q: [{"role": "user", "content": q}]
     for rule in ("both", "either", "lexical", "hidden"):
         m = mem.with_rule(rule, mem.lexical_threshold, mem.margin)
-        expected = []
-        for q in questions:  # the rule on both scores, as a reader would apply it
-            lexical, margin = m.scores(model, base.tokenizer, q, base.device)
-            lex_ok, hid_ok = lexical >= m.lexical_threshold, margin >= m.margin
-            slack = gate.FULL_MATCH_SLACK if lexical >= 1.0 else 0.0
-            expected.append({"both": lex_ok and margin >= m.margin - slack, "either": lex_ok or hid_ok,
-                             "lexical": lex_ok, "hidden": hid_ok}[rule])
+        expected = [_by_the_rule(m, model, base, q) for q in questions]
         forwards = []
         embed = m.embed
         monkeypatch.setattr(m, "embed", lambda *a: forwards.append(1) or embed(*a))
@@ -105,13 +108,7 @@ def test_many_questions_are_routed_as_each_alone_with_batched_keys(memory):
     chats = [[{"role": "user", "content": q}] for q in questions]
     for rule in ("both", "either", "lexical", "hidden"):
         m = mem.with_rule(rule, mem.lexical_threshold, mem.margin)
-        expected = []
-        for q in questions:  # each question alone, by the rule on its two scores
-            lexical, margin = m.scores(model, base.tokenizer, q, base.device)
-            lex_ok, hid_ok = lexical >= m.lexical_threshold, margin >= m.margin
-            slack = gate.FULL_MATCH_SLACK if lexical >= 1.0 else 0.0
-            expected.append({"both": lex_ok and margin >= m.margin - slack, "either": lex_ok or hid_ok,
-                             "lexical": lex_ok, "hidden": hid_ok}[rule])
+        expected = [_by_the_rule(m, model, base, q) for q in questions]  # each question alone
         assert m.admits_many(model, base.tokenizer, chats, base.device) == expected, rule
     together = gate.pooled_states(model, base.tokenizer, questions, 6, base.device)
     alone = torch.cat([gate.pooled_states(model, base.tokenizer, [q], 6, base.device) for q in questions])
