@@ -10,6 +10,7 @@ once, whole.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -19,6 +20,15 @@ from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
 IGNORED_SUFFIXES = (".tmp", ".part")
+
+
+def _not_stop_noise(record: logging.LogRecord) -> bool:
+    """watchdog 7's inotify emitter logs an ERROR when it reads once more while being
+    stopped, which every clean stop of memzd does: not an error, and not worth a user's look."""
+    return "called when the thread is inactive" not in record.getMessage()
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_not_stop_noise)
 
 
 def is_ignored(name: str) -> bool:

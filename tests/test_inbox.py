@@ -1,6 +1,7 @@
 """From a dropped file to committed examples: shapes, bad lines, dedup, stability."""
 
 import json
+import logging
 import os
 
 import pytest
@@ -10,7 +11,7 @@ from memzd.errors import ExampleError
 from memzd.examples import parse_example
 from memzd.inbox import ingest_file
 from memzd.store import Store
-from memzd.watch import StableFiles
+from memzd.watch import StableFiles, Watcher
 
 from conftest import drop
 
@@ -119,3 +120,18 @@ def test_stable_file_rule_waits_for_a_growing_file(h):
     assert stable.ready(h.inbox) == []
     clock[0] = 1.6
     assert stable.ready(h.inbox) == [path]  # only the stable .jsonl, never the ignored names
+
+
+def test_a_watcher_stops_without_an_error_in_the_log(tmp_path, caplog):
+    """watchdog's inotify emitter reports a read while stopping as an ERROR; memzd stops
+    on every --once run, so the log must not cry wolf (a real watchdog error still shows)."""
+    w = Watcher([tmp_path])
+    w.start()
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    assert w.wake.wait(5)
+    w.stop()
+    inotify = logging.getLogger("watchdog.observers.inotify")
+    inotify.error("InotifyEmitter.queue_events() called when the thread is inactive")
+    inotify.error("inotify watch limit reached")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["inotify watch limit reached"]
