@@ -6,7 +6,7 @@ tokenizer; nothing is downloaded), saved as safetensors and loaded the way
 memzd loads a base (memzd.model.load_base, with base_dtype). For each shape and
 precision it prints:
 
-  load memory       the loaded base's footprint (CPU) or allocated memory (CUDA)
+  load memory       the loaded base's footprint (its parameters and buffers)
   train peak        peak memory while memz trains a batch of 10 facts (20 examples)
   tokens/s          memz's trainer, against the plain peft loop (one example per step,
                     full logits) on the same model in the same run
@@ -27,10 +27,11 @@ import argparse
 import gc
 import json
 import os
-import threading
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -84,12 +85,6 @@ class PeakRss:
         self.peak = max(self.peak, rss_mib())
 
 
-def device_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.memory_allocated(device) / 2**20
-    return rss_mib()
-
-
 def available_mib(device: torch.device) -> float:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -101,8 +96,9 @@ def available_mib(device: torch.device) -> float:
     return float("inf")
 
 
-def build(shape: str, tokenizer_dir: Path, dtype: str, out: Path) -> Path:
-    """A random-init Llama at `shape`, saved in `dtype` with the tokenizer beside it."""
+def build(shape: str, tokenizer_dir: Path, dtype: str, out: Path, device: torch.device) -> Path:
+    """A random-init Llama at `shape`, saved in `dtype` with the tokenizer beside it.
+    The weights are drawn on `device` (a GPU draws a 7B's in a second; a CPU takes minutes)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -113,26 +109,27 @@ def build(shape: str, tokenizer_dir: Path, dtype: str, out: Path) -> Path:
     previous = torch.get_default_dtype()
     torch.set_default_dtype({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
     try:
-        model = LlamaForCausalLM(config)
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
     finally:
         torch.set_default_dtype(previous)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     del model
     gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return out
 
 
 def measure(shape: str, dtype: str, folder: Path, backend: str, steps: int) -> dict:
-    before = device_memory_mib(torch.device("cuda") if backend == "cuda" else torch.device("cpu"))
     t0 = time.perf_counter()
     base = load_base(str(folder), backend, dtype)
     loaded_s = time.perf_counter() - t0
     device = base.device
-    # On the CPU the weights may stay mapped from the file until touched: the model's
-    # own footprint is the honest figure there; on CUDA, what was allocated.
-    load_mib = (device_memory_mib(device) - before if device.type == "cuda"
-                else base.info["memory_bytes"] / 2**20)
+    # The model's own footprint: on the CPU the weights may stay mapped from the file
+    # until touched, and on CUDA the allocator's count carries what the build left cached.
+    load_mib = base.info["memory_bytes"] / 2**20
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     cfg = Config()
@@ -141,6 +138,11 @@ def measure(shape: str, dtype: str, folder: Path, backend: str, steps: int) -> d
     run = cfg.training
     run.max_steps, run.stop_loss, run.replay, run.eval_every = steps, 0.0, 0, 0
     run.precision = "bf16" if dtype != "fp32" or fast_bf16(device) else "fp32"
+    if device.type == "cuda":  # kernels and cuBLAS are set up on first use: not part of either figure
+        warm = replace(run, max_steps=2)
+        lora.start_training(model, cfg.lora, None)
+        train(model, encoded, warm, pad_id=base.tokenizer.pad_token_id, device=device)
+        torch.cuda.synchronize(device)
     torch.manual_seed(0)
     lora.start_training(model, cfg.lora, None)
     with PeakRss() as rss:  # the process's own maxrss would carry an earlier, larger run's peak
@@ -155,7 +157,8 @@ def measure(shape: str, dtype: str, folder: Path, backend: str, steps: int) -> d
     # The share is of the peak in the precision the matmuls run in: bf16 under autocast.
     math_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
         dtype if dtype != "fp32" else ("bf16" if run.precision == "bf16" else "fp32")]
-    peak_flops = matmul_peak(1024, math_dtype, 1.0) * 1e9
+    # a GPU needs a larger square than a CPU to reach its peak
+    peak_flops = matmul_peak(8192 if device.type == "cuda" else 1024, math_dtype, 1.0, device) * 1e9
     out = {"shape": shape, "dtype": dtype, "device": device.type, "parameters": base.info["parameters"],
            "load_s": round(loaded_s, 1), "load_mib": round(load_mib), "train_peak_mib": round(peak),
            "memz_tokens_per_s": round(memz_tps, 1), "plain_tokens_per_s": round(plain_tps, 1),
@@ -177,6 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=8, help="optimizer steps of 5 examples each")
     ap.add_argument("--tokenizer", type=Path, default=None, help="a folder with a tokenizer (default: the bundled)")
     ap.add_argument("--quick", action="store_true", help="the tiny shape, 2 steps: a harness check")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="keep each built model in KEEP/SHAPE-DTYPE (for bench/live.py --base-model)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
     args = ap.parse_args(argv)
     if args.quick:
@@ -205,7 +210,8 @@ def main(argv=None) -> int:
                 results["skipped"].append({"shape": shape, "dtype": dtype, "why": why})
                 continue
             with tempfile.TemporaryDirectory(prefix=f"memz-scale-{shape}-") as tmp:
-                folder = build(shape, args.tokenizer, dtype, Path(tmp) / "model")
+                where = args.keep / f"{shape}-{dtype}" if args.keep else Path(tmp) / "model"
+                folder = build(shape, args.tokenizer, dtype, where, device)
                 r = measure(shape, dtype, folder, args.backend, args.steps)
             results["runs"].append(r)
             print(f"{shape} {dtype}: load {r['load_mib']} MiB, train peak {r['train_peak_mib']} MiB, memz "

@@ -100,17 +100,21 @@ def machine() -> dict:
             "memory_gib": round(mem, 1) if mem else None, "torch": torch.__version__,
             "python": platform.python_version(), "os": platform.platform(),
             "bf16_flags": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f"}),
-            "load_average_at_start": os.getloadavg()}
+            "load_average_at_start": os.getloadavg(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def matmul_peak(n: int, dtype: torch.dtype, seconds: float) -> float:
-    """GFLOP/s of a large square matmul (best of repeated timings)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak(n: int, dtype: torch.dtype, seconds: float, device: torch.device | str = "cpu") -> float:
+    """GFLOP/s of a large square matmul (best of repeated timings) on `device`."""
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     a @ b
+    sync()
     best, end = float("inf"), time.perf_counter() + seconds
     while time.perf_counter() < end:
         t = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best / 1e9
 
@@ -162,6 +166,7 @@ def plain_loop(model, encoded: list[tokens.Encoded], batch: int, pad_id: int, lr
     """The tutorial loop: fp32, HF loss on full logits, right-padded batches in data order.
     Returns (tokens/s, mean loss)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
     opt = torch.optim.AdamW(params, lr=lr)
     model.train()
     n_tok, losses, start = 0, [], time.perf_counter()
@@ -171,7 +176,7 @@ def plain_loop(model, encoded: list[tokens.Encoded], batch: int, pad_id: int, lr
         ids = torch.tensor([e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in chunk])
         mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in chunk])
         labels = torch.tensor([e.labels + [-100] * (width - len(e.labels)) for e in chunk])
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
