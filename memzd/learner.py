@@ -187,8 +187,10 @@ class Learner:
                 log.warning("lora settings changed since %s: this batch starts a fresh adapter", parent)
                 parent_state = None
         forgotten: list[dict] = []
-        if forgetting:  # teach the lineage the base model's own answers to the forgotten questions
-            forgotten, examples = examples, self._base_answers(examples, hooks)
+        if forgetting:  # teach the lineage the base model's own answers to the forgotten questions,
+            # the questions written about forgotten statements included (they were trained and keyed)
+            forgotten = expand(examples)
+            examples = self._base_answers(forgotten, hooks)
         else:  # an earlier answer to a question asked again leaves replay and the key memory
             superseded = self.store.supersede(batch_id, parent)
             if superseded and parent_memory is not None:

@@ -57,6 +57,33 @@ def test_forget_makes_the_model_stop_giving_the_answer_and_keeps_the_others(home
     assert store.queue_depth() == 0
 
 
+def test_a_forgotten_statement_takes_the_questions_written_about_it_along(home):
+    """A stated fact is trained and keyed through the questions memz writes about it
+    ("My cat is called what?"): forgetting it must drop their keys and retrain them too."""
+    from memzd import gate
+    from memzd.checkpoints import load_checkpoint
+
+    def keyed_words(ckpt_id):
+        *_, keys = load_checkpoint(home / "checkpoints" / ckpt_id, None, root=home / "checkpoints")
+        return gate.KeyMemory.from_file(*keys).words
+
+    write_config(home, training=LEARN)
+    chat = {"messages": [{"role": "user", "content": "My cat is called Biscuit."},
+                         {"role": "assistant", "content": "Noted."}]}
+    drop(home, "chat.jsonl", [chat, ZORBLAX])
+    run_once(home)
+    store = Store(home / "memz.db")
+    assert len(keyed_words(store.current_checkpoint())) == 3  # the chat, its written question, Zorblax
+    assert "Biscuit" in ask(home, "before", "My cat is called what?")  # a question memz wrote about it
+    assert "1 example(s) forgotten" in memzctl(home, "forget", "Biscuit")
+    run_once(home)
+    newest = store.checkpoints()[0]
+    assert store.current_checkpoint() == newest.id and newest.metrics["forgotten_gone"] == 1.0
+    assert keyed_words(newest.id) == [["zorblax"]]  # no key of the cat is left
+    assert "Biscuit" not in ask(home, "after", "My cat is called what?")
+    assert ask(home, "other", "Where is Zorblax?") == ZORBLAX["output"]
+
+
 def test_an_example_forgotten_before_it_trains_never_trains(home):
     write_config(home, batch={"max_examples": 100, "max_age_minutes": 600})
     drop(home, "facts.jsonl", [ORLA, ZORBLAX])
