@@ -102,7 +102,8 @@ def cold(root: Path, args) -> float:
     return time.perf_counter() - t0
 
 
-def warm(root: Path, args) -> list[dict]:
+def warm(root: Path, args) -> tuple[list[dict], dict]:
+    """Each batch's figures with a running memzd, and the hardware it named in its state."""
     home = make_home(root, args)
     log = open(root / "memzd.log", "wb")
     proc = subprocess.Popen([str(BIN / "memzd"), "--home", str(home)], stdout=log, stderr=subprocess.STDOUT)
