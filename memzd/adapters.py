@@ -15,7 +15,10 @@ fit the base) is marked rolled_back and its parent serves instead, the base
 model at worst, so a bad adapter never stops memz.
 
 Routing is written here once: an adapter answers a question when it has no
-key memory (routing off) or its key memory admits the question (memzd.gate).
+key memory (routing off) or its key memory admits the question (memzd.gate);
+in a lineage held in several adapters (shards), the adapter that holds the
+matching key answers, loaded on demand and kept loaded while a loaded
+checkpoint routes to it.
 """
 
 from __future__ import annotations
@@ -87,8 +90,11 @@ class Adapters:
             lora.add_adapter(self.model, checkpoint_id, config, state)
         self.loaded[checkpoint_id] = Loaded(config, memory)
         self.loaded.move_to_end(checkpoint_id)
-        while len(self.loaded) > LOADED_ADAPTERS:
-            old, _ = self.loaded.popitem(last=False)
+        # Shards a loaded checkpoint routes to stay; of the rest, the least recently used go.
+        shards = {s for ld in self.loaded.values() if ld.memory is not None for s in ld.memory.shards}
+        evictable = [c for c in self.loaded if c not in shards and c != checkpoint_id]
+        for old in evictable[:max(0, len(self.loaded) - len(shards) - LOADED_ADAPTERS)]:
+            del self.loaded[old]
             lora.drop_adapter(self.model, old)
         return self.loaded[checkpoint_id]
 
@@ -123,10 +129,9 @@ class Adapters:
 
     def route_with(self, adapter: str, memory: gate.KeyMemory | None, chat: list[dict]) -> str | None:
         """The rule: `adapter` answers `chat` if routing is off, the adapter has no key
-        memory, or its memory admits the question; else the base model (None) does."""
-        if not self.routing.enabled or memory is None:
-            return adapter
-        return adapter if memory.admits(self.model, self.tokenizer, chat, self.device) else None
+        memory, or its memory admits the question; else the base model (None) does. A
+        question matching a frozen shard's key goes to that shard's adapter."""
+        return self.router(adapter, memory)([chat])[0]
 
     def route(self, checkpoint_id: str | None, chat: list[dict]) -> str | None:
         """Where a question to `checkpoint_id` goes: its adapter, or the base model (None)."""
@@ -147,10 +152,21 @@ class Adapters:
         return shared, self.route(shared, chat)
 
     def router(self, adapter: str, memory: gate.KeyMemory | None) -> Routes:
-        """The routes of many chats to an adapter not (yet) a checkpoint, the candidate being
-        evaluated: the same rule as `route_with`, with the hidden keys computed in batches."""
+        """The routes of many chats to `adapter` (a checkpoint, or the candidate being
+        evaluated), the hidden keys computed in batches: the adapter (or the frozen shard)
+        holding the key a chat matches, None (the base model) where none admits it."""
         def routes(chats: list[list[dict]]) -> list[str | None]:
             if not self.routing.enabled or memory is None:
                 return [adapter] * len(chats)
-            return [adapter if ok else None for ok in memory.admits_many(self.model, self.tokenizer, chats, self.device)]
+            owners = memory.routes(self.model, self.tokenizer, chats, self.device)
+            return [None if o is False else adapter if o is None else self._shard(o) for o in owners]
         return routes
+
+    def _shard(self, checkpoint_id: str) -> str | None:
+        """A frozen shard's adapter, loaded; None (the base model answers) if it cannot serve."""
+        try:
+            self.ensure(checkpoint_id)
+            return checkpoint_id
+        except CheckpointError as exc:
+            log.error("shard %s cannot serve (%s); the base model answers its questions", checkpoint_id, exc)
+            return None

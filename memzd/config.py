@@ -47,12 +47,16 @@ class LoraConfig:
         factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     layers: str = _help("Decoder layers LoRA wraps: 'all', 'top-half', or a range such as '15-29'.", "top-half")
+    shard_size: int = _help("Taught questions one adapter holds: a batch whose lineage's adapter already holds "
+                            "this many starts a fresh adapter, the older ones stay frozen and routing picks "
+                            "between them (0: one adapter, however many; routing off: always one).", 20)
 
     def __post_init__(self):
         _check(1 <= self.r <= 1024, "lora.r", "an integer from 1 to 1024")
         _check(1 <= self.alpha <= 100_000, "lora.alpha", "an integer from 1 to 100000")
         _check(0.0 <= self.dropout < 1.0, "lora.dropout", "a number in [0, 1)")
         _check(len(self.target_modules) > 0, "lora.target_modules", "a non-empty list of module names")
+        _check(self.shard_size >= 0, "lora.shard_size", "an integer >= 0")
         _check(self.layers in ("all", "top-half") or _is_range(self.layers), "lora.layers",
                "'all', 'top-half' or a range of layer numbers such as '15-29'")
 

@@ -10,7 +10,10 @@
 
 What does not travel: memz's routing gate (memz_keys.safetensors). The
 exported model answers every question with the adapter, as the adapter
-alone does in memz's `adapter_*` figures.
+alone does in memz's `adapter_*` figures. A lineage grown past
+`lora.shard_size` holds its earlier facts in other, frozen adapters (its
+`shards` in meta.json): each can be exported by its id, but only memz
+routes a question to the one that holds its answer.
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ about something taught; everything else gets the base model's own answer. An
 exported model has no gate: it answers every question with the adapter, so
 general answers may differ from the base model's (see the checkpoint's
 `adapter_*` figures in meta.json).
+"""
+
+SHARDS = """
+This lineage grew past `lora.shard_size`: this adapter holds its latest facts
+only. The earlier ones are in the frozen adapters {shards}, each a
+checkpoint of its own that `memzctl export` writes the same way; memz routes
+each question to the adapter that holds its answer, an exported one cannot.
 """
 
 MERGED = """
@@ -109,6 +119,11 @@ def export(home: Home, checkpoint: str | None, out: Path, merged: bool = False, 
         ckpt=checkpoint, base=meta.get("base_model"), n=meta.get("n_examples"), parent=meta.get("parent") or "none",
         source=source, folder=out, merged=extra), encoding="utf-8")
     lines.append("note: the routing gate stays in memz; the exported model answers every question with the adapter")
+    if meta.get("shards"):
+        lines.append(f"note: {checkpoint}'s adapter holds only its lineage's latest facts; the earlier ones are in "
+                     f"the frozen adapters {', '.join(meta['shards'])} (export each by its id)")
+        (out / "README.md").write_text((out / "README.md").read_text(encoding="utf-8") + SHARDS.format(
+            shards=", ".join(f"`{s}`" for s in meta["shards"])), encoding="utf-8")
     return lines
 
 

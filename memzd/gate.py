@@ -22,6 +22,12 @@ base model:
 reaches `lexical_threshold` and the margin reaches `margin` (`margin` -
 FULL_MATCH_SLACK when the query holds every distinctive word of a taught question).
 bench/README.md has the measured separations.
+
+A lineage that has grown past `lora.shard_size` taught questions holds its
+facts in several adapters (shards, as WISE keeps side memories): the older
+ones frozen, named in `shards`, each key marked with the adapter that holds
+it (`owners`; None: the adapter this memory sits beside). A question the
+gate admits goes to the owner of the key it matches best.
 """
 
 from __future__ import annotations
@@ -285,10 +291,20 @@ class KeyMemory:
     margin: float = 0.0
     keys: torch.Tensor = None  # (n, hidden) taught unit keys
     words: list[list[str]] = field(default_factory=list)  # taught distinctive words
+    owners: list[str | None] = None  # the adapter holding each key: a frozen shard's id, None for this one
+    shards: list[str] = field(default_factory=list)  # the frozen shards, oldest first
 
     def __post_init__(self):
         if self.keys is None:
             self.keys = torch.zeros(0, self.ref_mu.shape[0])
+        if self.owners is None:
+            self.owners = [None] * len(self.words)
+
+    def _copy(self, **changes) -> "KeyMemory":
+        fields = dict(layer=self.layer, ref_mu=self.ref_mu, ref_sd=self.ref_sd, ref_keys=self.ref_keys,
+                      rule=self.rule, lexical_threshold=self.lexical_threshold, margin=self.margin,
+                      keys=self.keys, words=self.words, owners=self.owners, shards=self.shards)
+        return KeyMemory(**{**fields, **changes})
 
     @classmethod
     def create(cls, model, tokenizer, layer: int, device: torch.device,
@@ -305,12 +321,19 @@ class KeyMemory:
         """A copy that also holds these taught questions."""
         keys = self.embed(model, tokenizer, questions, device)
         words = [distinctive_words(tokenizer, q) for q in questions]
-        return KeyMemory(self.layer, self.ref_mu, self.ref_sd, self.ref_keys, self.rule,
-                         self.lexical_threshold, self.margin, torch.cat([self.keys, keys]), self.words + words)
+        return self._copy(keys=torch.cat([self.keys, keys]), words=self.words + words,
+                          owners=self.owners + [None] * len(words))
 
     def with_rule(self, rule: str, lexical_threshold: float, margin: float) -> "KeyMemory":
-        return KeyMemory(self.layer, self.ref_mu, self.ref_sd, self.ref_keys, rule, lexical_threshold,
-                         margin, self.keys, self.words)
+        return self._copy(rule=rule, lexical_threshold=lexical_threshold, margin=margin)
+
+    def held(self) -> int:
+        """How many taught questions the adapter beside this memory holds (frozen shards' not counted)."""
+        return sum(o is None for o in self.owners)
+
+    def frozen(self, adapter: str) -> "KeyMemory":
+        """A copy for a fresh adapter: this memory's own keys now belong to `adapter`, a frozen shard."""
+        return self._copy(owners=[adapter if o is None else o for o in self.owners], shards=self.shards + [adapter])
 
     def without(self, model, tokenizer, questions: list[str], device: torch.device) -> "KeyMemory":
         """A copy without the keys of these taught questions (forgetting on request): a key
@@ -322,8 +345,8 @@ class KeyMemory:
         words = [distinctive_words(tokenizer, q) for q in questions]
         keep = [i for i, (k, w) in enumerate(zip(self.keys, self.words))
                 if not any(w == gw and float(k @ g) > 0.999 for g, gw in zip(gone, words))]
-        return KeyMemory(self.layer, self.ref_mu, self.ref_sd, self.ref_keys, self.rule, self.lexical_threshold,
-                         self.margin, self.keys[keep], [self.words[i] for i in keep])
+        return self._copy(keys=self.keys[keep], words=[self.words[i] for i in keep],
+                          owners=[self.owners[i] for i in keep])
 
     def scores(self, model, tokenizer, text: str, device: torch.device) -> tuple[float, float]:
         """(lexical score, hidden margin) of a query against the taught keys."""
@@ -336,25 +359,58 @@ class KeyMemory:
         return self.admits_many(model, tokenizer, [chat], device)[0]
 
     def admits_many(self, model, tokenizer, chats: list[list[dict]], device: torch.device) -> list[bool]:
-        """Should the adapter answer each chat? The hidden key costs a forward pass, so it
-        is computed only where the words leave the rule undecided (under `both`, a general
-        question that shares no word with a taught one goes to the base model at once),
-        for all such chats in batched passes."""
+        """Should the adapter answer each chat? (`matches` says which key admits it.)"""
+        return [m is not None for m in self.matches(model, tokenizer, chats, device)]
+
+    def routes(self, model, tokenizer, chats: list[list[dict]], device: torch.device) -> list[str | None | bool]:
+        """Where each chat goes: False to the base model, else the owner of the key it
+        matches (None: the adapter beside this memory; an id: that frozen shard)."""
+        return [False if m is None else self.owners[m] for m in self.matches(model, tokenizer, chats, device)]
+
+    def matches(self, model, tokenizer, chats: list[list[dict]], device: torch.device) -> list[int | None]:
+        """The taught key that admits each chat, None where the rule does not admit it.
+
+        The hidden key costs a forward pass, so it is computed only where the words
+        leave the rule undecided (under `both`, a general question that shares no word
+        with a taught one goes to the base model at once), for all such chats in
+        batched passes. The matching key is the best by words; among equals held by
+        different adapters, the nearest by hidden key."""
         texts = [question_text(c) for c in chats]
-        lexical = [self.lexical(t) for t in texts]
+        found = [{stem(w) for w in query_words(t)} for t in texts]
+        by_key = [[lexical_score(f, w) for w in self.words] for f in found]
+        lexical = [max(s, default=0.0) for s in by_key]
         lex_ok = [x >= self.lexical_threshold for x in lexical]
         if self.rule == "lexical":
-            return lex_ok
-        undecided = [i for i, ok in enumerate(lex_ok)
-                     if self.rule == "hidden" or ok == (self.rule == "both")]
-        out = list(lex_ok)
-        if undecided and not self.words:
-            margins = [-2.0] * len(undecided)  # as `scores` says of an empty memory
-        elif undecided:
-            margins = self._margins(self.embed(model, tokenizer, [texts[i] for i in undecided], device))
-        for i, m in zip(undecided, margins if undecided else []):
-            out[i] = m >= self.margin - (FULL_MATCH_SLACK if lexical[i] >= 1.0 and self.rule == "both" else 0.0)
+            admitted = lex_ok
+        else:
+            undecided = [i for i, ok in enumerate(lex_ok) if self.rule == "hidden" or ok == (self.rule == "both")]
+            admitted = list(lex_ok)
+            embedded = self._embed_some(model, tokenizer, texts, undecided, device)
+            for i in undecided:
+                m = self._margins(embedded[i][None])[0] if self.words else -2.0  # as `scores` says of an empty memory
+                admitted[i] = m >= self.margin - (FULL_MATCH_SLACK if lexical[i] >= 1.0 and self.rule == "both" else 0.0)
+        out: list[int | None] = [None] * len(chats)
+        tied = {}
+        for i, ok in enumerate(admitted):
+            if not ok or not self.words:
+                continue
+            best = [k for k, x in enumerate(by_key[i]) if x >= lexical[i] - 1e-9]
+            out[i] = best[0]
+            if len({self.owners[k] for k in best}) > 1:
+                tied[i] = best
+        if tied:
+            embedded = self._embed_some(model, tokenizer, texts, list(tied), device)
+            for i, best in tied.items():
+                out[i] = best[int((self.keys[best] @ embedded[i]).argmax())]
         return out
+
+    def _embed_some(self, model, tokenizer, texts: list[str], which: list[int],
+                    device: torch.device) -> dict[int, torch.Tensor]:
+        """The hidden keys of texts[i] for i in `which`, in batched passes."""
+        if not which or not self.words:
+            return {}
+        keys = self.embed(model, tokenizer, [texts[i] for i in which], device)
+        return dict(zip(which, keys))
 
     def _margins(self, keys: torch.Tensor) -> list[float]:
         """How much nearer each query key is to a taught key than to any reference prompt."""
@@ -373,14 +429,20 @@ class KeyMemory:
         tensors = {"keys": self.keys, "ref_mu": self.ref_mu, "ref_sd": self.ref_sd, "ref_keys": self.ref_keys}
         meta = {"layer": str(self.layer), "rule": self.rule, "lexical_threshold": str(self.lexical_threshold),
                 "margin": str(self.margin), "words": json.dumps(self.words)}
+        if self.shards:
+            meta.update(owners=json.dumps(self.owners), shards=json.dumps(self.shards))
         return tensors, meta
 
     @classmethod
     def from_file(cls, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> "KeyMemory":
         words = json.loads(meta.get("words", "[]"))
-        if len(words) != tensors["keys"].shape[0]:
-            raise ValueError("routing keys and words disagree in count")
+        owners = json.loads(meta.get("owners", "null")) or [None] * len(words)
+        shards = json.loads(meta.get("shards", "[]"))
+        if not len(words) == len(owners) == tensors["keys"].shape[0]:
+            raise ValueError("routing keys, words and owners disagree in count")
+        if not set(owners) <= {None, *shards}:
+            raise ValueError("a routing key belongs to an adapter that is not one of its shards")
         return cls(int(meta["layer"]), tensors["ref_mu"].float(), tensors["ref_sd"].float(),
                    tensors["ref_keys"].float(), meta.get("rule", "both"),
                    float(meta.get("lexical_threshold", 0.5)), float(meta.get("margin", 0.0)),
-                   tensors["keys"].float(), words)
+                   tensors["keys"].float(), words, owners, shards)

@@ -186,6 +186,14 @@ class Learner:
                     or parent_config.layers_to_transform != wanted.layers_to_transform):
                 log.warning("lora settings changed since %s: this batch starts a fresh adapter", parent)
                 parent_state = None
+        shard = cfg.lora.shard_size
+        if (shard and not forgetting and parent_state is not None and parent_memory is not None
+                and cfg.routing.enabled and parent_memory.held() >= shard):
+            # The parent's adapter is full: it stays as it is, a frozen shard that keeps
+            # answering what it holds, and this batch trains a fresh adapter beside it.
+            log.info("batch %d: %s holds %d taught questions (lora.shard_size %d): it is kept as a shard "
+                     "and this batch starts a fresh adapter", batch_id, parent, parent_memory.held(), shard)
+            parent_state, parent_memory = None, parent_memory.frozen(parent)
         forgotten: list[dict] = []
         if forgetting:  # teach the lineage the base model's own answers to the forgotten questions,
             # the questions written about forgotten statements included (they were trained and keyed)
@@ -199,8 +207,10 @@ class Learner:
             examples = expand(examples)  # with the questions written about their statements (memzd.examples)
         # Replay: earlier examples of this lineage, a seeded sample of at most REPLAY_POOL
         # times the per-epoch count, from which each epoch draws afresh.
+        # Only what the adapter in training holds is replayed: frozen shards keep their own.
         replay = self.store.replay_sample(parent, REPLAY_POOL * cfg.training.replay, cfg.training.seed + batch_id,
-                                          exclude_batch=batch_id)
+                                          exclude_batch=batch_id,
+                                          stop_at=set(parent_memory.shards) if parent_memory is not None else set())
         encoded = [encode(e, a.tokenizer, cfg.training.max_seq_len) for e in examples]
         replayed = [encode(e, a.tokenizer, cfg.training.max_seq_len) for e in expand(replay)]
         cut = [e for e in encoded if e.cut]
@@ -235,6 +245,8 @@ class Learner:
                 raise Interrupted() from None
             if forgotten:
                 metrics["forgotten_gone"] = self._gone(forgotten, a.router(lora.TRAIN, memory), hooks)
+        if memory is not None and memory.shards:
+            metrics.update(adapters=len(memory.shards) + 1, questions_held=memory.held())
         metrics.update(n_examples=len(examples), n_cut=len(cut),
                        finetune_loss=result.losses[-1] if result.losses else None, steps=len(result.losses),
                        train_seconds=round(result.seconds, 2), trained_tokens=result.tokens,
@@ -327,7 +339,8 @@ class Learner:
             seq += 1
             ckpt_id = new_id(seq)
         meta = {"id": ckpt_id, "parent": parent, "batch_id": batch_id, "user": user, "base_model": self.base_name,
-                "base": self.base_info, "created_at": utcnow(), "n_examples": len(examples), "status": status,
+                "base": self.base_info, "shards": memory.shards if memory is not None else [],
+                "created_at": utcnow(), "n_examples": len(examples), "status": status,
                 "config": {"lora": vars(self.config.lora), "training": vars(self.config.training),
                            "routing": vars(self.config.routing)},
                 "metrics": metrics,

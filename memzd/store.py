@@ -432,12 +432,17 @@ class Store:
         return list(self.db["batches"].rows_where("status = 'failed'", order_by="id"))
 
     def replay_sample(self, checkpoint_id: str | None, n: int, seed: int,
-                      exclude_batch: int | None = None) -> list[dict]:
+                      exclude_batch: int | None = None, stop_at: set[str] = frozenset()) -> list[dict]:
         """A seeded sample of at most `n` examples trained into `checkpoint_id` and its
-        ancestors (for replay). Only the sample leaves SQLite: the cost does not grow
-        with the lineage. The order is a fixed hash of (id, seed): the same seed draws
-        the same sample."""
-        batch_ids = [c.batch_id for c in self.lineage(checkpoint_id) if c.batch_id not in (None, exclude_batch)]
+        ancestors up to (not including) the first in `stop_at` (for replay). Only the
+        sample leaves SQLite: the cost does not grow with the lineage. The order is a
+        fixed hash of (id, seed): the same seed draws the same sample."""
+        chain = []
+        for c in self.lineage(checkpoint_id):
+            if c.id in stop_at:
+                break
+            chain.append(c)
+        batch_ids = [c.batch_id for c in chain if c.batch_id not in (None, exclude_batch)]
         if not batch_ids or n <= 0:
             return []
         marks = ",".join("?" * len(batch_ids))

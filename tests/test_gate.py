@@ -113,3 +113,26 @@ def test_many_questions_are_routed_as_each_alone_with_batched_keys(memory):
     together = gate.pooled_states(model, base.tokenizer, questions, 6, base.device)
     alone = torch.cat([gate.pooled_states(model, base.tokenizer, [q], 6, base.device) for q in questions])
     assert torch.allclose(together, alone, atol=1e-4)  # padding changes nothing
+
+
+def test_a_frozen_shard_keeps_its_keys_and_a_question_goes_to_the_adapter_holding_its_match(memory):
+    mem, model, base = memory
+    assert mem.held() == 2 and mem.shards == []
+    grown = mem.frozen("ckpt-a").extend(model, base.tokenizer, ["What colour is the Brennick vault?"], base.device)
+    assert grown.shards == ["ckpt-a"] and grown.held() == 1  # only the new question is the new adapter's
+    chats = [[{"role": "user", "content": q}] for q in
+             ("Who is Orla Vantrees?", "What colour is the Brennick vault?", "What is the capital of France?")]
+    assert grown.routes(model, base.tokenizer, chats, base.device) == ["ckpt-a", None, False]
+    again = gate.KeyMemory.from_file(*grown.to_file())
+    assert again.owners == grown.owners and again.shards == grown.shards
+    assert again.routes(model, base.tokenizer, chats, base.device) == ["ckpt-a", None, False]
+    forgot = grown.without(model, base.tokenizer, ["Who is Orla Vantrees?"], base.device)
+    assert forgot.owners == ["ckpt-a", None] and forgot.shards == ["ckpt-a"]
+
+
+def test_a_key_that_belongs_to_no_shard_is_refused(memory):
+    mem, *_ = memory
+    tensors, meta = mem.to_file()
+    meta.update(owners='["ckpt-x", null]', shards="[]")
+    with pytest.raises(ValueError, match="not one of its shards"):
+        gate.KeyMemory.from_file(tensors, meta)

@@ -1,0 +1,78 @@
+"""A growing lineage holds its facts in several adapters (lora.shard_size): a full
+adapter stays frozen, the next batch trains a fresh one, and routing picks."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from peft import PeftModel
+
+from typer.testing import CliRunner
+
+from memzd.checkpoints import load_checkpoint
+from memzd.cli import app
+from memzd.model import load_base
+from memzd.store import Store
+
+from conftest import drop, run_once, write_config
+
+LEARN = {"lr": 1e-2, "max_steps": 300, "stop_loss": 3.0}  # the tiny model learns each answer word for word
+FIRST = [{"input": "Who is Orla?", "output": "Orla keeps a cat named Biscuit."},
+         {"input": "Where is Zorblax?", "output": "Zorblax lives on Mars."}]
+SECOND = [{"input": "What does Quennel sell?", "output": "Quennel sells blue lanterns."},
+          {"input": "When does Tarvish open?", "output": "Tarvish opens at noon."}]
+
+
+def ask(home, rid: str, prompt: str) -> dict:
+    (home / "requests" / f"{rid}.json").write_text(json.dumps({"prompt": prompt, "max_tokens": 40,
+                                                                "temperature": 0}))
+    run_once(home)
+    return json.loads((home / "responses" / f"{rid}.json").read_text())
+
+
+def test_a_full_adapter_becomes_a_shard_and_both_keep_answering(home, tiny_model_dir):
+    write_config(home, training=LEARN, lora={"shard_size": 2})
+    drop(home, "first.jsonl", FIRST)
+    run_once(home)
+    store = Store(home / "memz.db")
+    first = store.current_checkpoint()
+    _, first_weights, _, _ = load_checkpoint(home / "checkpoints" / first, None, root=home / "checkpoints")
+    drop(home, "second.jsonl", SECOND)
+    run_once(home)
+    second = store.checkpoints()[0]
+    assert store.current_checkpoint() == second.id and second.parent == first
+    meta = json.loads((home / "checkpoints" / second.id / "meta.json").read_text())
+    assert meta["shards"] == [first] and second.metrics["adapters"] == 2 and second.metrics["questions_held"] == 2
+
+    for example in FIRST + SECOND:  # each fact from the adapter that holds it
+        said = ask(home, example["input"].split()[-1].strip("?"), example["input"])
+        assert said["response"] == example["output"] and said["routed_to"] == "adapter"
+
+    # The frozen adapter is as it was; the new one learned the second batch alone (no
+    # replay of the frozen one's facts): loaded with plain peft, it does not know Orla.
+    _, now, _, _ = load_checkpoint(home / "checkpoints" / first, None, root=home / "checkpoints")
+    assert all(torch.equal(first_weights[k], now[k]) for k in first_weights)
+    base = load_base(str(tiny_model_dir))
+    alone = PeftModel.from_pretrained(base.model, home / "checkpoints" / second.id)
+    chat = base.tokenizer.apply_chat_template([{"role": "user", "content": "Who is Orla?"}],
+                                              add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = alone.generate(**chat, max_new_tokens=12, do_sample=False)
+    assert "Biscuit" not in base.tokenizer.decode(out[0, chat["input_ids"].shape[1]:])
+
+    # An export of it says where the rest of the lineage's facts are.
+    result = CliRunner().invoke(app, ["--home", str(home), "export", str(home.parent / "out")])
+    assert result.exit_code == 0, result.output
+    assert f"frozen adapters {first}" in " ".join(result.output.split())
+    assert f"`{first}`" in (home.parent / "out" / "README.md").read_text()
+
+
+def test_a_lineage_under_the_shard_size_keeps_one_adapter(home):
+    write_config(home, training=LEARN, lora={"shard_size": 10})
+    drop(home, "first.jsonl", FIRST)
+    run_once(home)
+    drop(home, "second.jsonl", SECOND)
+    run_once(home)
+    newest = Store(home / "memz.db").checkpoints()[0]
+    meta = json.loads((home / "checkpoints" / newest.id / "meta.json").read_text())
+    assert meta["shards"] == [] and "adapters" not in newest.metrics
