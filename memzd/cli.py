@@ -235,7 +235,8 @@ def status(ctx: typer.Context, as_json: bool = _JSON, user: Optional[str] = _USE
     if user:
         t.add_row("user", user)
     t.add_row("current checkpoint", f"{data['current_checkpoint'] or '(base model)'}"
-              + (f" [{data['checkpoint_status']}]" if data["checkpoint_status"] else ""))
+              + (f" [{data['checkpoint_status']}]" if data["checkpoint_status"] else "")
+              + (f", {data['adapters']} adapters (lora.shard_size)" if data.get("adapters", 0) > 1 else ""))
     t.add_row("daemon", f"running, pid {d['pid']}: {d['activity']}" + (f" (since {d['since']})" if d["since"] else "")
               if d["running"] else f"not running (start it: memzd --home {data['home']})")
     t.add_row("queue depth", str(data["queue_depth"]))

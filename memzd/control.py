@@ -186,6 +186,7 @@ def status_data(home: Home, user: str | None = None) -> dict:
             "base_model": base_model_name(config.base_model),
             "current_checkpoint": current,
             "checkpoint_status": row.status if row else None,
+            "adapters": metrics.get("adapters", 1 if row else 0),  # >1: the lineage is held in shards
             "queue_depth": store.queue_depth(),
             "last_update": store.last_update(),
             "next_batch": next_batch(store, config),

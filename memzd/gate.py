@@ -386,8 +386,9 @@ class KeyMemory:
             undecided = [i for i, ok in enumerate(lex_ok) if self.rule == "hidden" or ok == (self.rule == "both")]
             admitted = list(lex_ok)
             embedded = self._embed_some(model, tokenizer, texts, undecided, device)
-            for i in undecided:
-                m = self._margins(embedded[i][None])[0] if self.words else -2.0  # as `scores` says of an empty memory
+            margins = (self._margins(torch.stack([embedded[i] for i in undecided])) if embedded
+                       else [-2.0] * len(undecided))  # as `scores` says of an empty memory
+            for i, m in zip(undecided, margins):
                 admitted[i] = m >= self.margin - (FULL_MATCH_SLACK if lexical[i] >= 1.0 and self.rule == "both" else 0.0)
         out: list[int | None] = [None] * len(chats)
         tied = {}

@@ -44,6 +44,8 @@ def test_a_full_adapter_becomes_a_shard_and_both_keep_answering(home, tiny_model
     assert store.current_checkpoint() == second.id and second.parent == first
     meta = json.loads((home / "checkpoints" / second.id / "meta.json").read_text())
     assert meta["shards"] == [first] and second.metrics["adapters"] == 2 and second.metrics["questions_held"] == 2
+    status = CliRunner().invoke(app, ["--home", str(home), "status"])
+    assert "2 adapters" in status.output, status.output
 
     for example in FIRST + SECOND:  # each fact from the adapter that holds it
         said = ask(home, example["input"].split()[-1].strip("?"), example["input"])
