@@ -78,3 +78,19 @@ def test_a_lineage_under_the_shard_size_keeps_one_adapter(home):
     newest = Store(home / "memz.db").checkpoints()[0]
     meta = json.loads((home / "checkpoints" / newest.id / "meta.json").read_text())
     assert meta["shards"] == [] and "adapters" not in newest.metrics
+
+
+def test_an_update_of_a_fact_a_frozen_shard_holds_is_answered_by_the_new_adapter(home):
+    write_config(home, training=LEARN, lora={"shard_size": 2})
+    drop(home, "first.jsonl", FIRST)
+    run_once(home)
+    renamed = {"input": "Who is Orla?", "output": "Orla keeps a cat named Pepper."}
+    drop(home, "update.jsonl", [renamed, SECOND[0]])
+    run_once(home)
+    store = Store(home / "memz.db")
+    newest = store.checkpoints()[0]
+    assert newest.metrics["adapters"] == 2
+    said = ask(home, "orla", "Who is Orla?")
+    assert said["response"] == renamed["output"]  # not the frozen shard's Biscuit
+    assert ask(home, "zorblax", "Where is Zorblax?")["response"] == FIRST[1]["output"]  # the shard still answers
+    assert any(e["kind"] == "supersede" for e in store.events(50))
