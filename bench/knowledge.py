@@ -348,7 +348,8 @@ def run_category(name: str, locality: list[dict], overrides: list[str], base_mod
               "checkpoint": ck["id"], "status": ck["status"], "drop_to_live_s": [round(x, 1) for x in lives],
               "metrics": {k: m.get(k) for k in ("recall", "adapter_recall", "retention_score", "anchor_ce_delta",
                                                 "adapter_retention_score", "adapter_anchor_ce_delta", "steps",
-                                                "n_examples", "train_seconds", "eval_seconds")}}
+                                                "n_examples", "train_seconds", "eval_seconds", "adapters")
+                          if k != "adapters" or k in m}}
     log.close()
     done_with(home, keep)
     return result

@@ -93,7 +93,7 @@ class Adapters:
         # Shards a loaded checkpoint routes to stay; of the rest, the least recently used go.
         shards = {s for ld in self.loaded.values() if ld.memory is not None for s in ld.memory.shards}
         evictable = [c for c in self.loaded if c not in shards and c != checkpoint_id]
-        for old in evictable[:max(0, len(self.loaded) - len(shards) - LOADED_ADAPTERS)]:
+        for old in evictable[:max(0, len(self.loaded) - len(shards & self.loaded.keys()) - LOADED_ADAPTERS)]:
             del self.loaded[old]
             lora.drop_adapter(self.model, old)
         return self.loaded[checkpoint_id]

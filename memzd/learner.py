@@ -178,21 +178,23 @@ class Learner:
             raise NothingToTrain(f"batch {batch_id}: every example in it was forgotten before it trained")
         anchor_set = self.anchors.get(hooks)  # prepared before training, so its cost is not in the curve
         parent = a.serving(user)  # a parent that cannot serve is rolled back first, never trained on
-        parent_state, parent_memory = None, None
+        parent_state, parent_memory, changed = None, None, False
         if parent:
             parent_config, parent_state, parent_memory = a.state(parent)
             wanted = lora.peft_config(cfg.lora, lora.n_layers(a.model))
-            if (parent_config.r != wanted.r or set(parent_config.target_modules) != set(wanted.target_modules)
-                    or parent_config.layers_to_transform != wanted.layers_to_transform):
+            changed = (parent_config.r != wanted.r or set(parent_config.target_modules) != set(wanted.target_modules)
+                       or parent_config.layers_to_transform != wanted.layers_to_transform)
+            if changed:
                 log.warning("lora settings changed since %s: this batch starts a fresh adapter", parent)
                 parent_state = None
         shard = cfg.lora.shard_size
-        if (shard and not forgetting and parent_state is not None and parent_memory is not None
-                and cfg.routing.enabled and parent_memory.held() >= shard):
-            # The parent's adapter is full: it stays as it is, a frozen shard that keeps
-            # answering what it holds, and this batch trains a fresh adapter beside it.
-            log.info("batch %d: %s holds %d taught questions (lora.shard_size %d): it is kept as a shard "
-                     "and this batch starts a fresh adapter", batch_id, parent, parent_memory.held(), shard)
+        full = bool(shard) and parent_memory is not None and parent_memory.held() >= shard
+        if (full or changed) and not forgetting and parent_memory is not None and cfg.routing.enabled:
+            # The parent's adapter is full (or of other settings): it stays as it is, a frozen
+            # shard that keeps answering what it holds, and this batch trains a fresh adapter beside it.
+            log.info("batch %d: %s holds %d taught questions%s: it is kept as a shard and this batch starts "
+                     "a fresh adapter", batch_id, parent, parent_memory.held(),
+                     f" (lora.shard_size {shard})" if full else " under other lora settings")
             parent_state, parent_memory = None, parent_memory.frozen(parent)
         forgotten: list[dict] = []
         if forgetting:  # teach the lineage the base model's own answers to the forgotten questions,

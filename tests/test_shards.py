@@ -94,3 +94,17 @@ def test_an_update_of_a_fact_a_frozen_shard_holds_is_answered_by_the_new_adapter
     assert said["response"] == renamed["output"]  # not the frozen shard's Biscuit
     assert ask(home, "zorblax", "Where is Zorblax?")["response"] == FIRST[1]["output"]  # the shard still answers
     assert any(e["kind"] == "supersede" for e in store.events(50))
+
+
+def test_new_lora_settings_keep_the_old_adapter_as_a_shard(home):
+    """Changing lora.r starts a fresh adapter; what the old one holds is still answered."""
+    write_config(home, training=LEARN, lora={"shard_size": 0, "r": 8})
+    drop(home, "first.jsonl", FIRST)
+    run_once(home)
+    write_config(home, lora={"r": 4})
+    drop(home, "second.jsonl", SECOND)
+    run_once(home)
+    newest = Store(home / "memz.db").checkpoints()[0]
+    assert newest.metrics["adapters"] == 2
+    assert ask(home, "orla", "Who is Orla?")["response"] == FIRST[0]["output"]
+    assert ask(home, "quennel", "What does Quennel sell?")["response"] == SECOND[0]["output"]
