@@ -380,6 +380,7 @@ class KeyMemory:
         by_key = [[lexical_score(f, w) for w in self.words] for f in found]
         lexical = [max(s, default=0.0) for s in by_key]
         lex_ok = [x >= self.lexical_threshold for x in lexical]
+        embedded: dict[int, torch.Tensor] = {}
         if self.rule == "lexical":
             admitted = lex_ok
         else:
@@ -399,8 +400,8 @@ class KeyMemory:
             out[i] = best[0]
             if len({self.owners[k] for k in best}) > 1:
                 tied[i] = best
-        if tied:
-            embedded = self._embed_some(model, tokenizer, texts, list(tied), device)
+        if tied:  # under `both` an admitted chat's hidden key is at hand already
+            embedded.update(self._embed_some(model, tokenizer, texts, [i for i in tied if i not in embedded], device))
             for i, best in tied.items():
                 out[i] = best[int((self.keys[best] @ embedded[i]).argmax())]
         return out
