@@ -115,15 +115,14 @@ def export(home: Home, checkpoint: str | None, out: Path, merged: bool = False, 
             gguf_note = ("\n`gguf/model.gguf` is the same model for llama.cpp and Ollama (an Ollama "
                          "Modelfile: `FROM ./gguf/model.gguf`).")
         extra = MERGED.format(folder=out, gguf=gguf_note)
+    shards = SHARDS.format(shards=", ".join(f"`{s}`" for s in meta["shards"])) if meta.get("shards") else ""
     (out / "README.md").write_text(README.format(
         ckpt=checkpoint, base=meta.get("base_model"), n=meta.get("n_examples"), parent=meta.get("parent") or "none",
-        source=source, folder=out, merged=extra), encoding="utf-8")
+        source=source, folder=out, merged=extra) + shards, encoding="utf-8")
     lines.append("note: the routing gate stays in memz; the exported model answers every question with the adapter")
     if meta.get("shards"):
         lines.append(f"note: {checkpoint}'s adapter holds only its lineage's latest facts; the earlier ones are in "
                      f"the frozen adapters {', '.join(meta['shards'])} (export each by its id)")
-        (out / "README.md").write_text((out / "README.md").read_text(encoding="utf-8") + SHARDS.format(
-            shards=", ".join(f"`{s}`" for s in meta["shards"])), encoding="utf-8")
     return lines
 
 

@@ -376,8 +376,7 @@ class KeyMemory:
         batched passes. The matching key is the best by words; among equals held by
         different adapters, the nearest by hidden key."""
         texts = [question_text(c) for c in chats]
-        found = [{stem(w) for w in query_words(t)} for t in texts]
-        by_key = [[lexical_score(f, w) for w in self.words] for f in found]
+        by_key = [self._lexical_by_key(t) for t in texts]
         lexical = [max(s, default=0.0) for s in by_key]
         lex_ok = [x >= self.lexical_threshold for x in lexical]
         embedded: dict[int, torch.Tensor] = {}
@@ -420,10 +419,12 @@ class KeyMemory:
 
     def lexical(self, text: str) -> float:
         """The best share of a taught question's distinctive words that `text` holds."""
-        if not self.words:
-            return 0.0
+        return max(self._lexical_by_key(text), default=0.0)
+
+    def _lexical_by_key(self, text: str) -> list[float]:
+        """The share of each taught question's distinctive words that `text` holds."""
         found = {stem(w) for w in query_words(text)}
-        return max(lexical_score(found, w) for w in self.words)
+        return [lexical_score(found, w) for w in self.words]
 
     # -- stored beside the adapter as memz_keys.safetensors --------------------------
 
