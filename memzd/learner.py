@@ -42,6 +42,7 @@ from .evaluator import (ADAPTER_ANCHORS, AnchorSet, evaluate, forgetting_loss, h
 from .examples import answer_of, expand, to_chat
 from .inference import Cancelled, all_cores, greedy_answers
 from .model import cache_root
+from .nullspace import NullSpace
 from .store import CheckpointRow, ParentMoved, Store, utcnow
 from .tokens import IGNORE, Encoded, encode
 from .trainer import Interrupted, TrainCallback, TrainResult, train
@@ -161,6 +162,7 @@ class Learner:
                      if v not in (None, "fp32", "none")]
         self.anchors = Anchors(config, home, adapters, "@".join([base_name, *precision]))
         self._general_cache = None
+        self._null_cache = None
 
     def learn(self, batch_id: int, hooks: Hooks) -> str:
         """Train, evaluate and commit one batch; returns the new checkpoint's id.
@@ -230,7 +232,8 @@ class Learner:
         if encoded:
             result = train(a.model, encoded, cfg.training, pad_id=a.tokenizer.pad_token_id, device=a.device,
                            callback=_Steps(self, batch_id, hooks, anchor_set), replay=replayed,
-                           general=self._general(anchor_set))
+                           general=self._general(anchor_set),
+                           constrain=self._constraint(anchor_set, parent_state is not None, hooks))
         else:  # forgetting notes only: the parent's weights, without their keys
             result = TrainResult()
         hooks.activity(f"evaluating batch {batch_id}")
@@ -262,19 +265,47 @@ class Learner:
                  ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         return ckpt
 
-    def _general(self, anchor_set: AnchorSet | None):
-        """The anchors with the base model's own answers, to keep (training.general): all
-        but the first ADAPTER_ANCHORS, which measure the adapter alone and stay unseen."""
-        if not self.config.training.general or anchor_set is None:
-            return []
+    def _general_texts(self, anchor_set: AnchorSet) -> list[Encoded]:
+        """The anchors with the base model's own answers, encoded: all but the first
+        ADAPTER_ANCHORS, which measure the adapter alone and stay unseen."""
         if self._general_cache is None or self._general_cache[0] is not anchor_set:
             chats = [a.chat + [{"role": "assistant", "content": ans}]
                      for a, ans in zip(anchor_set.anchors[ADAPTER_ANCHORS:], anchor_set.base_greedy[ADAPTER_ANCHORS:])
                      if ans]
-            encoded = [encode({"messages": c}, self.adapters.tokenizer, self.config.training.max_seq_len)
-                       for c in chats]
-            self._general_cache = (anchor_set, [_first_answer_tokens(e, GENERAL_ANSWER_TOKENS) for e in encoded])
+            self._general_cache = (anchor_set, [encode({"messages": c}, self.adapters.tokenizer,
+                                                       self.config.training.max_seq_len) for c in chats])
         return self._general_cache[1]
+
+    def _general(self, anchor_set: AnchorSet | None) -> list[Encoded]:
+        """What training.general mixes into every epoch: the general texts, each cut
+        after its first GENERAL_ANSWER_TOKENS answer tokens."""
+        if not self.config.training.general or anchor_set is None:
+            return []
+        return [_first_answer_tokens(e, GENERAL_ANSWER_TOKENS) for e in self._general_texts(anchor_set)]
+
+    def _constraint(self, anchor_set: AnchorSet | None, parent: bool, hooks: Hooks):
+        """training.null_space: the projection that keeps this batch's change to the
+        adapter out of what general text uses (memzd.nullspace), measured once."""
+        keep, a = self.config.training.null_space, self.adapters
+        if not keep or anchor_set is None:
+            return None
+        if not self._general_texts(anchor_set):
+            log.warning("training.null_space is set but there are no general texts to measure it on (the "
+                        "anchors past the first %d, with answers): this batch trains without it", ADAPTER_ANCHORS)
+            return None
+        modules = frozenset(n for n, m in a.model.named_modules() if lora.TRAIN in getattr(m, "lora_A", {}))
+        cached = self._null_cache
+        if cached is None or cached[0] is not anchor_set or cached[1] != (keep, modules):
+            hooks.activity("measuring the null space of general text (training.null_space), once")
+            t0 = time.perf_counter()
+            with all_cores():
+                null = NullSpace.measure(a.model, self._general_texts(anchor_set), keep, a.device,
+                                         a.tokenizer.pad_token_id)
+            log.info("training.null_space %.3g: measured on %d general texts in %.1fs; LoRA A may use %d-%d "
+                     "input dimensions", keep, len(self._general_texts(anchor_set)), time.perf_counter() - t0,
+                     min(null.kept.values()), max(null.kept.values()))
+            self._null_cache = (anchor_set, (keep, modules), null)
+        return self._null_cache[2].bind(a.model, lora.TRAIN, parent)
 
     def _memory(self, parent_memory, examples) -> gate.KeyMemory | None:
         """The parent's key memory extended with this batch's questions (None: routing off)."""

@@ -25,6 +25,7 @@ import math
 import random
 import time
 from contextlib import contextmanager, nullcontext
+from typing import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -216,7 +217,8 @@ class Passes:
 
 def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
           device: torch.device, callback: TrainCallback | None = None,
-          replay: list[Encoded] = (), general: list[Encoded] = (), levers: Levers = Levers()) -> TrainResult:
+          replay: list[Encoded] = (), general: list[Encoded] = (), levers: Levers = Levers(),
+          constrain: Callable[[], None] | None = None) -> TrainResult:
     """Run up to cfg.max_steps AdamW steps on the trainable parameters of `model`.
 
     Every setting comes from `cfg` (precision, stop_loss, replay per epoch);
@@ -225,7 +227,9 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
     (earlier batches, so that they are not erased) and `cfg.general` drawn
     afresh from `general` (general prompts with the base model's own answers,
     so that the adapter keeps them; they are never required to be learned,
-    only kept near where they are). A step covers
+    only kept near where they are). `constrain`, if given, runs after every
+    optimizer step to pull the weights back where they may be (memzd.nullspace:
+    training.null_space). A step covers
     batch_size * grad_accum of them, and its loss is averaged over answer
     tokens. The run stops after the first epoch in which every example's loss
     was below `stop_loss` and every answer token was the model's top choice
@@ -285,6 +289,8 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
             result.tokens += sum(len(e.input_ids) for e in mb)
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # clip the global grad norm at 1.0
         optimizer.step()
+        if constrain is not None:
+            constrain()
         schedule.step()
         step_loss = total / max(n_answer, 1)
         if not math.isfinite(step_loss):

@@ -1,0 +1,140 @@
+"""Issue 12.4 study: what keeps the adapter alone (ungated) from forgetting?
+
+Trains one batch of bench/data/facts.jsonl (f01-f10) into a fresh adapter with
+memzd's own trainer and config, in-process (no daemon, no gate), then asks
+with the adapter always on: the taught questions (efficacy), their
+paraphrases, and the 64 general questions of bench/data/locality.jsonl
+(ungated locality; those also among the shipped anchors are reported apart).
+
+Variants (each alone or together):
+  --null F     keep each LoRA A matrix out of the input subspace that holds
+               fraction F of the energy of general text (the shipped anchors
+               with the base model's answers), projected after every step:
+               the AlphaEdit / null-space idea for LoRA.
+  --general N  memzd's training.general (N anchors with the base's answers per epoch).
+
+    python bench/research/adapter_alone_study.py --null 0.99 -v
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from memzd import lora
+from memzd.anchors import _read_jsonl
+from memzd.config import Config
+from memzd.examples import expand
+from memzd.inference import greedy_answers
+from memzd.learner import GENERAL_ANSWER_TOKENS, _first_answer_tokens
+from memzd.model import load_base
+from memzd.tokens import encode
+from memzd.gate import REFERENCE_PROMPTS
+from memzd.nullspace import NullSpace
+from memzd.trainer import train
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent / "data"
+ANCHORS = Path(__import__("memzd").__file__).parent / "defaults" / "anchors" / "default.jsonl"
+CACHE = Path("/tmp/memz-study-anchor-answers.json")
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def hit(answer: str, key: str) -> bool:
+    return key.lower() in answer.lower()
+
+
+def anchor_answers(model, tok, device, chats) -> list[str]:
+    """The base model's greedy answers, cached by chat across runs."""
+    cached = json.loads(CACHE.read_text()) if CACHE.exists() else {}
+    missing = [c for c in chats if json.dumps(c) not in cached]
+    if missing:
+        got = greedy_answers(model, tok, missing, adapter=None, device=device, max_tokens=48)
+        cached.update({json.dumps(c): a for c, a in zip(missing, got)})
+        CACHE.write_text(json.dumps(cached))
+    return [cached[json.dumps(c)] for c in chats]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--null", type=float, default=0.0, help="energy share of general text to keep LoRA A out of")
+    ap.add_argument("--general", type=int, default=0)
+    ap.add_argument("--reference", action="store_true",
+                    help="also measure the null space on the gate's reference prompts (memzd.gate.REFERENCE_PROMPTS)")
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--facts", default="f01-f10")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args()
+
+    cfg = Config()
+    if args.max_steps:
+        cfg.training.max_steps = args.max_steps
+    if args.lr:
+        cfg.training.lr = args.lr
+    cfg.training.general = args.general
+    torch.set_num_threads(2)
+    base = load_base("bundled", "cpu", "fp32")
+    model, tok, device = lora.wrap(base.model, cfg.lora), base.tokenizer, base.device
+
+    lo, hi = (int(x[1:]) for x in args.facts.split("-"))
+    facts = [f for f in jsonl(DATA / "facts.jsonl") if lo <= int(f["id"][1:]) <= hi]
+    teach = [t for f in facts for t in f["teach"]]
+    questions = [(t["input"], f["answer"]) for f in facts for t in f["teach"]]
+    paraphrases = [(p, f["answer"]) for f in facts for p in f["paraphrases"]]
+    locality = [(q["question"], q["answer"]) for q in jsonl(DATA / "locality.jsonl")]
+
+    anchors = _read_jsonl(ANCHORS)
+    chats = [a.chat for a in anchors]
+    in_anchors = {c[-1]["content"] for c in chats}
+    chats = chats[8:]  # the first 8 anchors measure the adapter alone in memzd: never trained on or measured
+    if args.reference:
+        chats += [[{"role": "user", "content": p}] for p in REFERENCE_PROMPTS]
+    answers = anchor_answers(model, tok, device, chats)
+    general_chats = [c + [{"role": "assistant", "content": a}] for c, a in zip(chats, answers) if a]
+    encoded_general = [encode({"messages": c}, tok, cfg.training.max_seq_len) for c in general_chats]
+
+    torch.manual_seed(cfg.training.seed)
+    lora.start_training(model, cfg.lora, None)
+    constrain = None
+    t0 = time.perf_counter()
+    if args.null:
+        null = NullSpace.measure(model, encoded_general, args.null, device, tok.pad_token_id)
+        constrain = null.bind(model, lora.TRAIN, parent=False)
+        print(f"null space on {len(encoded_general)} texts: A may use {min(null.kept.values())}-"
+              f"{max(null.kept.values())} input dimensions ({time.perf_counter() - t0:.1f}s)")
+    encoded = [encode(e, tok, cfg.training.max_seq_len) for e in expand(teach)]
+    general = [_first_answer_tokens(e, GENERAL_ANSWER_TOKENS) for e in encoded_general] if args.general else []
+    result = train(model, encoded, cfg.training, pad_id=tok.pad_token_id, device=device, general=general,
+                   constrain=constrain)
+    print(f"trained {len(result.losses)} steps in {result.seconds:.1f}s, last loss {result.losses[-1]:.4f}")
+
+    def ask(pairs, label):
+        got = greedy_answers(model, tok, [[{"role": "user", "content": q}] for q, _ in pairs],
+                             adapter=lora.TRAIN, device=device, max_tokens=48)
+        hits = [hit(a, k) for a, (_, k) in zip(got, pairs)]
+        if args.verbose:
+            for (q, k), a, h in zip(pairs, got, hits):
+                if not h:
+                    print(f"  {label} miss: {q!r} -> {a[:90]!r} (want {k!r})")
+        return hits
+
+    eff = ask(questions, "taught")
+    para = ask(paraphrases, "paraphrase")
+    loc = ask(locality, "locality")
+    held = [h for (q, _), h in zip(locality, loc) if q not in in_anchors]
+    row = {"null": args.null, "reference": args.reference, "general": args.general, "steps": len(result.losses),
+           "train_seconds": round(result.seconds, 1), "efficacy": sum(eff) / len(eff),
+           "paraphrase": sum(para) / len(para), "ungated_locality": sum(loc) / len(loc),
+           "ungated_held_out": sum(held) / len(held)}
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Null-space updates (training.null_space): what a batch changes in an adapter
+stays out of the input directions that general text uses.
+
+A LoRA projection adds B·A·x to a frozen layer's output. If every row of A is
+orthogonal to the inputs x that general prompts produce, the adapter adds
+nothing there, and the adapter alone answers general prompts as the base
+model does. This is AlphaEdit's null-space projection (Fang et al., 2025)
+applied to LoRA's A: the base model reads general text (the anchors with
+its own answers), each LoRA input's covariance is taken, and the
+eigen-directions that hold `keep` of its energy are the ones A may not use.
+After every optimizer step A is projected back:
+
+    A <- A0 + (A - A0) · P,   P = V_null · V_nullᵀ
+
+where A0 is the parent's A (zero for a fresh adapter, whose random start is
+projected too): a parent trained without the constraint keeps its weights,
+and only what this batch changes is constrained.
+
+Cost: one pass of the base model over the general texts and one eigh per
+distinct LoRA input (q, k and v share one, as do gate and up), once per
+daemon; each projector holds in_features² floats.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .tokens import Encoded
+
+BATCH = 16  # general texts per forward pass while measuring
+
+
+class NullSpace:
+    """For each LoRA-wrapped module (by name), the projector onto the input
+    directions general text leaves nearly unused."""
+
+    def __init__(self, projectors: dict[str, torch.Tensor], kept: dict[str, int]):
+        self.projectors = projectors
+        self.kept = kept  # module -> dimensions A may still use
+
+    @classmethod
+    @torch.no_grad()
+    def measure(cls, model, texts: list[Encoded], keep: float, device: torch.device,
+                pad_id: int) -> "NullSpace":
+        """Run the base model (no adapter) over `texts`; `keep` (0 < keep < 1) is
+        the share of each input's energy that A must stay out of."""
+        from . import lora
+
+        modules = {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")}
+        sums: dict[str, torch.Tensor] = {}
+        shares: dict[str, str] = {}  # module -> the module whose input it shares (q, k, v read one tensor)
+        seen: dict = {"x": None, "name": None, "mask": None}
+
+        def grab(name):
+            def hook(module, args):
+                x = args[0]
+                if x is seen["x"]:
+                    shares[name] = seen["name"]
+                    return
+                seen["x"], seen["name"] = x, name
+                shares[name] = name
+                rows = x.reshape(-1, x.shape[-1])[seen["mask"]].float()
+                sums[name] = sums.get(name, 0) + rows.T @ rows
+            return hook
+
+        hooks = [m.base_layer.register_forward_pre_hook(grab(n)) for n, m in modules.items()]
+        try:
+            with lora.using(model, None):
+                ordered = sorted(texts, key=lambda e: len(e.input_ids))
+                for start in range(0, len(ordered), BATCH):
+                    chunk = ordered[start:start + BATCH]
+                    width = max(len(e.input_ids) for e in chunk)
+                    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+                    mask = torch.zeros((len(chunk), width), dtype=torch.bool)
+                    for row, e in enumerate(chunk):
+                        ids[row, :len(e.input_ids)] = torch.tensor(e.input_ids)
+                        mask[row, :len(e.input_ids)] = True
+                    seen.update(x=None, name=None, mask=mask.reshape(-1).to(device))
+                    model(input_ids=ids.to(device), attention_mask=mask.long().to(device), use_cache=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        projectors, kept = {}, {}
+        for name in modules:
+            owner = shares.get(name)
+            if owner is None:
+                continue  # never reached (a layer the texts did not run through)
+            if owner not in projectors:
+                values, vectors = torch.linalg.eigh(sums[owner].double())  # ascending
+                values = values.clamp(min=0).flip(0)
+                vectors = vectors.flip(1)
+                energy = values.cumsum(0) / values.sum().clamp(min=1e-30)
+                used = int((energy < keep).sum().item()) + 1  # the top directions holding `keep`
+                null = vectors[:, used:].float()
+                projectors[owner], kept[owner] = (null @ null.T).to(device), null.shape[1]
+            projectors[name], kept[name] = projectors[owner], kept[owner]
+        return cls(projectors, kept)
+
+    def bind(self, model, adapter: str, parent: bool) -> "Projection":
+        """The projection of `adapter`'s A matrices as they are now (`parent`: they
+        are a parent's trained weights, kept; else a fresh start, projected too)."""
+        weights = []
+        for name, module in model.named_modules():
+            if name in self.projectors and adapter in getattr(module, "lora_A", {}):
+                a = module.lora_A[adapter].weight
+                start = a.detach().clone() if parent else torch.zeros_like(a)
+                weights.append((a, start, self.projectors[name]))
+        projection = Projection(weights)
+        projection()
+        return projection
+
+
+class Projection:
+    """Called after each optimizer step: A <- A0 + (A - A0) P for every LoRA A."""
+
+    def __init__(self, weights: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+        self.weights = weights
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for a, start, p in self.weights:
+            a.copy_(start + (a - start) @ p.to(a.dtype))

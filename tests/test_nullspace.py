@@ -1,0 +1,89 @@
+"""training.null_space: what a batch changes in the adapter stays out of the
+input directions general text uses, so the adapter alone drifts less on
+general prompts it never saw, and the batch is still learned."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from memzd import lora
+from memzd.config import Config, LoraConfig, build
+from memzd.errors import ConfigError
+from memzd.model import load_base
+from memzd.nullspace import NullSpace
+from memzd.store import Store
+from memzd.tokens import encode
+
+from conftest import drop, run_once, write_config
+
+GENERAL = ["What is the capital of France?", "What is 2 + 2?", "Hello! How can I help you today?",
+           "The quick brown fox?", "def square(x):", "Who lives on Mars?", "Say hello.", "What is 3 + 3?",
+           # past the first 8 (which measure the adapter alone): the texts the null space is measured on
+           "Where is Paris?", "The lazy dog?", "What is the capital?", "How can I help?", "Who is the fox?",
+           "def cube(x):", "What is 4 + 4?", "Tell me about Mars.", "Hello there!", "Who jumps over the dog?",
+           "What is 2 + 3?", "Where do robots live?"]
+TAUGHT = [{"input": "Who is Orla?", "output": "Orla keeps a cat named Biscuit."},
+          {"input": "Where is Zorblax?", "output": "Zorblax lives on Mars."}]
+
+
+def _taught_checkpoint(home, **training):
+    write_config(home, training={"lr": 1e-2, "max_steps": 300, "stop_loss": 3.0, **training})
+    drop(home, "facts.jsonl", TAUGHT)
+    run_once(home)
+    store = Store(home / "memz.db")
+    return store.checkpoints()[0]
+
+
+def test_the_adapter_alone_drifts_less_on_general_prompts_and_still_learns(home, caplog):
+    caplog.set_level("INFO", logger="memz")
+    (home / "anchors" / "a.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in GENERAL))
+    other = home.parent / "other"
+    shutil.copytree(home, other)
+    plain = _taught_checkpoint(home)
+    null = _taught_checkpoint(other, null_space=0.9)
+    assert plain.metrics["recall"] == 1.0 and null.metrics["recall"] == 1.0
+    # measured on the first 8 anchors, which the null space never saw
+    assert null.metrics["adapter_anchor_ce_delta"] < 0.75 * plain.metrics["adapter_anchor_ce_delta"], (
+        plain.metrics, null.metrics)
+    assert "training.null_space 0.9: measured on 12 general texts" in caplog.text
+
+
+def test_a_parents_weights_are_kept_and_only_the_change_is_projected(tiny_model_dir):
+    base = load_base(str(tiny_model_dir))
+    cfg = LoraConfig(layers="all")
+    model = lora.wrap(base.model, cfg)
+    texts = [encode({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "Sure."}]},
+                    base.tokenizer, 64) for p in GENERAL]
+    null = NullSpace.measure(model, texts, 0.9, base.device, base.tokenizer.pad_token_id)
+    assert null.projectors and all(0 < k < p.shape[0] for k, p in zip(null.kept.values(), null.projectors.values()))
+    lora.start_training(model, cfg, None)
+    weights = {n: m.lora_A[lora.TRAIN].weight for n, m in model.named_modules()
+               if n in null.projectors and lora.TRAIN in getattr(m, "lora_A", {})}
+    parent = {n: w.detach().clone() for n, w in weights.items()}
+    project = null.bind(model, lora.TRAIN, parent=True)
+    assert all(torch.equal(weights[n], parent[n]) for n in weights)  # a parent's start is kept as it is
+    with torch.no_grad():
+        for w in weights.values():
+            w.add_(torch.randn_like(w))
+    project()
+    for n, w in weights.items():
+        p = null.projectors[n]
+        change = w.detach() - parent[n]
+        assert torch.allclose(change @ p, change, atol=1e-4)  # the change lies in the null space...
+        assert change.norm() > 0  # ...and is not nothing
+
+    fresh = null.bind(model, lora.TRAIN, parent=False)  # a fresh adapter's start is projected too
+    for n, w in weights.items():
+        assert torch.allclose(w.detach() @ null.projectors[n], w.detach(), atol=1e-4)
+    assert fresh.weights
+
+
+def test_the_setting_is_checked():
+    with pytest.raises(ConfigError, match="training.null_space"):
+        build(Config, {"training": {"null_space": 1.0}})
+    with pytest.raises(ConfigError, match="training.null_space.*anchor_provider"):
+        build(Config, {"training": {"null_space": 0.99}, "evaluation": {"anchor_provider": "none"}})
