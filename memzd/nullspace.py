@@ -16,16 +16,17 @@ where A0 is the parent's A (zero for a fresh adapter, whose random start is
 projected too): a parent trained without the constraint keeps its weights,
 and only what this batch changes is constrained.
 
-Cost: one pass of the base model over the general texts and one eigh per
-distinct LoRA input (q, k and v share one, as do gate and up), once per
-daemon; each projector holds in_features² floats.
+Cost: one pass of the base model's layers over the general texts and one
+eigh per distinct LoRA input (q, k and v share one, as do gate and up), once
+per daemon (~15 s for the bundled model on 2 CPU cores); each projector holds
+in_features² floats.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .tokens import Encoded
+from .tokens import Encoded, causal_lm
 
 BATCH = 16  # general texts per forward pass while measuring
 
@@ -45,6 +46,7 @@ class NullSpace:
         """Run the base model (no adapter) over `texts`; `keep` (0 < keep < 1) is
         the share of each input's energy that A must stay out of."""
         from . import lora
+        from .trainer import autocast_for
 
         modules = {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")}
         sums: dict[str, torch.Tensor] = {}
@@ -60,12 +62,14 @@ class NullSpace:
                 seen["x"], seen["name"] = x, name
                 shares[name] = name
                 rows = x.reshape(-1, x.shape[-1])[seen["mask"]].float()
-                sums[name] = sums.get(name, 0) + rows.T @ rows
+                with torch.autocast(rows.device.type, enabled=False):  # the sums in fp32, whatever the layers ran in
+                    sums[name] = sums.get(name, 0) + rows.T @ rows
             return hook
 
+        decoder = causal_lm(model).model  # the layers without the LM head: only their inputs are wanted
         hooks = [m.base_layer.register_forward_pre_hook(grab(n)) for n, m in modules.items()]
         try:
-            with lora.using(model, None):
+            with lora.using(model, None), autocast_for(device, "auto"):
                 ordered = sorted(texts, key=lambda e: len(e.input_ids))
                 for start in range(0, len(ordered), BATCH):
                     chunk = ordered[start:start + BATCH]
@@ -76,7 +80,7 @@ class NullSpace:
                         ids[row, :len(e.input_ids)] = torch.tensor(e.input_ids)
                         mask[row, :len(e.input_ids)] = True
                     seen.update(x=None, name=None, mask=mask.reshape(-1).to(device))
-                    model(input_ids=ids.to(device), attention_mask=mask.long().to(device), use_cache=False)
+                    decoder(input_ids=ids.to(device), attention_mask=mask.long().to(device), use_cache=False)
         finally:
             for h in hooks:
                 h.remove()
@@ -86,7 +90,7 @@ class NullSpace:
             if owner is None:
                 continue  # never reached (a layer the texts did not run through)
             if owner not in projectors:
-                values, vectors = torch.linalg.eigh(sums[owner].double())  # ascending
+                values, vectors = torch.linalg.eigh(sums[owner])  # ascending
                 values = values.clamp(min=0).flip(0)
                 vectors = vectors.flip(1)
                 energy = values.cumsum(0) / values.sum().clamp(min=1e-30)
