@@ -298,9 +298,14 @@ class Learner:
         if cached is None or cached[0] is not anchor_set or cached[1] != (keep, modules):
             hooks.activity("measuring the null space of general text (training.null_space), once")
             t0 = time.perf_counter()
+            def between():  # requests are answered while it measures, and a stop is not kept waiting
+                if hooks.stop.is_set():
+                    raise Interrupted()
+                hooks.between()
+
             with all_cores():
                 null = NullSpace.measure(a.model, self._general_texts(anchor_set), keep, a.device,
-                                         a.tokenizer.pad_token_id)
+                                         a.tokenizer.pad_token_id, between)
             log.info("training.null_space %.3g: measured on %d general texts in %.1fs; LoRA A may use %d-%d "
                      "input dimensions", keep, len(self._general_texts(anchor_set)), time.perf_counter() - t0,
                      min(null.kept.values()), max(null.kept.values()))

@@ -10,19 +10,23 @@ its own answers), each LoRA input's covariance is taken, and the
 eigen-directions that hold `keep` of its energy are the ones A may not use.
 After every optimizer step A is projected back:
 
-    A <- A0 + (A - A0) · P,   P = V_null · V_nullᵀ
+    A <- A0 + (A - A0) · (I - U·Uᵀ)
 
-where A0 is the parent's A (zero for a fresh adapter, whose random start is
-projected too): a parent trained without the constraint keeps its weights,
-and only what this batch changes is constrained.
+where U holds the used directions and A0 is the parent's A (zero for a fresh
+adapter, whose random start is projected too): a parent trained without the
+constraint keeps its weights, and only what this batch changes is
+constrained.
 
 Cost: one pass of the base model's layers over the general texts and one
 eigh per distinct LoRA input (q, k and v share one, as do gate and up), once
-per daemon (~15 s for the bundled model on 2 CPU cores); each projector holds
-in_features² floats.
+per daemon (~20 s for the bundled model on 2 CPU cores). While measuring,
+each distinct input holds an in_features² sum; what is kept is the narrower
+of the used and the unused directions, in_features × min(k, in_features - k).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -31,31 +35,61 @@ from .tokens import Encoded, causal_lm
 BATCH = 16  # general texts per forward pass while measuring
 
 
-class NullSpace:
-    """For each LoRA-wrapped module (by name), the projector onto the input
-    directions general text leaves nearly unused."""
+class Subspace:
+    """The directions A may not use, held as the narrower of two bases."""
 
-    def __init__(self, projectors: dict[str, torch.Tensor], kept: dict[str, int]):
-        self.projectors = projectors
-        self.kept = kept  # module -> dimensions A may still use
+    def __init__(self, basis: torch.Tensor, used: bool):
+        self.basis, self.used = basis, used  # used: `basis` spans the used directions, else the free ones
+
+    @property
+    def free(self) -> int:
+        """How many input dimensions A may still use."""
+        n, k = self.basis.shape
+        return n - k if self.used else k
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """x (rows over input features) with the used directions removed."""
+        b = self.basis.to(x.dtype)
+        inside = (x @ b) @ b.T
+        return x - inside if self.used else inside
+
+    def matrix(self) -> torch.Tensor:
+        """The projector as an in×in matrix (for checks; training never builds it)."""
+        return self.project(torch.eye(self.basis.shape[0], device=self.basis.device))
+
+
+class NullSpace:
+    """For each LoRA-wrapped module (by name), the input directions general text
+    leaves nearly unused."""
+
+    def __init__(self, spaces: dict[str, Subspace]):
+        self.spaces = spaces
+
+    @property
+    def kept(self) -> dict[str, int]:
+        """module -> input dimensions A may still use."""
+        return {name: space.free for name, space in self.spaces.items()}
 
     @classmethod
     @torch.no_grad()
-    def measure(cls, model, texts: list[Encoded], keep: float, device: torch.device,
-                pad_id: int) -> "NullSpace":
+    def measure(cls, model, texts: list[Encoded], keep: float, device: torch.device, pad_id: int,
+                between: Callable[[], None] | None = None) -> "NullSpace":
         """Run the base model (no adapter) over `texts`; `keep` (0 < keep < 1) is
-        the share of each input's energy that A must stay out of."""
+        the share of each input's energy that A must stay out of. `between` runs
+        between two passes, outside them (the daemon answers requests there)."""
         from . import lora
         from .trainer import autocast_for
 
         modules = {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")}
         sums: dict[str, torch.Tensor] = {}
         shares: dict[str, str] = {}  # module -> the module whose input it shares (q, k, v read one tensor)
-        seen: dict = {"x": None, "name": None, "mask": None}
+        seen: dict = {"x": None, "name": None, "mask": None}  # mask None: not measuring (another forward)
 
         def grab(name):
             def hook(module, args):
                 x = args[0]
+                if seen["mask"] is None:
+                    return
                 if x is seen["x"]:
                     shares[name] = seen["name"]
                     return
@@ -69,58 +103,63 @@ class NullSpace:
         decoder = causal_lm(model).model  # the layers without the LM head: only their inputs are wanted
         hooks = [m.base_layer.register_forward_pre_hook(grab(n)) for n, m in modules.items()]
         try:
-            with lora.using(model, None), autocast_for(device, "auto"):
-                ordered = sorted(texts, key=lambda e: len(e.input_ids))
-                for start in range(0, len(ordered), BATCH):
-                    chunk = ordered[start:start + BATCH]
-                    width = max(len(e.input_ids) for e in chunk)
-                    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-                    mask = torch.zeros((len(chunk), width), dtype=torch.bool)
-                    for row, e in enumerate(chunk):
-                        ids[row, :len(e.input_ids)] = torch.tensor(e.input_ids)
-                        mask[row, :len(e.input_ids)] = True
-                    seen.update(x=None, name=None, mask=mask.reshape(-1).to(device))
-                    decoder(input_ids=ids.to(device), attention_mask=mask.long().to(device), use_cache=False)
+            ordered = sorted(texts, key=lambda e: len(e.input_ids))
+            for start in range(0, len(ordered), BATCH):
+                if start and between is not None:
+                    between()
+                chunk = ordered[start:start + BATCH]
+                width = max(len(e.input_ids) for e in chunk)
+                ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.bool)
+                for row, e in enumerate(chunk):
+                    ids[row, :len(e.input_ids)] = torch.tensor(e.input_ids)
+                    mask[row, :len(e.input_ids)] = True
+                seen.update(x=None, name=None, mask=mask.reshape(-1).to(device))
+                try:
+                    with lora.using(model, None), autocast_for(device, "auto"):
+                        decoder(input_ids=ids.to(device), attention_mask=mask.long().to(device), use_cache=False)
+                finally:
+                    seen.update(x=None, mask=None)
         finally:
             for h in hooks:
                 h.remove()
-        projectors, kept = {}, {}
+        spaces: dict[str, Subspace] = {}
         for name in modules:
             owner = shares.get(name)
             if owner is None:
                 continue  # never reached (a layer the texts did not run through)
-            if owner not in projectors:
-                values, vectors = torch.linalg.eigh(sums[owner])  # ascending
-                values = values.clamp(min=0).flip(0)
-                vectors = vectors.flip(1)
+            if owner not in spaces:
+                values, vectors = torch.linalg.eigh(sums.pop(owner))  # ascending
+                values, vectors = values.clamp(min=0).flip(0), vectors.flip(1)
                 energy = values.cumsum(0) / values.sum().clamp(min=1e-30)
-                used = int((energy < keep).sum().item()) + 1  # the top directions holding `keep`
-                null = vectors[:, used:].float()
-                projectors[owner], kept[owner] = (null @ null.T).to(device), null.shape[1]
-            projectors[name], kept[name] = projectors[owner], kept[owner]
-        return cls(projectors, kept)
+                n_used = min(int((energy < keep).sum().item()) + 1, len(values))  # the top ones holding `keep`
+                used = n_used <= len(values) - n_used
+                basis = vectors[:, :n_used] if used else vectors[:, n_used:]
+                spaces[owner] = Subspace(basis.contiguous(), used)
+            spaces[name] = spaces[owner]
+        return cls(spaces)
 
     def bind(self, model, adapter: str, parent: bool) -> "Projection":
         """The projection of `adapter`'s A matrices as they are now (`parent`: they
         are a parent's trained weights, kept; else a fresh start, projected too)."""
         weights = []
         for name, module in model.named_modules():
-            if name in self.projectors and adapter in getattr(module, "lora_A", {}):
+            if name in self.spaces and adapter in getattr(module, "lora_A", {}):
                 a = module.lora_A[adapter].weight
                 start = a.detach().clone() if parent else torch.zeros_like(a)
-                weights.append((a, start, self.projectors[name]))
+                weights.append((a, start, self.spaces[name]))
         projection = Projection(weights)
         projection()
         return projection
 
 
 class Projection:
-    """Called after each optimizer step: A <- A0 + (A - A0) P for every LoRA A."""
+    """Called after each optimizer step: A <- A0 + project(A - A0) for every LoRA A."""
 
-    def __init__(self, weights: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    def __init__(self, weights: list[tuple[torch.Tensor, torch.Tensor, Subspace]]):
         self.weights = weights
 
     @torch.no_grad()
     def __call__(self) -> None:
-        for a, start, p in self.weights:
-            a.copy_(start + (a - start) @ p.to(a.dtype))
+        for a, start, space in self.weights:
+            a.copy_(start + space.project(a - start))

@@ -58,11 +58,17 @@ def test_a_parents_weights_are_kept_and_only_the_change_is_projected(tiny_model_
     model = lora.wrap(base.model, cfg)
     texts = [encode({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "Sure."}]},
                     base.tokenizer, 64) for p in GENERAL]
-    null = NullSpace.measure(model, texts, 0.9, base.device, base.tokenizer.pad_token_id)
-    assert null.projectors and all(0 < k < p.shape[0] for k, p in zip(null.kept.values(), null.projectors.values()))
+    between = []  # another forward between two passes (a request answered) is not measured
+    null = NullSpace.measure(model, texts, 0.9, base.device, base.tokenizer.pad_token_id,
+                             between=lambda: between.append(model(input_ids=torch.tensor([[5, 6, 7] * 9]))))
+    quiet = NullSpace.measure(model, texts, 0.9, base.device, base.tokenizer.pad_token_id)
+    assert len(between) == 1  # 20 texts in passes of 16
+    assert null.spaces and all(0 < k < s.basis.shape[0] for k, s in zip(null.kept.values(), null.spaces.values()))
+    for n, space in null.spaces.items():
+        assert torch.allclose(space.matrix(), quiet.spaces[n].matrix(), atol=1e-4)
     lora.start_training(model, cfg, None)
     weights = {n: m.lora_A[lora.TRAIN].weight for n, m in model.named_modules()
-               if n in null.projectors and lora.TRAIN in getattr(m, "lora_A", {})}
+               if n in null.spaces and lora.TRAIN in getattr(m, "lora_A", {})}
     parent = {n: w.detach().clone() for n, w in weights.items()}
     project = null.bind(model, lora.TRAIN, parent=True)
     assert all(torch.equal(weights[n], parent[n]) for n in weights)  # a parent's start is kept as it is
@@ -71,14 +77,14 @@ def test_a_parents_weights_are_kept_and_only_the_change_is_projected(tiny_model_
             w.add_(torch.randn_like(w))
     project()
     for n, w in weights.items():
-        p = null.projectors[n]
+        p = null.spaces[n].matrix()
         change = w.detach() - parent[n]
         assert torch.allclose(change @ p, change, atol=1e-4)  # the change lies in the null space...
         assert change.norm() > 0  # ...and is not nothing
 
     fresh = null.bind(model, lora.TRAIN, parent=False)  # a fresh adapter's start is projected too
     for n, w in weights.items():
-        assert torch.allclose(w.detach() @ null.projectors[n], w.detach(), atol=1e-4)
+        assert torch.allclose(w.detach() @ null.spaces[n].matrix(), w.detach(), atol=1e-4)
     assert fresh.weights
 
 
