@@ -43,7 +43,7 @@ from speed import machine, matmul_peak, plain_loop, train_flops, training_exampl
 
 from memzd import lora  # noqa: E402
 from memzd.config import Config  # noqa: E402
-from memzd.model import load_base  # noqa: E402
+from memzd.model import DTYPES, load_base  # noqa: E402
 from memzd.trainer import fast_bf16, train  # noqa: E402
 
 SHAPES = {  # the published configs' shapes
@@ -107,7 +107,7 @@ def build(shape: str, tokenizer_dir: Path, dtype: str, out: Path, device: torch.
                          pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
-    torch.set_default_dtype({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
+    torch.set_default_dtype(DTYPES[dtype])
     try:
         with torch.device(device):
             model = LlamaForCausalLM(config)
@@ -155,8 +155,7 @@ def measure(shape: str, dtype: str, folder: Path, backend: str, steps: int) -> d
     one_epoch = encoded[: max(2, min(len(encoded), steps))]
     plain_tps, _ = plain_loop(model, one_epoch, 1, base.tokenizer.pad_token_id, cfg.training.lr)
     # The share is of the peak in the precision the matmuls run in: bf16 under autocast.
-    math_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
-        dtype if dtype != "fp32" else ("bf16" if run.precision == "bf16" else "fp32")]
+    math_dtype = DTYPES[dtype if dtype != "fp32" else ("bf16" if run.precision == "bf16" else "fp32")]
     # a GPU needs a larger square than a CPU to reach its peak
     peak_flops = matmul_peak(8192 if device.type == "cuda" else 1024, math_dtype, 1.0, device) * 1e9
     out = {"shape": shape, "dtype": dtype, "device": device.type, "parameters": base.info["parameters"],
