@@ -20,7 +20,8 @@ constrained.
 Cost: one pass of the base model's layers over the general texts and one
 eigh per distinct LoRA input (q, k and v share one, as do gate and up), once
 per daemon (~20 s for the bundled model on 2 CPU cores). While measuring,
-each distinct input holds an in_features² sum; what is kept is the narrower
+each distinct input holds an in_features² sum in host memory (~11 GB for the
+top half of a Llama-7B layout); what is kept, on the device, is the narrower
 of the used and the unused directions, in_features × min(k, in_features - k).
 """
 
@@ -97,7 +98,8 @@ class NullSpace:
                 shares[name] = name
                 rows = x.reshape(-1, x.shape[-1])[seen["mask"]].float()
                 with torch.autocast(rows.device.type, enabled=False):  # the sums in fp32, whatever the layers ran in
-                    sums[name] = sums.get(name, 0) + rows.T @ rows
+                    # ...and in host memory: a 7B's sums (~11 GB) would not fit beside it on the GPU
+                    sums[name] = sums.get(name, 0) + (rows.T @ rows).cpu()
             return hook
 
         decoder = causal_lm(model).model  # the layers without the LM head: only their inputs are wanted
@@ -129,7 +131,7 @@ class NullSpace:
             if owner is None:
                 continue  # never reached (a layer the texts did not run through)
             if owner not in spaces:
-                values, vectors = torch.linalg.eigh(sums.pop(owner))  # ascending
+                values, vectors = torch.linalg.eigh(sums.pop(owner).to(device))  # ascending, one on the device at a time
                 values, vectors = values.clamp(min=0).flip(0), vectors.flip(1)
                 energy = values.cumsum(0) / values.sum().clamp(min=1e-30)
                 n_used = min(int((energy < keep).sum().item()) + 1, len(values))  # the top ones holding `keep`
