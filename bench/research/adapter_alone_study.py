@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--general", type=int, default=0)
     ap.add_argument("--reference", action="store_true",
                     help="also measure the null space on the gate's reference prompts (memzd.gate.REFERENCE_PROMPTS)")
+    ap.add_argument("--only", choices=["mlp", "attn"], help="constrain only these LoRA modules")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--facts", default="f01-f10")
@@ -106,6 +107,8 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.null:
         null = NullSpace.measure(model, encoded_general, args.null, device, tok.pad_token_id)
+        if args.only:
+            null.spaces = {n: v for n, v in null.spaces.items() if (".mlp." in n) == (args.only == "mlp")}
         constrain = null.bind(model, lora.TRAIN, parent=False)
         print(f"null space on {len(encoded_general)} texts: A may use {min(null.kept.values())}-"
               f"{max(null.kept.values())} input dimensions ({time.perf_counter() - t0:.1f}s)")
@@ -129,7 +132,7 @@ def main() -> None:
     para = ask(paraphrases, "paraphrase")
     loc = ask(locality, "locality")
     held = [h for (q, _), h in zip(locality, loc) if q not in in_anchors]
-    row = {"null": args.null, "reference": args.reference, "general": args.general, "steps": len(result.losses),
+    row = {"null": args.null, "only": args.only, "reference": args.reference, "general": args.general, "steps": len(result.losses),
            "train_seconds": round(result.seconds, 1), "efficacy": sum(eff) / len(eff),
            "paraphrase": sum(para) / len(para), "ungated_locality": sum(loc) / len(loc),
            "ungated_held_out": sum(held) / len(held)}
