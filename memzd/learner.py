@@ -62,6 +62,12 @@ class Hooks:
     stop: threading.Event = field(default_factory=threading.Event)
     activity: Callable[[str], None] = lambda text: None
 
+    def pause(self) -> None:
+        """A safe point inside long work: raise Interrupted if a stop was asked, else answer questions."""
+        if self.stop.is_set():
+            raise Interrupted()
+        self.between()
+
 
 class NothingToTrain(Exception):
     """Every example of the batch was forgotten before it trained."""
@@ -132,9 +138,7 @@ class _Steps(TrainCallback):
         self.hooks.between()
 
     def between_micro_batches(self, step: int) -> None:  # a step is several micro-batches
-        if self.hooks.stop.is_set():
-            raise Interrupted()
-        self.hooks.between()
+        self.hooks.pause()
 
     def should_stop(self) -> bool:
         return self.hooks.stop.is_set()
@@ -298,14 +302,9 @@ class Learner:
         if cached is None or cached[0] is not anchor_set or cached[1] != (keep, modules):
             hooks.activity("measuring the null space of general text (training.null_space), once")
             t0 = time.perf_counter()
-            def between():  # requests are answered while it measures, and a stop is not kept waiting
-                if hooks.stop.is_set():
-                    raise Interrupted()
-                hooks.between()
-
-            with all_cores():
+            with all_cores():  # requests are answered while it measures, and a stop is not kept waiting
                 null = NullSpace.measure(a.model, self._general_texts(anchor_set), keep, a.device,
-                                         a.tokenizer.pad_token_id, between)
+                                         a.tokenizer.pad_token_id, hooks.pause)
             log.info("training.null_space %.3g: measured on %d general texts in %.1fs; LoRA A may use %d-%d "
                      "input dimensions", keep, len(self._general_texts(anchor_set)), time.perf_counter() - t0,
                      min(null.kept.values()), max(null.kept.values()))

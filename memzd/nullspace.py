@@ -31,7 +31,9 @@ from typing import Callable
 
 import torch
 
+from . import lora
 from .tokens import Encoded, causal_lm
+from .trainer import autocast_for
 
 BATCH = 16  # general texts per forward pass while measuring
 
@@ -54,10 +56,6 @@ class Subspace:
         inside = (x @ b) @ b.T
         return x - inside if self.used else inside
 
-    def matrix(self) -> torch.Tensor:
-        """The projector as an in×in matrix (for checks; training never builds it)."""
-        return self.project(torch.eye(self.basis.shape[0], device=self.basis.device))
-
 
 class NullSpace:
     """For each LoRA-wrapped module (by name), the input directions general text
@@ -78,9 +76,6 @@ class NullSpace:
         """Run the base model (no adapter) over `texts`; `keep` (0 < keep < 1) is
         the share of each input's energy that A must stay out of. `between` runs
         between two passes, outside them (the daemon answers requests there)."""
-        from . import lora
-        from .trainer import autocast_for
-
         modules = {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")}
         sums: dict[str, torch.Tensor] = {}
         shares: dict[str, str] = {}  # module -> the module whose input it shares (q, k, v read one tensor)
