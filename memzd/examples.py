@@ -175,6 +175,11 @@ _WHEN = re.compile(r"^(?:1\d{3}|20\d\d|monday|tuesday|wednesday|thursday|friday|
                    r"mondays|tuesdays|wednesdays|thursdays|fridays|saturdays|sundays|january|february|"
                    r"march|april|may|june|july|august|september|october|november|december|"
                    r"\d{1,2}(?::\d\d)?\s*(?:am|pm)|\d{1,2}:\d\d)$", re.I)
+# Words of a question that say nothing of what it is about (plural 's' cut, as _asks does).
+_ASKING = {"what", "which", "who", "whom", "whose", "where", "when", "why", "how", "doe", "did", "the", "and",
+           "for", "name", "named", "called", "call", "her", "his", "their", "its", "tell", "about", "with",
+           "ha", "have", "had", "wa", "were", "are", "thi", "that", "many", "much", "from", "into", "was", "does",
+           "ask", "know", "give", "say"}
 # The second person, so that a stated fact is answered as the assistant would say it.
 _PERSON = {"i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself", "am": "are",
            "i'm": "you're", "i've": "you've", "i'll": "you'll", "i'd": "you'd", "we": "you", "us": "you",
@@ -288,6 +293,42 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
         question = _join(words)
         out.append((question[0].upper() + question[1:] + "?", second_person(body) + ".", key))
     return out
+
+
+def _named(text: str) -> set[str]:
+    """The names and numbers a text holds (answer spans), lower case, possessives cut."""
+    tokens = _TOKEN.findall(text.strip().rstrip(".!?;"))
+    return {re.sub(r"['’]s$", "", _join(tokens[a:b])).lower() for a, b in _spans(tokens)} - {""}
+
+
+def _subjects(question: str) -> set[str]:
+    """The named words a question is about ("What did Orla name her cat?" -> {"orla"})."""
+    tokens = _TOKEN.findall(question)
+    return {re.sub(r"['’]s$", "", t).lower() for t in tokens[1:]
+            if t[0].isupper() and t.lower() not in _PERSON} - {""}
+
+
+def _asks(question: str) -> set[str]:
+    """What a question asks about, past its names: its other words, plural 's' cut."""
+    words = {w.lower().rstrip("s") for w in re.findall(r"[A-Za-z]+", question) if w[0].islower()}
+    return {w for w in words if len(w) > 2} - _ASKING
+
+
+def same_fact(old: dict, new: dict, other: dict) -> bool:
+    """Does `other` state the fact that `new` changed in `old`? `old` and `new` answer
+    the same question differently; `other` (a question and answer taught beside `old`)
+    is the same fact when its answer holds a value that `old` gave and `new` no longer
+    gives ("Biscuit"), and its question names what the old question named ("Orla")
+    and asks about the same thing ("cat"): "What did Orla name her cat?" -> "She
+    named her cat Biscuit." goes with "What is the name of Orla's cat?" -> "Orla's
+    cat is called Biscuit." once that says Pepper; "Who is Orla's vet?" does not."""
+    if to_chat(other) is None:  # a note may state other facts too: it is kept
+        return False
+    dropped = _named(answer_of(old)) - _named(answer_of(new))
+    q_old, q_other = question_of(old), question_of(other)
+    if not dropped or not _subjects(q_old) & _subjects(q_other) or not _asks(q_old) & _asks(q_other):
+        return False
+    return any(re.search(rf"(?<!\w){re.escape(v)}(?!\w)", answer_of(other).lower()) for v in dropped)
 
 
 def derived(data: dict) -> list[dict]:

@@ -24,6 +24,7 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from .errors import MemzError
+from .examples import same_fact
 
 migrations = Migrations("memz")
 
@@ -363,8 +364,9 @@ class Store:
 
     def supersede(self, batch_id: int, lineage_of: str | None) -> list[dict]:
         """Earlier examples of `lineage_of`'s lineage that a question of this batch answers
-        again, differently: they leave all future training (replay) and are returned, so
-        that their keys leave the key memory too. An event records each."""
+        again, differently, and their other phrasings (examples.same_fact): they leave all
+        future training (replay) and are returned, so that their keys leave the key memory
+        too. An event records each."""
         batches = [c.batch_id for c in self.lineage(lineage_of) if c.batch_id is not None]
         if not batches:
             return []
@@ -378,13 +380,38 @@ class Store:
             old = {}
             for old_id, data, new_id in rows:
                 old.setdefault(old_id, (json.loads(data), new_id))
+            siblings = self._same_facts(batch_id, batches, old)
+            old.update(siblings)
             if old:
                 self.db.execute(f"UPDATE examples SET forgotten_at = ? WHERE id IN ({','.join('?' * len(old))})",
                                 [utcnow(), *old])
                 for old_id, (_, new_id) in old.items():
-                    self.log_event("supersede", f"example #{old_id} is superseded by #{new_id} (batch {batch_id})",
+                    how = ": the same fact, asked another way" if old_id in siblings else ""
+                    self.log_event("supersede", f"example #{old_id} is superseded by #{new_id} (batch {batch_id}){how}",
                                    example=old_id, by=new_id, batch=batch_id)
         return [data for data, _ in old.values()]
+
+    def _same_facts(self, batch_id: int, batches: list[int], old: dict[int, tuple[dict, int]]) -> dict:
+        """Other phrasings of the facts this batch changed (examples.same_fact): an earlier
+        question that is not asked again but gives the old value about the same thing."""
+        if not old:
+            return {}
+        news = dict(self.db.execute("SELECT id, data FROM examples WHERE batch_id = ?", [batch_id]).fetchall())
+        marks = ",".join("?" * len(batches))
+        candidates = self.db.execute(
+            f"SELECT e.id, e.data FROM examples e WHERE e.batch_id IN ({marks}) AND e.qkey IS NOT NULL "
+            f"AND e.forgotten_at IS NULL AND e.user IS (SELECT user FROM examples WHERE id = ?)",
+            [*batches, next(iter(old))]).fetchall()
+        found = {}
+        for other_id, data in candidates:
+            if other_id in old:
+                continue
+            other = json.loads(data)
+            for changed, new_id in old.values():
+                if same_fact(changed, json.loads(news[new_id]), other):
+                    found[other_id] = (other, new_id)
+                    break
+        return found
 
     def forget(self, ids: list[int], why: str, user: str | None = None) -> int | None:
         """Take examples out of all future training; those already trained go into the

@@ -60,6 +60,30 @@ def test_the_subject_is_not_asked_for_and_each_place_or_time_is():
     assert [q for q, _, _ in ex.questions_about("The Eiffel Tower is in Rome.")] == ["The Eiffel Tower is where?"]
 
 
+def qa(question: str, answer: str) -> dict:
+    return {"input": question, "output": answer}
+
+
+CAT = qa("What is the name of Orla's cat?", "Orla's cat is called Biscuit.")
+RENAMED = qa("What is the name of Orla's cat?", "Orla's cat is now called Pepper.")
+PARIS = qa("What is the capital of France?", "The capital of France is Paris.")
+LYON = qa("What is the capital of France?", "The capital of France is Lyon.")
+
+
+@pytest.mark.parametrize("old,new,other,same", [
+    (CAT, RENAMED, qa("What did Orla name her cat?", "She named her cat Biscuit."), True),
+    (CAT, RENAMED, qa("What is Bram's dog called?", "Bram's dog is called Biscuit."), False),  # another one's
+    (CAT, RENAMED, qa("Who is Orla's vet?", "Orla's vet is Dr. Biscuit."), False),  # about another thing
+    (CAT, RENAMED, {"text": "Orla's cat is called Biscuit and her dog Rex."}, False),  # a note keeps its other facts
+    (CAT, qa(CAT["input"], "Orla's cat is called Biscuit, a tabby."), qa("What did Orla name her cat?",
+                                                                          "She named her cat Biscuit."), False),
+    (PARIS, LYON, qa("Which city is the capital of France?", "Paris is the capital of France."), True),
+    (PARIS, LYON, qa("What is the largest city of France?", "The largest city of France is Paris."), False),
+])
+def test_an_update_retires_the_other_phrasings_of_the_same_fact_only(old, new, other, same):
+    assert ex.same_fact(old, new, other) is same
+
+
 def test_statements_are_a_notes_sentences_and_the_users_non_questions():
     assert ex.statements({"text": "My dentist is Dr. Okonkwo. He works on Mondays!\nThe end is near."}) == [
         "My dentist is Dr. Okonkwo.", "He works on Mondays!", "The end is near."]

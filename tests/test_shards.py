@@ -96,6 +96,28 @@ def test_an_update_of_a_fact_a_frozen_shard_holds_is_answered_by_the_new_adapter
     assert any(e["kind"] == "supersede" for e in store.events(50))
 
 
+def test_an_update_asked_one_way_also_retires_the_other_phrasings_a_frozen_shard_holds(home):
+    """The old fact was taught in two phrasings; the update re-asks one: the other
+    phrasing's key leaves the frozen shard too, so it no longer brings back the old value.
+    The same value about something else stays."""
+    write_config(home, training=LEARN, lora={"shard_size": 2})
+    cat = {"input": "What is the name of Orla's cat?", "output": "Orla's cat is called Biscuit."}
+    other_way = {"input": "What did Orla name her cat?", "output": "She named her cat Biscuit."}
+    bram = {"input": "What is Bram's dog called?", "output": "Bram's dog is called Biscuit."}
+    drop(home, "first.jsonl", [cat, other_way, bram])
+    run_once(home)
+    assert ask(home, "before", other_way["input"])["response"] == other_way["output"]
+    renamed = {"input": cat["input"], "output": "Orla's cat is now called Pepper."}
+    drop(home, "update.jsonl", [renamed, SECOND[0]])
+    run_once(home)
+    store = Store(home / "memz.db")
+    assert store.checkpoints()[0].metrics["adapters"] == 2
+    superseded = [e["message"] for e in store.events(50) if e["kind"] == "supersede"]
+    assert len(superseded) == 2 and sum("asked another way" in m for m in superseded) == 1, superseded
+    assert "Biscuit" not in ask(home, "after", other_way["input"])["response"]
+    assert ask(home, "bram", bram["input"])["response"] == bram["output"]  # the shard still answers it
+
+
 def test_new_lora_settings_keep_the_old_adapter_as_a_shard(home):
     """Changing lora.r starts a fresh adapter; what the old one holds is still answered."""
     write_config(home, training=LEARN, lora={"shard_size": 0, "r": 8})
