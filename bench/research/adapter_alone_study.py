@@ -61,12 +61,36 @@ def anchor_answers(model, tok, device, chats) -> list[str]:
     return [cached[json.dumps(c)] for c in chats]
 
 
+def self_written(model, tok, device, n: int) -> list[str]:
+    """n user questions the base model writes itself: sampled after its chat template's
+    opening of a user turn (the Magpie trick), cached across runs."""
+    path = Path(f"/tmp/memz-study-magpie-{n}.json")
+    if path.exists():
+        return json.loads(path.read_text())
+    from memzd.inference import _generate
+    mark = "\x00"
+    text = tok.apply_chat_template([{"role": "user", "content": mark}], tokenize=False)
+    ids = tok(text[:text.index(mark)], add_special_tokens=False)["input_ids"]
+    got = []
+    for seed in range(0, n, 32):
+        got += _generate(model, tok, [ids] * min(32, n - seed), 40, 1.0, device, seed=seed)
+    got = [q for q in got if q]
+    path.write_text(json.dumps(got))
+    return got
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--null", type=float, default=0.0, help="energy share of general text to keep LoRA A out of")
     ap.add_argument("--general", type=int, default=0)
     ap.add_argument("--reference", action="store_true",
                     help="also measure the null space on the gate's reference prompts (memzd.gate.REFERENCE_PROMPTS)")
+    ap.add_argument("--magpie", type=int, default=0,
+                    help="also measure the null space on N user questions the base model writes itself "
+                         "(sampled from its chat template's empty user turn), with its answers")
+    ap.add_argument("--neighbours", type=int, default=0,
+                    help="train every epoch on the K general prompts (anchors past the first 8 and the gate's "
+                         "reference prompts) nearest each taught question, with the base model's answers")
     ap.add_argument("--only", choices=["mlp", "attn"], help="constrain only these LoRA modules")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
@@ -97,6 +121,8 @@ def main() -> None:
     chats = chats[8:]  # the first 8 anchors measure the adapter alone in memzd: never trained on or measured
     if args.reference:
         chats += [[{"role": "user", "content": p}] for p in REFERENCE_PROMPTS]
+    if args.magpie:
+        chats += [[{"role": "user", "content": q}] for q in self_written(model, tok, device, args.magpie)]
     answers = anchor_answers(model, tok, device, chats)
     general_chats = [c + [{"role": "assistant", "content": a}] for c, a in zip(chats, answers) if a]
     encoded_general = [encode({"messages": c}, tok, cfg.training.max_seq_len) for c in general_chats]
@@ -114,6 +140,22 @@ def main() -> None:
               f"{max(null.kept.values())} input dimensions ({time.perf_counter() - t0:.1f}s)")
     encoded = [encode(e, tok, cfg.training.max_seq_len) for e in expand(teach)]
     general = [_first_answer_tokens(e, GENERAL_ANSWER_TOKENS) for e in encoded_general] if args.general else []
+    if args.neighbours:
+        from memzd import gate
+        pool = chats[:len(anchors) - 8] + [[{"role": "user", "content": p}] for p in REFERENCE_PROMPTS
+                                           if [{"role": "user", "content": p}] not in chats]
+        pool_answers = anchor_answers(model, tok, device, pool)
+        with lora.using(model, None):
+            keys = gate.pooled_states(model, tok, [c[-1]["content"] for c in pool], cfg.routing.layer, device)
+            asked = gate.pooled_states(model, tok, [q for q, _ in questions], cfg.routing.layer, device)
+        keys, asked = (torch.nn.functional.normalize(k.float(), dim=-1) for k in (keys, asked))
+        near = sorted({int(i) for row in (asked @ keys.T).topk(args.neighbours, dim=-1).indices for i in row})
+        if args.verbose:
+            print("neighbours:", [pool[i][-1]["content"] for i in near])
+        general = [_first_answer_tokens(encode({"messages": pool[i] + [{"role": "assistant", "content": pool_answers[i]}]},
+                                               tok, cfg.training.max_seq_len), GENERAL_ANSWER_TOKENS)
+                   for i in near if pool_answers[i]]
+        cfg.training.general = len(general)
     result = train(model, encoded, cfg.training, pad_id=tok.pad_token_id, device=device, general=general,
                    constrain=constrain)
     print(f"trained {len(result.losses)} steps in {result.seconds:.1f}s, last loss {result.losses[-1]:.4f}")
@@ -132,7 +174,7 @@ def main() -> None:
     para = ask(paraphrases, "paraphrase")
     loc = ask(locality, "locality")
     held = [h for (q, _), h in zip(locality, loc) if q not in in_anchors]
-    row = {"null": args.null, "only": args.only, "reference": args.reference, "general": args.general, "steps": len(result.losses),
+    row = {"null": args.null, "magpie": args.magpie, "only": args.only, "reference": args.reference, "general": args.general, "neighbours": args.neighbours, "steps": len(result.losses),
            "train_seconds": round(result.seconds, 1), "efficacy": sum(eff) / len(eff),
            "paraphrase": sum(para) / len(para), "ungated_locality": sum(loc) / len(loc),
            "ungated_held_out": sum(held) / len(held)}
