@@ -175,10 +175,11 @@ _WHEN = re.compile(r"^(?:1\d{3}|20\d\d|monday|tuesday|wednesday|thursday|friday|
                    r"mondays|tuesdays|wednesdays|thursdays|fridays|saturdays|sundays|january|february|"
                    r"march|april|may|june|july|august|september|october|november|december|"
                    r"\d{1,2}(?::\d\d)?\s*(?:am|pm)|\d{1,2}:\d\d)$", re.I)
-# Words of a question that say nothing of what it is about (plural 's' cut, as _asks does).
+# Words of a question that say nothing of what it is about, as _asks cuts them
+# ("does" -> "doe", "was" -> "wa", "this" -> "thi").
 _ASKING = {"what", "which", "who", "whom", "whose", "where", "when", "why", "how", "doe", "did", "the", "and",
-           "for", "name", "named", "called", "call", "her", "his", "their", "its", "tell", "about", "with",
-           "ha", "have", "had", "wa", "were", "are", "thi", "that", "many", "much", "from", "into", "was", "does",
+           "for", "name", "named", "called", "call", "her", "hi", "their", "its", "tell", "about", "with",
+           "ha", "have", "had", "wa", "were", "are", "thi", "that", "many", "much", "from", "into",
            "ask", "know", "give", "say"}
 # The second person, so that a stated fact is answered as the assistant would say it.
 _PERSON = {"i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself", "am": "are",
