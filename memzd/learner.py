@@ -293,7 +293,8 @@ class Learner:
         keep, a = self.config.training.null_space, self.adapters
         if not keep or anchor_set is None:
             return None
-        if not self._general_texts(anchor_set):
+        texts = self._general_texts(anchor_set)
+        if not texts:
             log.warning("training.null_space is set but there are no general texts to measure it on (the "
                         "anchors past the first %d, with answers): this batch trains without it", ADAPTER_ANCHORS)
             return None
@@ -303,10 +304,9 @@ class Learner:
             hooks.activity("measuring the null space of general text (training.null_space), once")
             t0 = time.perf_counter()
             with all_cores():  # requests are answered while it measures, and a stop is not kept waiting
-                null = NullSpace.measure(a.model, self._general_texts(anchor_set), keep, a.device,
-                                         a.tokenizer.pad_token_id, hooks.pause)
+                null = NullSpace.measure(a.model, texts, keep, a.device, a.tokenizer.pad_token_id, hooks.pause)
             log.info("training.null_space %.3g: measured on %d general texts in %.1fs; LoRA A may use %d-%d "
-                     "input dimensions", keep, len(self._general_texts(anchor_set)), time.perf_counter() - t0,
+                     "input dimensions", keep, len(texts), time.perf_counter() - t0,
                      min(null.kept.values()), max(null.kept.values()))
             self._null_cache = (anchor_set, (keep, modules), null)
         return self._null_cache[2].bind(a.model, lora.TRAIN, parent)

@@ -373,14 +373,17 @@ class Store:
         marks = ",".join("?" * len(batches))
         with self.write():
             rows = self.db.execute(
-                f"SELECT old.id, old.data, new.id FROM examples new JOIN examples old "
+                f"SELECT old.id, old.data, new.id, new.data, new.user FROM examples new JOIN examples old "
                 f"ON old.qkey = new.qkey AND old.user IS new.user AND old.hash != new.hash "
                 f"WHERE new.batch_id = ? AND new.qkey IS NOT NULL AND old.forgotten_at IS NULL "
                 f"AND old.batch_id IN ({marks})", [batch_id, *batches]).fetchall()
-            old = {}
-            for old_id, data, new_id in rows:
-                old.setdefault(old_id, (json.loads(data), new_id))
-            siblings = self._same_facts(batch_id, batches, old)
+            old: dict[int, tuple[dict, int]] = {}  # superseded example -> (its data, the superseding example)
+            changes = []  # (old data, new data, new id): what this batch answers differently
+            for old_id, data, new_id, new_data, _ in rows:
+                if old_id not in old:
+                    old[old_id] = (json.loads(data), new_id)
+                    changes.append((old[old_id][0], json.loads(new_data), new_id))
+            siblings = self._same_facts(batches, rows[0][4], old, changes) if rows else {}
             old.update(siblings)
             if old:
                 self.db.execute(f"UPDATE examples SET forgotten_at = ? WHERE id IN ({','.join('?' * len(old))})",
@@ -391,24 +394,20 @@ class Store:
                                    example=old_id, by=new_id, batch=batch_id)
         return [data for data, _ in old.values()]
 
-    def _same_facts(self, batch_id: int, batches: list[int], old: dict[int, tuple[dict, int]]) -> dict:
+    def _same_facts(self, batches: list[int], user: str | None, old: dict, changes: list) -> dict:
         """Other phrasings of the facts this batch changed (examples.same_fact): an earlier
-        question that is not asked again but gives the old value about the same thing."""
-        if not old:
-            return {}
-        news = dict(self.db.execute("SELECT id, data FROM examples WHERE batch_id = ?", [batch_id]).fetchall())
+        question of the user's that is not asked again but gives the old value about the same thing."""
         marks = ",".join("?" * len(batches))
         candidates = self.db.execute(
-            f"SELECT e.id, e.data FROM examples e WHERE e.batch_id IN ({marks}) AND e.qkey IS NOT NULL "
-            f"AND e.forgotten_at IS NULL AND e.user IS (SELECT user FROM examples WHERE id = ?)",
-            [*batches, next(iter(old))]).fetchall()
+            f"SELECT id, data FROM examples WHERE batch_id IN ({marks}) AND qkey IS NOT NULL "
+            f"AND forgotten_at IS NULL AND user IS ?", [*batches, user]).fetchall()
         found = {}
         for other_id, data in candidates:
             if other_id in old:
                 continue
             other = json.loads(data)
-            for changed, new_id in old.values():
-                if same_fact(changed, json.loads(news[new_id]), other):
+            for was, now, new_id in changes:
+                if same_fact(was, now, other):
                     found[other_id] = (other, new_id)
                     break
         return found

@@ -25,8 +25,8 @@ import math
 import random
 import time
 from contextlib import contextmanager, nullcontext
-from typing import Callable
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
