@@ -251,7 +251,7 @@ def _spans(tokens: list[str]) -> list[tuple[int, int]]:
                 end -= 1
             if links[-1] + 1 < end:
                 spans.append((links[-1] + 1, end))
-    return spans[-MAX_QUESTIONS:]
+    return spans
 
 
 def _join(tokens: list[str]) -> str:
@@ -275,7 +275,7 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
     body = statement.strip().rstrip(".!;")
     tokens = _TOKEN.findall(body)
     out = []
-    for a, b in _spans(tokens):
+    for a, b in _spans(tokens)[-MAX_QUESTIONS:]:
         key = _join(tokens[a:b])
         before, after = tokens[:a], tokens[b:]
         if _WHEN.match(key):

@@ -77,6 +77,9 @@ LYON = qa("What is the capital of France?", "The capital of France is Lyon.")
     (CAT, RENAMED, {"text": "Orla's cat is called Biscuit and her dog Rex."}, False),  # a note keeps its other facts
     (CAT, qa(CAT["input"], "Orla's cat is called Biscuit, a tabby."), qa("What did Orla name her cat?",
                                                                           "She named her cat Biscuit."), False),
+    (qa("What is the name of Orla's cat?", "Orla's cat Biscuit was born in Leeds on a Friday in May 2019."),
+     qa("What is the name of Orla's cat?", "Orla's cat Pepper was born in Leeds on a Friday in May 2019."),
+     qa("What did Orla name her cat?", "She named her cat Biscuit."), True),  # the value among many names
     (PARIS, LYON, qa("Which city is the capital of France?", "Paris is the capital of France."), True),
     (PARIS, LYON, qa("What is the largest city of France?", "The largest city of France is Paris."), False),
 ])
