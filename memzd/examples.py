@@ -192,6 +192,7 @@ _NUMBER = re.compile(r"\d")
 MAX_STATEMENT_CHARS = 300  # longer sentences are taught as they are, with no questions about them
 MAX_QUESTIONS = 3          # questions written per statement
 MAX_WRITTEN = 16           # ...and per example: a long note costs training time, not all of it
+SHORT = 3                  # an answer of at most this many words is itself a value (same_fact)
 
 
 def is_statement(text: str) -> bool:
@@ -302,6 +303,19 @@ def _named(text: str) -> set[str]:
     return {re.sub(r"['’]s$", "", _join(tokens[a:b])).lower() for a, b in _spans(tokens)} - {""}
 
 
+def _values(answer: str) -> set[str]:
+    """The values an answer gives: its names and numbers, and the whole answer when it is
+    short ("Biscuit.", "7", "New York City": a value that opens the answer is no span)."""
+    tokens = _TOKEN.findall(answer.strip().rstrip(".!?;"))
+    whole = {re.sub(r"['’]s$", "", _join(tokens)).lower()} if sum(t[0].isalnum() for t in tokens) <= SHORT else set()
+    return (_named(answer) | whole) - {""}
+
+
+def _holds(text: str, value: str) -> bool:
+    """Does `text` give `value` (a whole word or words, any case)?"""
+    return re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text.lower()) is not None
+
+
 def _subjects(question: str) -> set[str]:
     """The named words a question is about ("What did Orla name her cat?" -> {"orla"})."""
     tokens = _TOKEN.findall(question)
@@ -312,7 +326,7 @@ def _subjects(question: str) -> set[str]:
 def _asks(question: str) -> set[str]:
     """What a question asks about, past its names: its other words, plural 's' cut."""
     words = {w.lower().rstrip("s") for w in re.findall(r"[A-Za-z]+", question) if w[0].islower()}
-    return {w for w in words if len(w) > 2} - _ASKING
+    return {w for w in words if len(w) > 2} - _ASKING - _PERSON.keys()
 
 
 def same_fact(old: dict, new: dict, other: dict) -> bool:
@@ -322,14 +336,34 @@ def same_fact(old: dict, new: dict, other: dict) -> bool:
     gives ("Biscuit"), and its question names what the old question named ("Orla")
     and asks about the same thing ("cat"): "What did Orla name her cat?" -> "She
     named her cat Biscuit." goes with "What is the name of Orla's cat?" -> "Orla's
-    cat is called Biscuit." once that says Pepper; "Who is Orla's vet?" does not."""
+    cat is called Biscuit." (or just "Biscuit.") once that says Pepper; "Who is
+    Orla's vet?" does not. Questions that name no one are the same fact when both
+    are in the first person and share two words of what they ask: "Which city does
+    my mother live in?" goes with "Where does my mother live?", "Where does my
+    mother work?" does not."""
     if to_chat(other) is None:  # a note may state other facts too: it is kept
         return False
-    dropped = _named(answer_of(old)) - _named(answer_of(new))
+    dropped = {v for v in _values(answer_of(old)) if not _holds(answer_of(new), v)}
     q_old, q_other = question_of(old), question_of(other)
-    if not dropped or not _subjects(q_old) & _subjects(q_other) or not _asks(q_old) & _asks(q_other):
-        return False
-    return any(re.search(rf"(?<!\w){re.escape(v)}(?!\w)", answer_of(other).lower()) for v in dropped)
+    asked = _asks(q_old) & _asks(q_other)
+    if _subjects(q_old) & _subjects(q_other):
+        about = bool(asked)
+    else:  # no name: both about the asker's own thing, and two of their words alike ("my mother", "live";
+        # asking a name counts as one: "What is my dog's name?", "What did I call my dog?")
+        naming = _naming(q_old) and _naming(q_other)
+        about = _mine(q_old) and _mine(q_other) and len(asked) + naming >= 2
+    return bool(dropped) and about and any(_holds(answer_of(other), v) for v in dropped)
+
+
+def _naming(question: str) -> bool:
+    """Does the question ask for a name?"""
+    return any(w.lower() in ("name", "named", "called", "call") for w in re.findall(r"[A-Za-z]+", question))
+
+
+def _mine(question: str) -> bool:
+    """Is the question in the first person (about the asker's own things)?"""
+    return any(w.lower().replace("’", "'") in _PERSON.keys() - {"am"}
+               for w in re.findall(r"[A-Za-z]+(?:['’][a-z]+)?", question))
 
 
 def derived(data: dict) -> list[dict]:

@@ -82,6 +82,31 @@ LYON = qa("What is the capital of France?", "The capital of France is Lyon.")
      qa("What did Orla name her cat?", "She named her cat Biscuit."), True),  # the value among many names
     (PARIS, LYON, qa("Which city is the capital of France?", "Paris is the capital of France."), True),
     (PARIS, LYON, qa("What is the largest city of France?", "The largest city of France is Paris."), False),
+    # a short answer is itself the value, though it opens the answer
+    (qa("What is Orla's cat called?", "Biscuit."), qa("What is Orla's cat called?", "Pepper."),
+     qa("What did Orla name her cat?", "She named her cat Biscuit."), True),
+    (qa("How old is Orla's cat?", "7"), qa("How old is Orla's cat?", "8"),
+     qa("What age is Orla's cat?", "Orla's cat is 7 years old."), True),
+    (qa("What is Orla's cat called?", "Biscuit."), qa("What is Orla's cat called?", "Biscuit, a tabby."),
+     qa("What did Orla name her cat?", "She named her cat Biscuit."), False),  # the new answer still gives it
+    (qa("Where does Orla live?", "In New York City."), qa("Where does Orla live?", "In York."),
+     qa("Which city does Orla live in?", "Orla lives in New York City."), True),
+    (qa("Where does Orla live?", "In York."), qa("Where does Orla live?", "In New York City."),
+     qa("Which city does Orla live in?", "Orla lives in York."), True),  # York is not New York City
+    # no name: the asker's own thing, when two words of what is asked are alike
+    (qa("Where does my mother live?", "Your mother lives in Cardiff."),
+     qa("Where does my mother live?", "Your mother lives in Bristol."),
+     qa("Which city does my mother live in?", "She lives in Cardiff."), True),
+    (qa("Where does my mother live?", "Your mother lives in Cardiff."),
+     qa("Where does my mother live?", "Your mother lives in Bristol."),
+     qa("Where does my mother work?", "Your mother works in Cardiff."), False),  # another fact of hers
+    (qa("Where does my mother live?", "Your mother lives in Cardiff."),
+     qa("Where does my mother live?", "Your mother lives in Bristol."),
+     qa("Where does Ana's mother live?", "Ana's mother lives in Cardiff."), False),  # someone else's mother
+    (qa("What is my dog's name?", "Your dog is called Rex."), qa("What is my dog's name?", "Your dog is Max."),
+     qa("What did I call my dog?", "You called your dog Rex."), True),
+    (qa("What is my dog's name?", "Your dog is called Rex."), qa("What is my dog's name?", "Your dog is Max."),
+     qa("Who is my dog's vet?", "Your dog's vet is Dr. Rex."), False),
 ])
 def test_an_update_retires_the_other_phrasings_of_the_same_fact_only(old, new, other, same):
     assert ex.same_fact(old, new, other) is same
