@@ -159,6 +159,19 @@ def answer_of(data: dict) -> str:
     return [m["content"] for m in chat if m["role"] == "assistant"][-1]
 
 
+def question_key(data: dict) -> str | None:
+    """The question an example answers, normalised (case, spacing, end punctuation), or None
+    for a note: a later example with the same key and another answer supersedes it."""
+    chat = to_chat(data)
+    if chat is None or chat[-1]["role"] != "assistant":
+        return None
+    users = [m["content"] for m in chat[:-1] if m["role"] == "user"]
+    if not users:
+        return None
+    text = " ".join(users[-1].lower().replace("\u2019", "'").split()).rstrip(" ?.!")
+    return text or None
+
+
 def user_of(data: dict) -> str | None:
     """The `user:NAME` tag's NAME of a canonical example, or None (shared)."""
     for tag in data.get("tags", ()):
@@ -175,17 +188,21 @@ _WHEN = re.compile(r"^(?:1\d{3}|20\d\d|monday|tuesday|wednesday|thursday|friday|
                    r"mondays|tuesdays|wednesdays|thursdays|fridays|saturdays|sundays|january|february|"
                    r"march|april|may|june|july|august|september|october|november|december|"
                    r"\d{1,2}(?::\d\d)?\s*(?:am|pm)|\d{1,2}:\d\d)$", re.I)
-# Words of a question that say nothing of what it is about, as _asks cuts them
-# ("does" -> "doe", "was" -> "wa", "this" -> "thi").
-_ASKING = {"what", "which", "who", "whom", "whose", "where", "when", "why", "how", "doe", "did", "the", "and",
-           "for", "name", "named", "called", "call", "her", "hi", "their", "its", "tell", "about", "with",
-           "ha", "have", "had", "wa", "were", "are", "thi", "that", "many", "much", "from", "into",
-           "ask", "know", "give", "say"}
+# Words of a question that say nothing of what it is about, as _asks stems them
+# ("called" -> "call"; "does", "was", "this" are too short to stem).
+_ASKING = {"what", "which", "who", "whom", "whose", "where", "when", "why", "how", "does", "did", "the", "and",
+           "for", "name", "named", "call", "her", "his", "their", "its", "tell", "about", "with",
+           "has", "have", "had", "was", "were", "are", "this", "that", "many", "much", "from", "into",
+           "ask", "asks", "know", "give", "say", "says"}
 # The second person, so that a stated fact is answered as the assistant would say it.
 _PERSON = {"i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself", "am": "are",
            "i'm": "you're", "i've": "you've", "i'll": "you'll", "i'd": "you'd", "we": "you", "us": "you",
            "our": "your", "ours": "yours", "we're": "you're"}
 _DETERMINERS = {"the", "a", "an", "my", "your", "his", "her", "its", "our", "their", "this", "that"}
+# Capitalised words that open a sentence without being part of a name ("In New York City.").
+_OPENERS = _PLACE | _DETERMINERS | _PERSON.keys() | {"on", "by", "with", "for", "and", "but", "since", "after",
+                                                      "before", "until", "during", "then", "yes", "no", "it", "she",
+                                                      "he", "they", "we", "there", "here", "now", "today"}
 _SENTENCE = re.compile(r"(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bSt\.)(?<!\bMrs\.)(?<=[.!;])\s+|\n+")
 _TOKEN = re.compile(r"(?:Dr|Mr|Ms|Mrs|St)\.|[A-Za-z0-9][\w'’:\-]*|[^\sA-Za-z0-9]")
 _NUMBER = re.compile(r"\d")
@@ -239,7 +256,9 @@ def _spans(tokens: list[str]) -> list[tuple[int, int]]:
                 j += 1
             # A name that opens the sentence after a determiner is its subject ("The
             # Eiffel Tower is in Rome"): "The what is in Rome?" reads badly and routes poorly.
-            if not (i <= 2 and tokens[i - 1].lower() in _DETERMINERS):
+            # So is the rest of a name that opens it ("Bram Tolliver works in Glasgow").
+            opening = i == 1 and tokens[0][0].isupper() and tokens[0].lower() not in _OPENERS
+            if not (i <= 2 and tokens[i - 1].lower() in _DETERMINERS) and not opening:
                 spans.append((i, j))
             i = j
         else:
@@ -297,6 +316,15 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
     return out
 
 
+def stem(word: str) -> str:
+    """A crude stem, so that "lives" meets "live" and "coaches" meets "coach". Applied
+    to both sides when they are compared (stored words stay as they were taught)."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[:-len(suffix)]
+    return word
+
+
 def _named(text: str) -> set[str]:
     """The names and numbers a text holds (answer spans), lower case, possessives cut."""
     tokens = _TOKEN.findall(text.strip().rstrip(".!?;"))
@@ -324,8 +352,8 @@ def _subjects(question: str) -> set[str]:
 
 
 def _asks(question: str) -> set[str]:
-    """What a question asks about, past its names: its other words, plural 's' cut."""
-    words = {w.lower().rstrip("s") for w in re.findall(r"[A-Za-z]+", question) if w[0].islower()}
+    """What a question asks about, past its names: its other words, stemmed ("coaches": "coach")."""
+    words = {stem(w.lower()) for w in re.findall(r"[A-Za-z]+", question) if w[0].islower()}
     return {w for w in words if len(w) > 2} - _ASKING - _PERSON.keys()
 
 

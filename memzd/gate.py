@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .examples import stem
 from .lora import using
 from .tokens import causal_lm
 
@@ -140,15 +141,6 @@ much many will would should could shall just every each only even still here mor
 again ever never always often please tell know
 the and for are was has had his her its our you how why did not but can may out all any own one now yet
 too get got off let say""".split())
-
-
-def stem(word: str) -> str:
-    """A crude stem, so that "lives" meets "live" and "lessons" meets "lesson". Applied
-    to both sides when they are compared (stored words stay as they were taught)."""
-    for suffix in ("ing", "ed", "es", "s"):
-        if len(word) > len(suffix) + 3 and word.endswith(suffix):
-            return word[:-len(suffix)]
-    return word
 
 
 def _rare(tokenizer, word: str) -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .config import Home
 from .errors import ExampleError
-from .examples import parse_example, to_chat
+from .examples import parse_example, question_key
 from .files import set_aside, unique_path, write_atomic
 from .store import Store
 from .watch import held_for_writing
@@ -48,19 +48,6 @@ class IngestResult:
     interrupted: bool = False  # stopped part-way (the daemon stops): the file stays and is read again
     changed: bool = False  # it grew or changed while it was read: it stays and is read again once stable
     line_errors: list[tuple[int, str]] = field(default_factory=list)  # the first KEPT_ERRORS of them
-
-
-def question_key(data: dict) -> str | None:
-    """The question an example answers, normalised (case, spacing, end punctuation), or None
-    for a note: a later example with the same key and another answer supersedes it."""
-    chat = to_chat(data)
-    if chat is None or chat[-1]["role"] != "assistant":
-        return None
-    users = [m["content"] for m in chat[:-1] if m["role"] == "user"]
-    if not users:
-        return None
-    text = " ".join(users[-1].lower().replace("\u2019", "'").split()).rstrip(" ?.!")
-    return text or None
 
 
 def reject_whole(home: Home, path: Path, reason: str) -> Path:

@@ -24,7 +24,7 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from .errors import MemzError
-from .examples import same_fact
+from .examples import answer_of, parse_example, question_key, question_of, same_fact
 
 migrations = Migrations("memz")
 
@@ -366,7 +366,8 @@ class Store:
         """Earlier examples of `lineage_of`'s lineage that a question of this batch answers
         again, differently, and their other phrasings (examples.same_fact): they leave all
         future training (replay) and are returned, so that their keys leave the key memory
-        too. An event records each."""
+        too. An other phrasing's question joins this batch with the new answer (`_reteach`).
+        An event records each."""
         batches = [c.batch_id for c in self.lineage(lineage_of) if c.batch_id is not None]
         if not batches:
             return []
@@ -385,14 +386,41 @@ class Store:
                     changes.append((old[old_id][0], json.loads(new_data), new_id))
             siblings = self._same_facts(batches, rows[0][4], old, changes) if rows else {}
             old.update(siblings)
+            retaught = self._reteach(batch_id, siblings, {new_id: new for _, new, new_id in changes})
             if old:
                 self.db.execute(f"UPDATE examples SET forgotten_at = ? WHERE id IN ({','.join('?' * len(old))})",
                                 [utcnow(), *old])
                 for old_id, (_, new_id) in old.items():
-                    how = ": the same fact, asked another way" if old_id in siblings else ""
+                    how = ""
+                    if old_id in siblings:
+                        how = ": the same fact, asked another way" + (
+                            f"; its question is taught with the new answer as #{retaught[old_id]}"
+                            if old_id in retaught else "")
                     self.log_event("supersede", f"example #{old_id} is superseded by #{new_id} (batch {batch_id}){how}",
                                    example=old_id, by=new_id, batch=batch_id)
         return [data for data, _ in old.values()]
+
+    def _reteach(self, batch_id: int, siblings: dict[int, tuple[dict, int]], news: dict[int, dict]) -> dict[int, int]:
+        """The question of each other phrasing of a changed fact, with the new answer, as an
+        example of this batch (from the new example's file and line, with its tags): "What
+        did Orla name her cat?" was answered Biscuit; once "What is Orla's cat called?" says
+        Pepper, it is taught "Orla's cat is called Pepper." too, rather than left to carry
+        over. Returns {sibling id: the new example's id} (none where that example exists)."""
+        out = {}
+        for old_id, (other, new_id) in siblings.items():
+            new = news[new_id]
+            data = {"input": question_of(other), "output": answer_of(new),
+                    **{k: v for k, v in (("system", other.get("system")), ("tags", new.get("tags"))) if v}}
+            example = parse_example(data)
+            file_id, line = self.db.execute("SELECT file_id, line FROM examples WHERE id = ?", [new_id]).fetchone()
+            cursor = self.db.execute(
+                "INSERT OR IGNORE INTO examples (hash, kind, data, file_id, line, created_at, user, qkey, batch_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [example.hash, example.kind, example.json, file_id, line, time.time(), example.user,
+                 question_key(example.data), batch_id])
+            if cursor.rowcount:
+                out[old_id] = cursor.lastrowid
+        return out
 
     def _same_facts(self, batches: list[int], user: str | None, old: dict, changes: list) -> dict:
         """Other phrasings of the facts this batch changed (examples.same_fact): an earlier

@@ -53,6 +53,12 @@ def test_questions_are_written_about_a_statement(statement, question, answer):
     assert (question, answer) in [(q, a) for q, a, _ in ex.questions_about(statement)]
 
 
+def test_a_name_that_opens_the_statement_is_its_subject_not_asked_for():
+    assert [q for q, _, _ in ex.questions_about("Bram Tolliver works in Glasgow.")] == ["Bram Tolliver works where?"]
+    assert [q for q, _, _ in ex.questions_about("Orla Vantrees's cat is called Pepper.")] == [
+        "Orla Vantrees's cat is called what?"]
+
+
 def test_the_subject_is_not_asked_for_and_each_place_or_time_is():
     qs = [q for q, _, _ in ex.questions_about("The Quillfeather chess club meets in Hobbleton on Thursdays.")]
     assert qs == ["The Quillfeather chess club meets where on Thursdays?",
@@ -82,6 +88,9 @@ LYON = qa("What is the capital of France?", "The capital of France is Lyon.")
      qa("What did Orla name her cat?", "She named her cat Biscuit."), True),  # the value among many names
     (PARIS, LYON, qa("Which city is the capital of France?", "Paris is the capital of France."), True),
     (PARIS, LYON, qa("What is the largest city of France?", "The largest city of France is Paris."), False),
+    (qa("Who coaches the Otters?", "The Otters are coached by Mirela Kost."),
+     qa("Who coaches the Otters?", "The Otters are coached by Tobin Asquith."),
+     qa("Who is the coach of the Otters?", "Mirela Kost is the coach of the Otters."), True),  # coaches / coach
     # a short answer is itself the value, though it opens the answer
     (qa("What is Orla's cat called?", "Biscuit."), qa("What is Orla's cat called?", "Pepper."),
      qa("What did Orla name her cat?", "She named her cat Biscuit."), True),
