@@ -368,7 +368,8 @@ def same_fact(old: dict, new: dict, other: dict) -> bool:
     Orla's vet?" does not. Questions that name no one are the same fact when both
     are in the first person and share two words of what they ask: "Which city does
     my mother live in?" goes with "Where does my mother live?", "Where does my
-    mother work?" does not."""
+    mother work?" does not; or when both ask who the same one of theirs is ("What
+    is the name of my manager?" with "Who is my manager at work?")."""
     if to_chat(other) is None:  # a note may state other facts too: it is kept
         return False
     dropped = {v for v in _values(answer_of(old)) if not _holds(answer_of(new), v)}
@@ -377,15 +378,36 @@ def same_fact(old: dict, new: dict, other: dict) -> bool:
     if _subjects(q_old) & _subjects(q_other):
         about = bool(asked)
     else:  # no name: both about the asker's own thing, and two of their words alike ("my mother", "live";
-        # asking a name counts as one: "What is my dog's name?", "What did I call my dog?")
+        # asking a name counts as one: "What is my dog's name?", "What did I call my dog?"), or both
+        # asking who the same one of theirs is ("Who is my manager at work?", "What is my manager's name?")
         naming = _naming(q_old) and _naming(q_other)
-        about = _mine(q_old) and _mine(q_other) and len(asked) + naming >= 2
+        who = _owned(q_old) is not None and _owned(q_old) == _owned(q_other) and _who(q_old) and _who(q_other)
+        about = _mine(q_old) and _mine(q_other) and (len(asked) + naming >= 2 or who)
     return bool(dropped) and about and any(_holds(answer_of(other), v) for v in dropped)
 
 
 def _naming(question: str) -> bool:
     """Does the question ask for a name?"""
     return any(w.lower() in ("name", "named", "called", "call") for w in re.findall(r"[A-Za-z]+", question))
+
+
+def _who(question: str) -> bool:
+    """Does the question ask who someone is, or their name?"""
+    return _naming(question) or any(w.lower() in ("who", "whom") for w in re.findall(r"[A-Za-z]+", question))
+
+
+def _owned(question: str) -> str | None:
+    """What of the asker's a question is about: the word after "my" (or "our"), through
+    possessives, a name asked for aside: "my dog's vet" -> "vet", "my dog's name" -> "dog"."""
+    words = re.findall(r"[A-Za-z]+(?:['’]s)?", question)
+    lower = [w.lower().replace("’", "'") for w in words]
+    for i, w in enumerate(lower[:-1]):
+        if w in ("my", "our"):
+            j = i + 1
+            while lower[j].endswith("'s") and j + 1 < len(lower) and lower[j + 1] not in ("name", "names"):
+                j += 1
+            return stem(lower[j].removesuffix("'s"))
+    return None
 
 
 def _mine(question: str) -> bool:

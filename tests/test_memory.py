@@ -116,6 +116,12 @@ LYON = qa("What is the capital of France?", "The capital of France is Lyon.")
      qa("What did I call my dog?", "You called your dog Rex."), True),
     (qa("What is my dog's name?", "Your dog is called Rex."), qa("What is my dog's name?", "Your dog is Max."),
      qa("Who is my dog's vet?", "Your dog's vet is Dr. Rex."), False),
+    (qa("Who is my manager at work?", "Your manager is Dana Whitlow."),
+     qa("Who is my manager at work?", "Your manager is Priya Castell."),
+     qa("What is the name of my manager?", "Your manager is called Dana Whitlow."), True),  # who, and its name
+    (qa("Who is my manager at work?", "Your manager is Dana Whitlow."),
+     qa("Who is my manager at work?", "Your manager is Priya Castell."),
+     qa("Who is my manager's husband?", "Dana Whitlow's husband is Tom."), False),  # another one of hers
 ])
 def test_an_update_retires_the_other_phrasings_of_the_same_fact_only(old, new, other, same):
     assert ex.same_fact(old, new, other) is same
