@@ -20,6 +20,7 @@ from typing import Optional
 import typer
 import typer.core
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import control
@@ -221,7 +222,7 @@ def _fmt(v) -> str:
 
 @app.command()
 def status(ctx: typer.Context, as_json: bool = _JSON, user: Optional[str] = _USER) -> None:
-    """What memz is doing: model, current checkpoint, queue, when the next batch trains, losses."""
+    """What memz is doing: model, current checkpoint, queue, when the next batch trains, losses, the latest events."""
     try:
         data = control.status_data(ctx.obj, user)
     except MemzError as exc:
@@ -265,6 +266,9 @@ def status(ctx: typer.Context, as_json: bool = _JSON, user: Optional[str] = _USE
     if data["current_checkpoint"]:
         t.add_row("pictures", "memzctl plot" + (f" --user {user}" if user else "")
                   + "  (loss, forgetting and recall across the lineage, as a PNG)")
+    for i, event in enumerate(data["recent_events"]):
+        when = event["at"][5:16].replace("T", " ")  # 12-01 05:01 (UTC)
+        t.add_row("recent events" if i == 0 else "", f"{when}  {escape(event['message'])}")
     console.print(t)
 
 

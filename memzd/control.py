@@ -163,6 +163,9 @@ def next_batch(store, config: Config, now: float | None = None) -> dict:
                    f"is {config.batch.max_age_minutes:g} min old (memzctl train: now)"}
 
 
+RECENT_EVENTS = 5  # the lineage's latest events that `memzctl status` shows (files read, supersedes, ...)
+
+
 def status_data(home: Home, user: str | None = None) -> dict:
     """Everything `memzctl status` shows (the `status --json` object), for the shared
     lineage or for `user`'s own."""
@@ -207,6 +210,8 @@ def status_data(home: Home, user: str | None = None) -> dict:
             "update_mode": config.update_mode,
             "rollback_mode": config.evaluation.rollback_mode,
             "hardware": hw,
+            "recent_events": [{"at": e["at"], "kind": e["kind"], "message": e["message"]}
+                              for e in store.events(RECENT_EVENTS)],
         }
     finally:
         store.close()

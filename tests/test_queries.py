@@ -134,8 +134,10 @@ def test_status_json_fields(home):
     assert data["hardware"]["backend"] == "cpu" and data["queue_depth"] == 0
     assert data["daemon"]["running"] is False
     assert set(data["forgetting_summary"]) >= {"anchor_ce_delta", "retention_score"}
+    assert data["recent_events"][0]["message"] == f"{data['current_checkpoint']} now serves"
     text = CliRunner().invoke(app, ["--home", str(home), "status"]).output
     assert "not running" in text and data["current_checkpoint"] in text
+    assert "recent events" in text and f"{data['current_checkpoint']} now serves" in text
 
 
 def test_query_without_daemon_says_so_at_once(home):

@@ -119,6 +119,8 @@ def test_an_update_asked_one_way_also_retires_the_other_phrasings_a_frozen_shard
     assert {"input": other_way["input"], "output": renamed["output"]} in store.batch_examples(
         store.checkpoints()[0].batch_id)
     assert ask(home, "after", other_way["input"])["response"] == renamed["output"]
+    status = CliRunner().invoke(app, ["--home", str(home), "status"]).output
+    assert "recent events" in status and "asked another way" in " ".join(status.split())
     assert ask(home, "bram", bram["input"])["response"] == bram["output"]  # the shard still answers it
 
 
