@@ -106,6 +106,11 @@ def m007_answers(db: sqlite_utils.Database) -> None:
     db["answers"].create_index(["at"])
 
 
+# One example row; a duplicate (the same hash) is ignored. Read from the inbox it has no batch yet.
+_INSERT_EXAMPLE = ("INSERT OR IGNORE INTO examples (hash, kind, data, file_id, line, created_at, user, qkey, batch_id) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
 def utcnow() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -234,9 +239,8 @@ class Store:
         with self.write():
             before = self.db.execute("SELECT total_changes()").fetchone()[0]
             self.db.conn.executemany(
-                "INSERT OR IGNORE INTO examples (hash, kind, data, file_id, line, created_at, user, qkey) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(h, kind, data, file_id, line, now, user, qkey) for line, h, kind, data, user, qkey in rows],
+                _INSERT_EXAMPLE,
+                [(h, kind, data, file_id, line, now, user, qkey, None) for line, h, kind, data, user, qkey in rows],
             )
             new = self.db.execute("SELECT total_changes()").fetchone()[0] - before
             self.db.execute(
@@ -413,11 +417,8 @@ class Store:
                     **{k: v for k, v in (("system", other.get("system")), ("tags", new.get("tags"))) if v}}
             example = parse_example(data)
             file_id, line = self.db.execute("SELECT file_id, line FROM examples WHERE id = ?", [new_id]).fetchone()
-            cursor = self.db.execute(
-                "INSERT OR IGNORE INTO examples (hash, kind, data, file_id, line, created_at, user, qkey, batch_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [example.hash, example.kind, example.json, file_id, line, time.time(), example.user,
-                 question_key(example.data), batch_id])
+            cursor = self.db.execute(_INSERT_EXAMPLE, [example.hash, example.kind, example.json, file_id, line,
+                                                       time.time(), example.user, question_key(example.data), batch_id])
             if cursor.rowcount:
                 out[old_id] = cursor.lastrowid
         return out
