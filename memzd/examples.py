@@ -381,7 +381,8 @@ def same_fact(old: dict, new: dict, other: dict) -> bool:
         # asking a name counts as one: "What is my dog's name?", "What did I call my dog?"), or both
         # asking who the same one of theirs is ("Who is my manager at work?", "What is my manager's name?")
         naming = _naming(q_old) and _naming(q_other)
-        who = _owned(q_old) is not None and _owned(q_old) == _owned(q_other) and _who(q_old) and _who(q_other)
+        owned = _owned(q_old)
+        who = owned is not None and owned == _owned(q_other) and _who(q_old) and _who(q_other)
         about = _mine(q_old) and _mine(q_other) and (len(asked) + naming >= 2 or who)
     return bool(dropped) and about and any(_holds(answer_of(other), v) for v in dropped)
 
