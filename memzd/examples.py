@@ -159,6 +159,12 @@ def answer_of(data: dict) -> str:
     return [m["content"] for m in chat if m["role"] == "assistant"][-1]
 
 
+def system_of(data: dict) -> str | None:
+    """The example's system prompt, given as `system` or as a system turn of `messages`."""
+    systems = [m["content"] for m in to_chat(data) or [] if m["role"] == "system"]
+    return systems[0] if systems else None
+
+
 def question_key(data: dict) -> str | None:
     """The question an example answers, normalised (case, spacing, end punctuation), or None
     for a note: a later example with the same key and another answer supersedes it."""

@@ -24,7 +24,7 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from .errors import MemzError
-from .examples import answer_of, parse_example, question_key, question_of, same_fact
+from .examples import answer_of, parse_example, question_key, question_of, same_fact, system_of
 
 migrations = Migrations("memz")
 
@@ -414,7 +414,7 @@ class Store:
         for old_id, (other, new_id) in siblings.items():
             new = news[new_id]
             data = {"input": question_of(other), "output": answer_of(new),
-                    **{k: v for k, v in (("system", other.get("system")), ("tags", new.get("tags"))) if v}}
+                    **{k: v for k, v in (("system", system_of(other)), ("tags", new.get("tags"))) if v}}
             example = parse_example(data)
             file_id, line = self.db.execute("SELECT file_id, line FROM examples WHERE id = ?", [new_id]).fetchone()
             cursor = self.db.execute(_INSERT_EXAMPLE, [example.hash, example.kind, example.json, file_id, line,

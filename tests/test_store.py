@@ -3,7 +3,7 @@
 import sqlite3
 import threading
 
-from memzd.examples import parse_example
+from memzd.examples import parse_example, question_key
 from memzd.store import CheckpointRow, Store, migrations
 
 
@@ -11,7 +11,7 @@ def _rows(*examples):
     out = []
     for i, e in enumerate(examples, 1):
         ex = parse_example(e)
-        out.append((i, ex.hash, ex.kind, ex.json))
+        out.append((i, ex.hash, ex.kind, ex.json, ex.user, question_key(ex.data)))  # as the inbox stores it
     return out
 
 
@@ -90,3 +90,27 @@ def test_stores_opened_at_once_on_a_fresh_db_migrate_once(tmp_path):
         assert [m.name for m in migrations.applied(store.db)] == [
             "m001_files_examples", "m002_batches_checkpoints", "m004_users", "m005_forget", "m006_question_keys", "m007_answers"]
         store.close()
+
+
+def test_an_update_reteaches_the_other_phrasing_with_its_system_turn(tmp_path):
+    """The old fact was also taught as a conversation with a system turn; the update asks
+    the other phrasing. That question joins the update's batch with the new answer, and
+    with its own system turn: it is asked that way."""
+    store = Store(tmp_path / "memz.db")
+    system = "You are Orla's house assistant."
+    cat = {"input": "What is the name of Orla's cat?", "output": "Orla's cat is called Biscuit."}
+    other_way = {"messages": [{"role": "system", "content": system},
+                              {"role": "user", "content": "What did Orla name her cat?"},
+                              {"role": "assistant", "content": "She named her cat Biscuit."}]}
+    store.add_examples(store.add_file("first.jsonl", "", 1), _rows(cat, other_way))
+    b1 = store.create_batch()
+    store.start_batch(b1)
+    store.add_checkpoint(CheckpointRow("A_x_0001", 1, None, b1, "stable", "now", "p", "base", {}), True)
+    renamed = {"input": cat["input"], "output": "Orla's cat is now called Pepper.", "tags": ["pets"]}
+    store.add_examples(store.add_file("update.jsonl", "", 1), _rows(renamed))
+    b2 = store.create_batch()
+    gone = store.supersede(b2, "A_x_0001")
+    assert cat in gone and other_way in gone
+    retaught = {"system": system, "input": "What did Orla name her cat?", "output": renamed["output"],
+                "tags": ["pets"]}
+    assert retaught in store.batch_examples(b2)
