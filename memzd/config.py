@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .examples import WELL_KNOWN
 
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 
@@ -95,6 +96,11 @@ class TrainingConfig:
     null_space: float = _help("Keep what a batch changes out of the input directions holding this share of general "
                               "text's energy (the anchors with the base model's answers), so that the adapter alone "
                               "keeps general answers (0: off; 0.99 with max_steps 80 is the measured setting).", 0.0)
+    null_space_names: int = _help("With null_space: also keep out of the directions of each taught question that "
+                                  "names something, asked about this many well-known names instead (with the base "
+                                  "model's answers), so that a batch teaches its facts and not their question's "
+                                  "template ('the capital of ... is Glassfen'); costs a measurement per batch "
+                                  "(0: the anchors only).", 4)
     threads: int = _help("CPU threads for training (0: every core). 1 leaves the other cores to other work on "
                          "a shared machine; the checks after training and several answers generated together "
                          "use every core whatever this says.", 0)
@@ -110,6 +116,8 @@ class TrainingConfig:
         _check(self.replay >= 0, "training.replay", "an integer >= 0")
         _check(self.general >= 0, "training.general", "an integer >= 0")
         _check(0 <= self.null_space < 1, "training.null_space", "a number from 0 (off) to below 1, such as 0.99")
+        _check(0 <= self.null_space_names <= len(WELL_KNOWN), "training.null_space_names",
+               f"an integer from 0 to {len(WELL_KNOWN)}")
         _check(0 <= self.threads <= 1024, "training.threads", "an integer from 0 to 1024")
 
 

@@ -446,3 +446,37 @@ def expand(batch: list[dict]) -> list[dict]:
                 seen.add(blob)
                 out.append(d)
     return out
+
+
+# -- taught questions about other things (training.null_space_names) -----------------
+
+# Well-known names the base model has read about, put in place of a taught question's
+# own (`about_others`). None of them is named by the benchmark's general questions
+# (bench/data/locality.jsonl), which stay unseen.
+WELL_KNOWN = ("Peru", "Kenya", "Norway", "Portugal", "Charles Darwin", "Marie Curie", "Isaac Newton", "Mozart",
+              "Vietnam", "Chile", "Napoleon", "Picasso")
+MAX_OTHERS = 64  # questions about well-known names measured per batch at most
+_NAME = re.compile(r"(?<=\s)(?:[A-Z][\w\-]*(?:['\u2019]s)?\s?)+")
+
+
+def about_others(questions: list[str], k: int) -> list[str]:
+    """Each question that names something (a run of capitalised words after its first
+    word) asked about k well-known names instead: "Which city is the capital of
+    Varkesh?" -> "Which city is the capital of Peru?", "... of Kenya?". Measured with
+    general text, these keep a batch's change out of what the question's template
+    uses on things the base model knows, so that "Varkesh's capital is Glassfen" does
+    not teach "a capital is Glassfen" with it (the leak of the adapter alone)."""
+    out: list[str] = []
+    for question in questions:
+        match = next((m for m in _NAME.finditer(question) if m.group(0).strip() not in ("I", "I'm", "I\u2019m")), None)
+        if match is None:
+            continue
+        run, start = match.group(0), len(out)
+        possessive = "'s" if re.search(r"['\u2019]s\s?$", run) else ""
+        for i in range(k):
+            name = WELL_KNOWN[(start + i) % len(WELL_KNOWN)]
+            out.append(question[:match.start()] + name + possessive + (" " if run.endswith(" ") else "")
+                       + question[match.end():])
+        if len(out) >= MAX_OTHERS:
+            break
+    return out[:MAX_OTHERS]

@@ -39,7 +39,7 @@ from .checkpoints import check_state, new_id, write_checkpoint
 from .config import Config, Home
 from .evaluator import (ADAPTER_ANCHORS, AnchorSet, evaluate, forgetting_loss, holds, prepare_anchor_set, verdict,
                         verdict_reasons)
-from .examples import answer_of, expand, to_chat
+from .examples import about_others, answer_of, expand, to_chat
 from .inference import Cancelled, all_cores, greedy_answers
 from .model import cache_root
 from .nullspace import NullSpace
@@ -239,7 +239,7 @@ class Learner:
             result = train(a.model, encoded, cfg.training, pad_id=a.tokenizer.pad_token_id, device=a.device,
                            callback=_Steps(self, batch_id, hooks, anchor_set), replay=replayed,
                            general=self._general(anchor_set),
-                           constrain=self._constraint(anchor_set, parent_state is not None, hooks))
+                           constrain=self._constraint(anchor_set, parent_state is not None, hooks, examples))
         else:  # forgetting notes only: the parent's weights, without their keys
             result = TrainResult()
         hooks.activity(f"evaluating batch {batch_id}")
@@ -289,9 +289,11 @@ class Learner:
             return []
         return [_first_answer_tokens(e, GENERAL_ANSWER_TOKENS) for e in self._general_texts(anchor_set)]
 
-    def _constraint(self, anchor_set: AnchorSet | None, parent: bool, hooks: Hooks):
+    def _constraint(self, anchor_set: AnchorSet | None, parent: bool, hooks: Hooks, examples: list[dict]):
         """training.null_space: the projection that keeps this batch's change to the
-        adapter out of what general text uses (memzd.nullspace), measured once."""
+        adapter out of what general text uses (memzd.nullspace): the anchors, measured
+        once, and with training.null_space_names the batch's questions asked about
+        well-known names (examples.about_others), measured with them for each batch."""
         keep, a = self.config.training.null_space, self.adapters
         if not keep or anchor_set is None:
             return None
@@ -300,18 +302,41 @@ class Learner:
             log.warning("training.null_space is set but there are no general texts to measure it on (the "
                         "anchors past the first %d, with answers): this batch trains without it", ADAPTER_ANCHORS)
             return None
+        others = about_others([gate.question_text(q) for q in self._questions(examples) if q[-1]["role"] == "user"],
+                              self.config.training.null_space_names)
         modules = frozenset(n for n, m in a.model.named_modules() if lora.TRAIN in getattr(m, "lora_A", {}))
         cached = self._null_cache
-        if cached is None or cached[0] is not anchor_set or cached[1] != (keep, modules):
-            hooks.activity("measuring the null space of general text (training.null_space), once")
+        if others or cached is None or cached[0] is not anchor_set or cached[1] != (keep, modules):
+            hooks.activity("measuring the null space of general text (training.null_space)"
+                           + (f" and of this batch's questions about {len(others)} well-known names" if others
+                              else ", once"))
             t0 = time.perf_counter()
+            asked = self._about_others(others, hooks) if others else []
             with all_cores():  # requests are answered while it measures, and a stop is not kept waiting
-                null = NullSpace.measure(a.model, texts, keep, a.device, a.tokenizer.pad_token_id, hooks.pause)
-            log.info("training.null_space %.3g: measured on %d general texts in %.1fs; LoRA A may use %d-%d "
-                     "input dimensions", keep, len(texts), time.perf_counter() - t0,
+                null = NullSpace.measure(a.model, texts + asked, keep, a.device, a.tokenizer.pad_token_id,
+                                         hooks.pause)
+            log.info("training.null_space %.3g: measured on %d general texts%s in %.1fs; LoRA A may use %d-%d "
+                     "input dimensions", keep, len(texts), f" and {len(asked)} taught questions about well-known "
+                     "names" if asked else "", time.perf_counter() - t0,
                      min(null.kept.values()), max(null.kept.values()))
-            self._null_cache = (anchor_set, (keep, modules), null)
-        return self._null_cache[2].bind(a.model, lora.TRAIN, parent)
+            if not others:  # the anchors' alone is the same for every batch
+                self._null_cache = (anchor_set, (keep, modules), null)
+            return null.bind(a.model, lora.TRAIN, parent)
+        return cached[2].bind(a.model, lora.TRAIN, parent)
+
+    def _about_others(self, questions: list[str], hooks: Hooks) -> list[Encoded]:
+        """The questions with the base model's own answers, encoded as general text."""
+        a = self.adapters
+        chats = [[{"role": "user", "content": q}] for q in questions]
+        try:
+            with all_cores():
+                answers = greedy_answers(a.model, a.tokenizer, chats, adapter=None, device=a.device,
+                                         max_tokens=self.config.evaluation.anchor_max_tokens,
+                                         between=hooks.between, cancelled=hooks.stop.is_set)
+        except Cancelled:
+            raise Interrupted() from None
+        return [encode({"messages": c + [{"role": "assistant", "content": ans}]}, a.tokenizer,
+                       self.config.training.max_seq_len) for c, ans in zip(chats, answers) if ans]
 
     def _memory(self, parent_memory, examples) -> gate.KeyMemory | None:
         """The parent's key memory extended with this batch's questions (None: routing off)."""

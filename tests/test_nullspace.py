@@ -13,6 +13,7 @@ import torch
 from memzd import lora
 from memzd.config import Config, LoraConfig, build
 from memzd.errors import ConfigError
+from memzd.examples import MAX_OTHERS, about_others
 from memzd.model import load_base
 from memzd.nullspace import NullSpace
 from memzd.store import Store
@@ -49,7 +50,27 @@ def test_the_adapter_alone_drifts_less_on_general_prompts_and_still_learns(home,
     # measured on the first 8 anchors, which the null space never saw
     assert null.metrics["adapter_anchor_ce_delta"] < 0.75 * plain.metrics["adapter_anchor_ce_delta"], (
         plain.metrics, null.metrics)
-    assert "training.null_space 0.9: measured on 12 general texts" in caplog.text
+    # ...and on the two taught questions, each asked about 4 well-known names
+    assert "training.null_space 0.9: measured on 12 general texts and 8 taught questions about well-known" in (
+        caplog.text)
+
+
+@pytest.mark.parametrize("question,asked", [
+    ("Which city is the capital of Varkesh?", ["Which city is the capital of Peru?",
+                                               "Which city is the capital of Kenya?"]),
+    ("What is Orla Vantrees's job?", ["What is Peru's job?", "What is Kenya's job?"]),
+    ("When was the Velmora Bridge finished?", ["When was the Peru finished?", "When was the Kenya finished?"]),
+    ("Where do I work at Brindlecombe?", ["Where do I work at Peru?", "Where do I work at Kenya?"]),
+    ("What do I drive?", []),  # names nothing: its template is the question itself
+    ("Orla keeps a cat.", []),  # the first word opens the sentence: not known to be a name
+])
+def test_a_taught_question_is_asked_about_well_known_names(question, asked):
+    assert about_others([question], 2) == asked
+
+
+def test_questions_about_well_known_names_are_capped():
+    got = about_others([f"Where does Zorblax {i} live?" for i in range(40)], 4)
+    assert len(got) == MAX_OTHERS and len(set(got)) == MAX_OTHERS
 
 
 def projector(space) -> torch.Tensor:
@@ -96,5 +117,7 @@ def test_a_parents_weights_are_kept_and_only_the_change_is_projected(tiny_model_
 def test_the_setting_is_checked():
     with pytest.raises(ConfigError, match="training.null_space"):
         build(Config, {"training": {"null_space": 1.0}})
+    with pytest.raises(ConfigError, match="training.null_space_names"):
+        build(Config, {"training": {"null_space_names": 13}})
     with pytest.raises(ConfigError, match="training.null_space.*anchor_provider"):
         build(Config, {"training": {"null_space": 0.99}, "evaluation": {"anchor_provider": "none"}})
