@@ -31,7 +31,7 @@ from memzd.examples import expand
 from memzd.inference import greedy_answers
 from memzd.learner import GENERAL_ANSWER_TOKENS, _first_answer_tokens
 from memzd.model import load_base
-from memzd.tokens import encode
+from memzd.tokens import Encoded, encode
 from memzd.gate import REFERENCE_PROMPTS
 from memzd.nullspace import NullSpace
 from memzd.trainer import train
@@ -79,6 +79,27 @@ def self_written(model, tok, device, n: int) -> list[str]:
     return got
 
 
+# Real names the base model knows, none of them named by bench/data/locality.jsonl.
+SWAP_NAMES = ["Peru", "Kenya", "Norway", "Portugal", "Charles Darwin", "Marie Curie", "Isaac Newton", "Mozart",
+              "Vietnam", "Chile", "Napoleon", "Picasso"]
+_CAPS = __import__("re").compile(r"(?<=\s)(?:[A-Z][\w\-]*(?:'s)?\s?)+")
+
+
+def swapped(teach: list[dict], k: int) -> list[str]:
+    """Each taught question with its run of capitalised words (after the first word) replaced
+    by k real names in turn: the question's template about things the base model knows."""
+    out = []
+    for t in teach:
+        q = t["input"]
+        if not _CAPS.search(q):
+            continue
+        for i in range(k):
+            name = SWAP_NAMES[(len(out) + i) % len(SWAP_NAMES)]
+            out.append(_CAPS.sub(lambda m: name + ("'s" if m.group(0).rstrip().endswith("'s") else "")
+                                 + (" " if m.group(0).endswith(" ") else ""), q, count=1))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--null", type=float, default=0.0, help="energy share of general text to keep LoRA A out of")
@@ -91,9 +112,14 @@ def main() -> None:
     ap.add_argument("--neighbours", type=int, default=0,
                     help="train every epoch on the K general prompts (anchors past the first 8 and the gate's "
                          "reference prompts) nearest each taught question, with the base model's answers")
+    ap.add_argument("--swapped", type=int, default=0,
+                    help="also measure the null space on each taught question with its names replaced by K "
+                         "real ones (SWAP_NAMES: none that the locality questions name), with the base's answers")
+    ap.add_argument("--swapped-bare", action="store_true", help="the swapped questions without answers")
     ap.add_argument("--only", choices=["mlp", "attn"], help="constrain only these LoRA modules")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--facts", default="f01-f10")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
@@ -103,6 +129,8 @@ def main() -> None:
         cfg.training.max_steps = args.max_steps
     if args.lr:
         cfg.training.lr = args.lr
+    if args.seed is not None:
+        cfg.training.seed = args.seed
     cfg.training.general = args.general
     torch.set_num_threads(2)
     base = load_base("bundled", "cpu", "fp32")
@@ -123,9 +151,15 @@ def main() -> None:
         chats += [[{"role": "user", "content": p}] for p in REFERENCE_PROMPTS]
     if args.magpie:
         chats += [[{"role": "user", "content": q}] for q in self_written(model, tok, device, args.magpie)]
+    if args.swapped and not args.swapped_bare:
+        chats += [[{"role": "user", "content": q}] for q in swapped(teach, args.swapped)]
     answers = anchor_answers(model, tok, device, chats)
     general_chats = [c + [{"role": "assistant", "content": a}] for c, a in zip(chats, answers) if a]
     encoded_general = [encode({"messages": c}, tok, cfg.training.max_seq_len) for c in general_chats]
+    if args.swapped_bare:  # the questions alone, as the chat template asks them: no answers to generate
+        from memzd.tokens import prompt_ids
+        encoded_general += [Encoded(ids, ids) for q in swapped(teach, args.swapped)
+                            for ids in [prompt_ids(tok, [{"role": "user", "content": q}])]]
 
     torch.manual_seed(cfg.training.seed)
     lora.start_training(model, cfg.lora, None)
@@ -174,7 +208,7 @@ def main() -> None:
     para = ask(paraphrases, "paraphrase")
     loc = ask(locality, "locality")
     held = [h for (q, _), h in zip(locality, loc) if q not in in_anchors]
-    row = {"null": args.null, "magpie": args.magpie, "only": args.only, "reference": args.reference, "general": args.general, "neighbours": args.neighbours, "steps": len(result.losses),
+    row = {"null": args.null, "magpie": args.magpie, "only": args.only, "reference": args.reference, "general": args.general, "neighbours": args.neighbours, "swapped": args.swapped, "bare": args.swapped_bare, "seed": cfg.training.seed, "steps": len(result.losses),
            "train_seconds": round(result.seconds, 1), "efficacy": sum(eff) / len(eff),
            "paraphrase": sum(para) / len(para), "ungated_locality": sum(loc) / len(loc),
            "ungated_held_out": sum(held) / len(held)}
