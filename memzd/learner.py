@@ -302,13 +302,13 @@ class Learner:
             log.warning("training.null_space is set but there are no general texts to measure it on (the "
                         "anchors past the first %d, with answers): this batch trains without it", ADAPTER_ANCHORS)
             return None
-        others = about_others([gate.question_text(q) for q in self._questions(examples) if q[-1]["role"] == "user"],
-                              self.config.training.null_space_names)
+        asking = [gate.question_text(q) for q in self._questions(examples) if q and q[-1]["role"] == "user"]
+        others = about_others(asking, self.config.training.null_space_names)
         modules = frozenset(n for n, m in a.model.named_modules() if lora.TRAIN in getattr(m, "lora_A", {}))
         cached = self._null_cache
         if others or cached is None or cached[0] is not anchor_set or cached[1] != (keep, modules):
             hooks.activity("measuring the null space of general text (training.null_space)"
-                           + (f" and of this batch's questions about {len(others)} well-known names" if others
+                           + (f" and of {len(others)} of this batch's questions asked about well-known names" if others
                               else ", once"))
             t0 = time.perf_counter()
             asked = self._about_others(others, hooks) if others else []
