@@ -326,17 +326,22 @@ class Learner:
 
     def _about_others(self, questions: list[str], hooks: Hooks) -> list[Encoded]:
         """The questions with the base model's own answers, encoded as general text."""
-        a = self.adapters
         chats = [[{"role": "user", "content": q}] for q in questions]
+        with all_cores():
+            answers = self._base_greedy(chats, hooks)
+        return [encode({"messages": c + [{"role": "assistant", "content": ans}]}, self.adapters.tokenizer,
+                       self.config.training.max_seq_len) for c, ans in zip(chats, answers) if ans]
+
+    def _base_greedy(self, chats: list[list[dict]], hooks: Hooks) -> list[str]:
+        """The base model's own greedy answers (evaluation.anchor_max_tokens), answering
+        requests between passes; a stop raises Interrupted."""
+        a = self.adapters
         try:
-            with all_cores():
-                answers = greedy_answers(a.model, a.tokenizer, chats, adapter=None, device=a.device,
-                                         max_tokens=self.config.evaluation.anchor_max_tokens,
-                                         between=hooks.between, cancelled=hooks.stop.is_set)
+            return greedy_answers(a.model, a.tokenizer, chats, adapter=None, device=a.device,
+                                  max_tokens=self.config.evaluation.anchor_max_tokens,
+                                  between=hooks.between, cancelled=hooks.stop.is_set)
         except Cancelled:
             raise Interrupted() from None
-        return [encode({"messages": c + [{"role": "assistant", "content": ans}]}, a.tokenizer,
-                       self.config.training.max_seq_len) for c, ans in zip(chats, answers) if ans]
 
     def _memory(self, parent_memory, examples) -> gate.KeyMemory | None:
         """The parent's key memory extended with this batch's questions (None: routing off)."""
@@ -355,16 +360,10 @@ class Learner:
     def _base_answers(self, forgotten: list[dict], hooks: Hooks) -> list[dict]:
         """The forgotten questions with the base model's own answers: what the lineage should
         say instead. A note ({"text"}) asks nothing: it only loses its keys and its replay."""
-        a = self.adapters
         chats = [c[:-1] for e in forgotten for c in [to_chat(e)] if c]
         if not chats:
             return []
-        try:
-            answers = greedy_answers(a.model, a.tokenizer, chats, adapter=None, device=a.device,
-                                     max_tokens=self.config.evaluation.anchor_max_tokens,
-                                     between=hooks.between, cancelled=hooks.stop.is_set)
-        except Cancelled:
-            raise Interrupted() from None
+        answers = self._base_greedy(chats, hooks)
         return [{"messages": chat + [{"role": "assistant", "content": ans or "I don't know."}]}
                 for chat, ans in zip(chats, answers)]
 
