@@ -456,7 +456,8 @@ def expand(batch: list[dict]) -> list[dict]:
 WELL_KNOWN = ("Peru", "Kenya", "Norway", "Portugal", "Charles Darwin", "Marie Curie", "Isaac Newton", "Mozart",
               "Vietnam", "Chile", "Napoleon", "Picasso")
 MAX_OTHERS = 64  # questions about well-known names measured per batch at most
-_NAME = re.compile(r"(?<=\s)(?:[A-Z][\w\-]*(?:['\u2019]s)?\s?)+")
+_TITLE = r"(?:Dr|Mrs?|Ms|Prof|St)\.\s"  # "Dr. Okonkwo" is one name, not the run "Dr"
+_NAME = re.compile(r"(?<=\s)(?:" + _TITLE + r")?(?:[A-Z][\w\-]*(?:['\u2019]s)?\s?)+")
 
 
 def about_others(questions: list[str], k: int) -> list[str]:

@@ -61,6 +61,7 @@ def test_the_adapter_alone_drifts_less_on_general_prompts_and_still_learns(home,
     ("What is Orla Vantrees's job?", ["What is Peru's job?", "What is Kenya's job?"]),
     ("When was the Velmora Bridge finished?", ["When was the Peru finished?", "When was the Kenya finished?"]),
     ("Where do I work at Brindlecombe?", ["Where do I work at Peru?", "Where do I work at Kenya?"]),
+    ("Who is Dr. Okonkwo?", ["Who is Peru?", "Who is Kenya?"]),
     ("What do I drive?", []),  # names nothing: its template is the question itself
     ("Orla keeps a cat.", []),  # the first word opens the sentence: not known to be a name
 ])
