@@ -76,7 +76,7 @@ def hoist_home(argv: list[str]) -> list[str]:
 
 
 def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
     raise typer.Exit(1)
 
 
@@ -95,6 +95,8 @@ def memzd(
 ) -> None:
     """Run the memz daemon in the foreground: watch inbox/ and requests/, train, answer."""
     h = Home.resolve(home)
+    if once and http:
+        _fail(ConfigError("--http serves the API while memzd runs; --once drains and exits: pick one"))
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         _fail(ConfigError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, not {log_level!r}"))
     try:
@@ -147,7 +149,7 @@ def init(ctx: typer.Context, directory: Optional[Path] = typer.Argument(None, he
         made = control.init_home(home)
     except (MemzError, OSError) as exc:
         _fail(exc)
-    console.print(f"memz home {'ready' if made else 'already there, completed'} at [bold]{home.root}[/]\n"
+    console.print(f"memz home {'ready' if made else 'already there, completed'} at [bold]{escape(str(home.root))}[/]\n"
                   f"  start the daemon:  memzd --home {home.root}\n"
                   f"  add examples:      memzctl --home {home.root} add FILE.jsonl")
 
@@ -170,15 +172,15 @@ def add(ctx: typer.Context,
                               "save the examples to a .jsonl file first")
             good, bad = _validate_file(path, max_line_bytes)
         except OSError as exc:
-            err.print(f"[red]{path}[/]: {exc.strerror or exc}", highlight=False)
+            err.print(f"[red]{escape(str(path))}[/]: {escape(str(exc.strerror or exc))}", highlight=False)
             failed = True
             continue
         for number, reason in bad[:10]:
-            err.print(f"[yellow]{path}:{number}[/]: {reason}", highlight=False)
+            err.print(f"[yellow]{escape(str(path))}:{number}[/]: {escape(reason)}", highlight=False)
         if len(bad) > 10:
-            err.print(f"[yellow]{path}[/]: ... and {len(bad) - 10} more bad lines")
+            err.print(f"[yellow]{escape(str(path))}[/]: ... and {len(bad) - 10} more bad lines")
         if not good:
-            err.print(f"[red]{path}[/]: no usable example; nothing added")
+            err.print(f"[red]{escape(str(path))}[/]: no usable example; nothing added")
             failed = True
             continue
         name = f"{path.stem[:150]}-{uuid.uuid4().hex[:8]}.jsonl"
@@ -553,7 +555,7 @@ def chat(
             continue
         except MemzError as exc:
             print()
-            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             messages.pop()
             continue
         print()
@@ -640,7 +642,7 @@ def _chat_command(home: Home, line: str, user: str | None, messages: list[dict])
         else:
             print("  /status, /rollback, /forget TEXT, /new, /quit")
     except MemzError as exc:
-        err.print(f"  [bold red]error:[/] {exc}", highlight=False)
+        err.print(f"  [bold red]error:[/] {escape(str(exc))}", highlight=False)
     return False
 
 
@@ -652,7 +654,7 @@ def _service(ctx: typer.Context, action: str, dry_run: bool, launchd: bool, syst
         plan = service_mod.plan(action, ctx.obj.root, kind)
         if dry_run:
             for w in plan.warnings:
-                err.print(f"[yellow]warning:[/] {w}")
+                err.print(f"[yellow]warning:[/] {escape(w)}")
             for cmd in plan.best_effort:
                 print("$ " + " ".join(cmd) + "   # may fail harmlessly")
             if plan.content is not None:

@@ -110,6 +110,10 @@ class Daemon:
                 raise ConfigError(f"--http must be HOST:PORT, such as 127.0.0.1:8000, not {http!r}")
             self.config.http.host, self.config.http.port = host.strip("[]"), int(port)
         self.config.http.check_exposure()  # refused before anything loads
+        if self.config.http.port and not once:
+            from .http import require
+
+            require()
 
     # -- start-up ---------------------------------------------------------------
 

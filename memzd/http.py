@@ -227,15 +227,23 @@ def _job_row(home, name: str) -> dict | None:
         store.close()
 
 
+def require() -> None:
+    """Refuse, naming the extra to install, when FastAPI or uvicorn is missing (checked
+    before the daemon loads its model, so that a missing extra fails at once)."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise MemzError(f"the HTTP API needs FastAPI and uvicorn: pip install 'memz[http]' ({exc})") from exc
+
+
 class Server:
     """uvicorn on its own thread; `stop()` returns within a few seconds."""
 
     def __init__(self, daemon, http: HttpConfig):
-        try:
-            import fastapi  # noqa: F401
-            import uvicorn
-        except ImportError as exc:
-            raise MemzError(f"the HTTP API needs FastAPI and uvicorn: pip install 'memz[http]' ({exc})") from exc
+        require()
+        import uvicorn
+
         http.check_exposure()
         self.config = uvicorn.Config(create_app(daemon, http), host=http.host, port=http.port,
                                      log_level="warning", lifespan="off", access_log=False,

@@ -208,3 +208,21 @@ def test_plot_draws_the_lineage_to_a_png(home, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     out = tmp_path / "mine.png"
     assert memzctl("--home", str(home), "plot", "-o", str(out)).returncode == 0 and out.exists()
+
+
+def test_http_without_its_extra_names_the_extra_before_loading_the_model(home, tmp_path):
+    hidden = tmp_path / "no-fastapi"
+    hidden.mkdir()
+    (hidden / "fastapi.py").write_text("raise ImportError(\"No module named 'fastapi'\")\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hidden), os.environ.get("PYTHONPATH", "")])}
+    got = subprocess.run([str(BIN / "memzd"), "--home", str(home), "--http", "127.0.0.1:18765"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert got.returncode == 1
+    assert "pip install 'memz[http]'" in got.stderr
+    assert "base model" not in (home / "logs" / "memzd.log").read_text()  # refused before it loads
+
+
+def test_once_and_http_together_are_refused(home):
+    got = subprocess.run([str(BIN / "memzd"), "--home", str(home), "--once", "--http", "127.0.0.1:0"],
+                         capture_output=True, text=True, timeout=120)
+    assert got.returncode == 1 and "--once" in got.stderr and "--http" in got.stderr
