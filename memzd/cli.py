@@ -242,7 +242,8 @@ def status(ctx: typer.Context, as_json: bool = _JSON, user: Optional[str] = _USE
               + (f", {data['adapters']} adapters (lora.shard_size)" if data.get("adapters", 0) > 1 else ""))
     t.add_row("daemon", f"running, pid {d['pid']}: {d['activity']}" + (f" (since {d['since']})" if d["since"] else "")
               if d["running"] else f"not running (start it: memzd --home {data['home']})")
-    t.add_row("queue depth", str(data["queue_depth"]))
+    t.add_row("queue depth", str(data["queue_depth"])
+              + (f" (and {data['inbox_unread']} file(s) in inbox/ not read yet)" if data["inbox_unread"] else ""))
     t.add_row("next batch", (f"{nb['at']}: " if nb["at"] else "") + nb["why"])
     t.add_row("last update", data["last_update"] or "never")
     hw = data["hardware"]
@@ -315,6 +316,9 @@ def train(ctx: typer.Context) -> None:
     if waiting:
         print(f"asked memzd (pid {data['daemon']['pid']}) to train the {waiting} waiting example(s) now; "
               "follow it with: memzctl status")
+    elif data["inbox_unread"]:
+        print(f"asked memzd (pid {data['daemon']['pid']}) to train now; {data['inbox_unread']} file(s) in inbox/ "
+              "are not read yet and train once read; follow it with: memzctl status")
     else:
         print("nothing waits to be trained; drop a .jsonl file into inbox/ (or memzctl add FILE) first")
 
@@ -352,7 +356,13 @@ def forget(ctx: typer.Context,
     except MemzError as exc:
         _fail(exc)
     if not found:
-        console.print("nothing matches: no example was forgotten")
+        gone = control.already_gone(ctx.obj, text, example_id, file, tag, user)
+        if gone:
+            ids = ", ".join(f"#{e['id']}" for e in gone[:10]) + (" ..." if len(gone) > 10 else "")
+            print(f"nothing left to forget: {len(gone)} matching example(s) ({ids}) already left "
+                  "training: forgotten, or superseded by a later answer (see memzctl status)")
+        else:
+            console.print("nothing matches" + ("" if dry_run else ": no example was forgotten"))
         return
     for e in found[:20]:
         data = e["data"]

@@ -29,7 +29,7 @@ from typing import Callable
 
 from .config import Config, Home, base_model_name
 from .errors import DaemonNotRunning, MemzError
-from .files import write_atomic, write_json_atomic
+from .files import unread, write_atomic, write_json_atomic
 
 TRAIN_NOW = ".train-now"  # in inbox/: a running daemon trains what waits, then removes it
 
@@ -143,8 +143,9 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def next_batch(store, config: Config, now: float | None = None) -> dict:
-    """When the next batch trains, and why: {"at": ISO time or None, "why": text}."""
+def next_batch(store, config: Config, now: float | None = None, unread_files: int = 0) -> dict:
+    """When the next batch trains, and why: {"at": ISO time or None, "why": text};
+    `unread_files`: files in inbox/ that memzd has not read yet."""
     now = time.time() if now is None else now
     pending = store.next_batch()
     if pending is not None:
@@ -152,6 +153,9 @@ def next_batch(store, config: Config, now: float | None = None) -> dict:
     waiting = [store.unbatched(user) for user in store.waiting_users()]
     count = sum(n for n, _ in waiting)
     oldest = min((o for _, o in waiting if o is not None), default=None)
+    if count == 0 and unread_files:
+        return {"at": None, "why": f"{unread_files} file(s) in inbox/ not read yet: memzd reads them "
+                                   "when it is running and not busy"}
     if count == 0:
         return {"at": None, "why": "nothing waits: drop a .jsonl file into inbox/ (or memzctl add FILE)"}
     if config.update_mode == "immediate":
@@ -181,6 +185,7 @@ def status_data(home: Home, user: str | None = None) -> dict:
         hw = store.get_json("hardware") or {"device": "not known until memzd has run", "backend": config.backend}
         pid = daemon_pid(home)
         activity = store.get_json("activity") or {}
+        inbox_unread = unread(home.inbox)
         metrics = row.metrics if row else {}
         return {
             "home": str(home.root),
@@ -191,8 +196,9 @@ def status_data(home: Home, user: str | None = None) -> dict:
             "checkpoint_status": row.status if row else None,
             "adapters": metrics.get("adapters", 1 if row else 0),  # >1: the lineage is held in shards
             "queue_depth": store.queue_depth(),
+            "inbox_unread": inbox_unread,
             "last_update": store.last_update(),
-            "next_batch": next_batch(store, config),
+            "next_batch": next_batch(store, config, unread_files=inbox_unread),
             "daemon": {"running": pid is not None, "pid": pid,
                        "activity": activity.get("text") if pid else "not running",
                        "since": activity.get("at") if pid else None},
@@ -276,6 +282,17 @@ def forget(home: Home, text: str | None = None, example_id: int | None = None, f
                                                       ("tag", tag), ("user", user)) if v is not None)
         batch = store.forget([e["id"] for e in found], f"forget {what}: {len(found)} example(s)", user)
         return found, batch
+    finally:
+        store.close()
+
+
+def already_gone(home: Home, text: str | None = None, example_id: int | None = None, file: str | None = None,
+                 tag: str | None = None, user: str | None = None) -> list[dict]:
+    """The matching examples that are out of training already (forgotten, or superseded
+    by a later answer): what `forget` says when nothing is left to forget."""
+    store = open_store(home)
+    try:
+        return store.find_examples(text, example_id, file, tag, user, gone=True)
     finally:
         store.close()
 

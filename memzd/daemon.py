@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -182,8 +183,9 @@ class Daemon:
                 settling = self.inbox_files.waiting() or self.request_files.waiting()
                 idle = not (ingested or trained or settling)
                 if idle and not self.learner.anchors.ready and not self.stop.is_set():
-                    try:  # idle: prepare the anchors (once per machine) before a batch needs them
-                        self.learner.anchors.get(self.hooks)
+                    try:  # idle: prepare the anchors (once per machine) before a batch needs them;
+                        # files dropped meanwhile are read (so status counts them), not trained
+                        self.learner.anchors.get(replace(self.hooks, between=self._between_anchors))
                     except Interrupted:
                         break
                     self.set_activity("idle")
@@ -197,6 +199,10 @@ class Daemon:
         finally:
             self.shutdown()
         return 0
+
+    def _between_anchors(self) -> None:
+        self.ingest()
+        self.serve_requests()
 
     def request_stop(self) -> None:
         """Stop at the next step, micro-batch or token, or at once when idle. Safe in a signal

@@ -121,13 +121,14 @@ def mean_ce(model, tokenizer, encoded: list[Encoded], adapter: str | None, devic
 
 def prepare_anchor_set(model, tokenizer, anchors: list[Anchor], device: torch.device,
                        max_tokens: int, max_len: int, cached: dict | None = None, *,
-                       between=None, cancelled=None) -> tuple[AnchorSet, dict]:
+                       between=None, cancelled=None, progress=None) -> tuple[AnchorSet, dict]:
     """Reference answers and base losses for the sampled anchors (from `cached` when given).
-    `between` runs between generation batches (the daemon answers requests there);
-    `cancelled` is checked between tokens (memzd.inference.Cancelled)."""
+    `between` runs between generation batches (the daemon answers requests there),
+    `progress(done, total)` after each; `cancelled` is checked between tokens
+    (memzd.inference.Cancelled)."""
     if cached is None:
-        greedy = greedy_answers(model, tokenizer, [a.chat for a in anchors], adapter=None,
-                                device=device, max_tokens=max_tokens, between=between, cancelled=cancelled)
+        greedy = greedy_answers(model, tokenizer, [a.chat for a in anchors], adapter=None, device=device,
+                                max_tokens=max_tokens, between=between, cancelled=cancelled, progress=progress)
         answers = [a.answer if a.answer is not None else g for a, g in zip(anchors, greedy)]
         encoded = _anchor_examples(anchors, answers, tokenizer, max_len)
         base_ce, each = mean_ce(model, tokenizer, encoded, None, device)

@@ -16,6 +16,22 @@ import time
 from pathlib import Path
 
 NAME_BYTES = 200  # longest name memz gives a file it creates (most file systems allow 255)
+IGNORED_SUFFIXES = (".tmp", ".part")
+OWN_FOLDERS = ("processed", "rejected")  # inbox/ and requests/ folders memz keeps its own files in
+
+
+def waiting_file(name: str) -> bool:
+    """Is an entry of inbox/ or requests/ of this name one memzd should read? Dotfiles,
+    *.tmp and *.part are being written by someone (left be); memz's own folders are not."""
+    return not (name.startswith(".") or name.endswith(IGNORED_SUFFIXES) or name in OWN_FOLDERS)
+
+
+def unread(folder: Path) -> int:
+    """How many entries of `folder` wait to be read."""
+    try:
+        return sum(waiting_file(p.name) for p in folder.iterdir())
+    except FileNotFoundError:
+        return 0
 
 
 def fsync_dir(folder: Path) -> None:

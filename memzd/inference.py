@@ -187,11 +187,12 @@ def all_cores():
 def greedy_answers(model, tokenizer, chats: list[list[dict]], *, adapter: str | None,
                    device: torch.device, max_tokens: int, batch_size: int = 16,
                    cancelled: Check | None = None, between: Callable[[], None] | None = None,
+                   progress: Callable[[int, int], None] | None = None,
                    max_prompt_tokens: int = 1024) -> list[str]:
     """Greedy answers to many chats, generated in length-sorted batches.
 
     `between` runs between two batches (the daemon answers requests there),
-    `cancelled` is checked between tokens. A prompt keeps its last
+    `progress(done, total)` after each, `cancelled` is checked between tokens. A prompt keeps its last
     `max_prompt_tokens` tokens (a taught example of a megabyte is checked on
     its end, where the question meets the answer, not on all of it)."""
     rows = [prompt_ids(tokenizer, chat)[-max_prompt_tokens:] for chat in chats]
@@ -205,4 +206,6 @@ def greedy_answers(model, tokenizer, chats: list[list[dict]], *, adapter: str | 
             outs = _generate(model, tokenizer, [rows[i] for i in chunk], max_tokens, 0.0, device, None, cancelled)
         for i, text in zip(chunk, outs):
             answers[i] = text
+        if progress is not None:
+            progress(start + len(chunk), len(rows))
     return answers

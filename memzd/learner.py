@@ -98,12 +98,19 @@ class Anchors:
             if cached is None:
                 log.info("computing the base model's answers to %d anchors (once per base model)", len(sample))
                 hooks.activity(f"computing the base model's answers to {len(sample)} anchors "
-                               "(once per base model; questions are answered meanwhile)")
+                               "(once per base model; files and questions are taken meanwhile)")
+
+            def progress(done: int, total: int) -> None:
+                log.info("anchors: %d of %d answered", done, total)
+                hooks.activity(f"computing the base model's answers to anchors: {done} of {total} "
+                               "(once per base model; files and questions are taken meanwhile)")
+
             a = self.adapters
             try:
                 self._set, fresh = prepare_anchor_set(
                     a.model, a.tokenizer, sample, a.device, cfg.anchor_max_tokens,
-                    self.config.training.max_seq_len, cached, between=hooks.between, cancelled=hooks.stop.is_set)
+                    self.config.training.max_seq_len, cached, between=hooks.between, cancelled=hooks.stop.is_set,
+                    progress=progress)
             except Cancelled:
                 raise Interrupted() from None
             if cached is None:

@@ -345,10 +345,13 @@ class Store:
     # -- forgetting -------------------------------------------------------------
 
     def find_examples(self, text: str | None = None, example_id: int | None = None,
-                      file: str | None = None, tag: str | None = None, user: str | None = None) -> list[dict]:
-        """Examples (not yet forgotten) matching all that is given: text anywhere in the
-        example, its id, the name of the file it came in, a tag; within one user's memory."""
-        where, args = ["forgotten_at IS NULL", "examples.user IS ?"], [user]
+                      file: str | None = None, tag: str | None = None, user: str | None = None,
+                      gone: bool = False) -> list[dict]:
+        """Examples (not yet forgotten; with `gone`, only those forgotten or superseded
+        already) matching all that is given: text anywhere in the example, its id, the
+        name of the file it came in, a tag; within one user's memory."""
+        where = ["forgotten_at IS NOT NULL" if gone else "forgotten_at IS NULL", "examples.user IS ?"]
+        args: list = [user]
         if text is not None:
             where.append("instr(lower(data), lower(?)) > 0")
             args.append(json.dumps(text, ensure_ascii=False)[1:-1])  # as it is stored, escapes and all

@@ -19,7 +19,8 @@ from pathlib import Path
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
-IGNORED_SUFFIXES = (".tmp", ".part")
+from .files import waiting_file
+
 
 
 def _not_stop_noise(record: logging.LogRecord) -> bool:
@@ -29,11 +30,6 @@ def _not_stop_noise(record: logging.LogRecord) -> bool:
 
 
 logging.getLogger("watchdog.observers.inotify").addFilter(_not_stop_noise)
-
-
-def is_ignored(name: str) -> bool:
-    """Dotfiles, *.tmp and *.part are being written by someone: leave them be."""
-    return name.startswith(".") or name.endswith(IGNORED_SUFFIXES)
 
 
 class _Wake(FileSystemEventHandler):
@@ -112,7 +108,7 @@ class StableFiles:
             return []
         for path in entries:
             name = path.name
-            if is_ignored(name) or name in ("processed", "rejected"):
+            if not waiting_file(name):
                 continue
             try:
                 st = path.lstat()

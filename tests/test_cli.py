@@ -42,6 +42,18 @@ def test_init_writes_the_shipped_defaults_and_the_database_and_status_works_at_o
     assert json.loads(status.stdout)["queue_depth"] == 0
 
 
+def test_status_counts_files_in_the_inbox_that_memzd_has_not_read(tmp_path):
+    target = tmp_path / "notes"
+    assert memzctl("init", str(target)).returncode == 0
+    (target / "inbox" / "facts.jsonl").write_text(json.dumps(FACTS[0]) + "\n")
+    (target / "inbox" / ".facts.jsonl.tmp").write_text("")  # still being written: not counted
+    data = json.loads(memzctl("--home", str(target), "status", "--json").stdout)
+    assert data["queue_depth"] == 0 and data["inbox_unread"] == 1
+    assert "1 file(s) in inbox/ not read yet" in data["next_batch"]["why"]
+    shown = memzctl("--home", str(target), "status").stdout
+    assert "nothing waits" not in shown and "not read yet" in shown
+
+
 def test_init_ignores_an_edited_config_of_the_repository(tmp_path, monkeypatch):
     repo_config = Path(__file__).resolve().parent.parent / "config.yaml"
     edited = tmp_path / "edited"

@@ -138,3 +138,5 @@ def test_a_later_answer_to_the_same_question_supersedes_the_earlier_one(home):
     replay = store.replay_sample(store.current_checkpoint(), 100, seed=0)
     assert all("Biscuit" not in json.dumps(e) for e in replay)  # the old answer is never replayed
     assert ask(home, "other", "Where is Zorblax?") == ZORBLAX["output"]
+    said = memzctl(home, "forget", "Biscuit", "--dry-run")  # nothing left to forget, and why
+    assert "already left training" in said and "superseded" in said
