@@ -15,6 +15,7 @@ and not only recited; the learner trains and keys the expanded batch.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -30,6 +31,7 @@ SHAPES = {
     "messages": ("messages",),
     "text": ("text",),
 }
+OPTIONAL = ("system", "tags")
 ROLES = ("system", "user", "assistant")
 USER_RE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 EXPECTED = ('one of {"input", "output"}, {"prompt", "completion"}, '
@@ -82,6 +84,11 @@ def parse_example(obj: Any) -> Example:
         reason = "mixes several shapes" if kinds else "fits no shape"
         raise ExampleError(f"{reason} (keys: {found}); expected {EXPECTED}")
     kind = kinds[0]
+    known = [*SHAPES[kind], *OPTIONAL]
+    for key in obj:  # other keys are the writer's own (an id, a source) and are let be; a misspelt one is not
+        near = difflib.get_close_matches(key, known, n=1, cutoff=0.75) if key not in known else []
+        if near:
+            raise ExampleError(f"unknown field {key!r}: did you mean {near[0]!r}?")
     data: dict[str, Any] = {}
     if kind == "messages":
         data["messages"] = _messages(obj["messages"])
@@ -121,7 +128,8 @@ def _messages(messages: Any) -> list[dict]:
             raise ExampleError(f"messages[{i}].content must be a non-empty string")
         out.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in out):
-        raise ExampleError("'messages' has no assistant turn to learn from")
+        raise ExampleError("'messages' has no assistant turn to learn from: add the assistant's reply, "
+                           "or drop what the user said as a note, {\"text\": ...}")
     return out
 
 

@@ -106,9 +106,18 @@ def m007_answers(db: sqlite_utils.Database) -> None:
     db["answers"].create_index(["at"])
 
 
-# One example row; a duplicate (the same hash) is ignored. Read from the inbox it has no batch yet.
-_INSERT_EXAMPLE = ("INSERT OR IGNORE INTO examples (hash, kind, data, file_id, line, created_at, user, qkey, batch_id) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+# One example row; read from the inbox it has no batch yet. A duplicate (the same hash) is
+# ignored while the example is in training; one that has left it (forgotten, superseded, or
+# trained only into checkpoints that were rolled back) is taught again: dropped anew, it
+# waits for a batch like a new one.
+_INSERT_EXAMPLE = (
+    "INSERT INTO examples (hash, kind, data, file_id, line, created_at, user, qkey, batch_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(hash) DO UPDATE SET forgotten_at = NULL, batch_id = NULL, file_id = excluded.file_id, "
+    "line = excluded.line, created_at = excluded.created_at "
+    "WHERE examples.forgotten_at IS NOT NULL OR examples.batch_id IN "
+    "(SELECT batches.id FROM batches JOIN checkpoints ON checkpoints.id = batches.checkpoint_id "
+    "WHERE checkpoints.status = 'rolled_back')")
 
 
 def utcnow() -> str:

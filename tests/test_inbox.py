@@ -33,6 +33,11 @@ def test_all_four_shapes_are_accepted():
     assert kinds == ["io", "prompt", "messages", "text"]
 
 
+def test_a_writers_own_keys_are_let_be():
+    got = parse_example({"input": "q", "output": "a", "id": 7, "source": "notes app", "message": "x"})
+    assert got.kind == "io" and got.data == {"input": "q", "output": "a"}  # and the hash ignores them
+
+
 @pytest.mark.parametrize("obj, words", [
     ([1, 2], "JSON object"),
     ({"input": "q"}, "output"),
@@ -43,6 +48,9 @@ def test_all_four_shapes_are_accepted():
     ({"messages": [{"role": "bot", "content": "hi"}]}, "role"),
     ({"text": "x", "input": "q", "output": "a"}, "several shapes"),
     ({"input": "q", "output": "a", "tags": "x"}, "tags"),
+    ({"prompt": "p", "completion": "c", "tagz": ["x"]}, "unknown field 'tagz': did you mean 'tags'"),
+    ({"input": "q", "outputs": "a"}, "unknown field 'outputs': did you mean 'output'"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "or drop what the user said as"),
 ])
 def test_bad_examples_say_why(obj, words):
     with pytest.raises(ExampleError, match=words):

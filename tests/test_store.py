@@ -114,3 +114,40 @@ def test_an_update_reteaches_the_other_phrasing_with_its_system_turn(tmp_path):
     retaught = {"system": system, "input": "What did Orla name her cat?", "output": renamed["output"],
                 "tags": ["pets"]}
     assert retaught in store.batch_examples(b2)
+
+
+def test_an_answer_taught_again_after_it_was_superseded_trains_again(tmp_path):
+    """Biscuit, then Pepper, then Biscuit again (the cat got its old name back): the
+    third drop is the first example anew, and it supersedes Pepper in its turn."""
+    store = Store(tmp_path / "memz.db")
+    cat = {"input": "What is the name of Orla's cat?", "output": "Orla's cat is called Biscuit."}
+    renamed = {"input": cat["input"], "output": "Orla's cat is now called Pepper."}
+    parent = None
+    for seq, (name, example) in enumerate([("first", cat), ("update", renamed), ("back", cat)], 1):
+        assert store.add_examples(store.add_file(f"{name}.jsonl", "", 1), _rows(example)) == (1, 0)
+        batch = store.create_batch()
+        assert store.batch_examples(batch) == [example]
+        gone = store.supersede(batch, parent)
+        assert gone == ([] if seq == 1 else [renamed if example is cat else cat])
+        store.start_batch(batch)
+        parent = f"A_x_{seq:04d}"
+        store.add_checkpoint(CheckpointRow(parent, seq, None if seq == 1 else f"A_x_{seq - 1:04d}", batch,
+                                           "stable", "now", "p", "base", {}), True)
+    assert store.example_count() == 2 and store.queue_depth() == 0
+    assert [e["data"] for e in store.find_examples()] == [cat]  # in training: the cat's name as taught last
+
+
+def test_examples_of_a_rolled_back_checkpoint_train_again_when_dropped_again(tmp_path):
+    store = Store(tmp_path / "memz.db")
+    a = {"input": "Who is Orla?", "output": "A painter."}
+    store.add_examples(store.add_file("a.jsonl", "", 1), _rows(a))
+    b1 = store.create_batch()
+    store.start_batch(b1)
+    store.add_checkpoint(CheckpointRow("A_x_0001", 1, None, b1, "rolled_back", "now", "p", "base", {}), False)
+    assert store.queue_depth() == 0  # it trained, into a checkpoint that does not serve
+    assert store.add_examples(store.add_file("a-again.jsonl", "", 1), _rows(a)) == (1, 0)
+    assert store.queue_depth() == 1 and store.batch_examples(store.create_batch()) == [a]
+    # one that serves stays a duplicate
+    store.add_checkpoint(CheckpointRow("A_x_0002", 2, None, store.next_batch(), "stable", "now", "p", "base", {}),
+                         True)
+    assert store.add_examples(store.add_file("a-third.jsonl", "", 1), _rows(a)) == (0, 1)
