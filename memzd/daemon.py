@@ -295,7 +295,9 @@ class Daemon:
             if big:
                 self.set_activity("idle")
             handled += 1
-            self.store.log_event("file", f"{path.name}: {result.accepted} new, {result.duplicates} duplicate, "
+            gone = (f" ({result.gone} of them forgotten or superseded: they stay out of training; "
+                    "reword one to teach it again)") if result.gone else ""
+            self.store.log_event("file", f"{path.name}: {result.accepted} new, {result.duplicates} duplicate{gone}, "
                                  f"{result.rejected} rejected", reason=result.reason)
             while self.config.update_mode == "immediate" and result.accepted:
                 if self.store.create_batch(file_id=result.file_id) is None:  # one batch per user in it

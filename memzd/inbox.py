@@ -43,6 +43,7 @@ class IngestResult:
     file_id: int | None = None
     accepted: int = 0
     duplicates: int = 0
+    gone: int = 0  # of the duplicates, examples forgotten or superseded: they stay out of training
     rejected: int = 0
     reason: str | None = None  # set when the whole file was refused
     interrupted: bool = False  # stopped part-way (the daemon stops): the file stays and is read again
@@ -221,6 +222,7 @@ def _return_late_lines(moved: Path, read_bytes: int, home: Home, settle_seconds:
 
 def _commit(store: Store, result: IngestResult, chunk: list) -> None:
     if chunk:
+        result.gone += store.left_training([row[1] for row in chunk])
         new, dup = store.add_examples(result.file_id, chunk)
         result.accepted += new
         result.duplicates += dup

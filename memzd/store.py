@@ -107,15 +107,15 @@ def m007_answers(db: sqlite_utils.Database) -> None:
 
 
 # One example row; read from the inbox it has no batch yet. A duplicate (the same hash) is
-# ignored while the example is in training; one that has left it (forgotten, superseded, or
-# trained only into checkpoints that were rolled back) is taught again: dropped anew, it
-# waits for a batch like a new one.
+# ignored, so that a script may send the same file again, and a forgotten or superseded
+# example stays out of training however often it comes back; only one trained into a
+# checkpoint that was rolled back (and not forgotten) is taught again: it waits for a batch.
 _INSERT_EXAMPLE = (
     "INSERT INTO examples (hash, kind, data, file_id, line, created_at, user, qkey, batch_id) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT(hash) DO UPDATE SET forgotten_at = NULL, batch_id = NULL, file_id = excluded.file_id, "
+    "ON CONFLICT(hash) DO UPDATE SET batch_id = NULL, file_id = excluded.file_id, "
     "line = excluded.line, created_at = excluded.created_at "
-    "WHERE examples.forgotten_at IS NOT NULL OR examples.batch_id IN "
+    "WHERE examples.forgotten_at IS NULL AND examples.batch_id IN "
     "(SELECT batches.id FROM batches JOIN checkpoints ON checkpoints.id = batches.checkpoint_id "
     "WHERE checkpoints.status = 'rolled_back')")
 
@@ -257,6 +257,13 @@ class Store:
                 [new, len(rows) - new, file_id],
             )
         return new, len(rows) - new
+
+    def left_training(self, hashes: list[str]) -> int:
+        """How many of these examples are stored and out of training (forgotten or superseded)."""
+        if not hashes:
+            return 0
+        return self.db.execute(f"SELECT count(*) FROM examples WHERE forgotten_at IS NOT NULL AND hash IN "
+                               f"({','.join('?' * len(hashes))})", hashes).fetchone()[0]
 
     def finish_file(self, file_id: int, status: str, rejected: int) -> None:
         self.db["files"].update(file_id, {"status": status, "rejected": rejected})

@@ -140,3 +140,17 @@ def test_a_later_answer_to_the_same_question_supersedes_the_earlier_one(home):
     assert ask(home, "other", "Where is Zorblax?") == ZORBLAX["output"]
     said = memzctl(home, "forget", "Biscuit", "--dry-run")  # nothing left to forget, and why
     assert "already left training" in said and "superseded" in said
+
+
+def test_a_forgotten_example_sent_again_stays_forgotten_and_the_event_says_so(home):
+    drop(home, "facts.jsonl", [ORLA, ZORBLAX])
+    run_once(home)
+    memzctl(home, "forget", "Biscuit")
+    run_once(home)
+    store = Store(home / "memz.db")
+    before = len(store.checkpoints())
+    drop(home, "facts-again.jsonl", [ORLA, ZORBLAX])  # a script sends the whole file again
+    run_once(home)
+    assert len(store.checkpoints()) == before and store.queue_depth() == 0
+    (event,) = [e for e in store.events(50) if e["kind"] == "file" and "facts-again" in e["message"]]
+    assert "0 new, 2 duplicate (1 of them forgotten or superseded" in event["message"]

@@ -116,25 +116,25 @@ def test_an_update_reteaches_the_other_phrasing_with_its_system_turn(tmp_path):
     assert retaught in store.batch_examples(b2)
 
 
-def test_an_answer_taught_again_after_it_was_superseded_trains_again(tmp_path):
-    """Biscuit, then Pepper, then Biscuit again (the cat got its old name back): the
-    third drop is the first example anew, and it supersedes Pepper in its turn."""
+def test_a_superseded_answer_sent_again_stays_superseded(tmp_path):
+    """Biscuit, then Pepper; then a script sends the first file again: the update stands
+    (a forgotten or superseded example stays out of training however often it comes back)."""
     store = Store(tmp_path / "memz.db")
     cat = {"input": "What is the name of Orla's cat?", "output": "Orla's cat is called Biscuit."}
     renamed = {"input": cat["input"], "output": "Orla's cat is now called Pepper."}
     parent = None
-    for seq, (name, example) in enumerate([("first", cat), ("update", renamed), ("back", cat)], 1):
-        assert store.add_examples(store.add_file(f"{name}.jsonl", "", 1), _rows(example)) == (1, 0)
+    for seq, example in enumerate([cat, renamed], 1):
+        store.add_examples(store.add_file(f"{seq}.jsonl", "", 1), _rows(example))
         batch = store.create_batch()
-        assert store.batch_examples(batch) == [example]
-        gone = store.supersede(batch, parent)
-        assert gone == ([] if seq == 1 else [renamed if example is cat else cat])
+        store.supersede(batch, parent)
         store.start_batch(batch)
+        store.add_checkpoint(CheckpointRow(f"A_x_{seq:04d}", seq, parent, batch, "stable", "now", "p", "base", {}),
+                             True)
         parent = f"A_x_{seq:04d}"
-        store.add_checkpoint(CheckpointRow(parent, seq, None if seq == 1 else f"A_x_{seq - 1:04d}", batch,
-                                           "stable", "now", "p", "base", {}), True)
-    assert store.example_count() == 2 and store.queue_depth() == 0
-    assert [e["data"] for e in store.find_examples()] == [cat]  # in training: the cat's name as taught last
+    rows = _rows(cat)
+    assert store.left_training([r[1] for r in rows]) == 1
+    assert store.add_examples(store.add_file("1-again.jsonl", "", 1), rows) == (0, 1)
+    assert store.queue_depth() == 0 and [e["data"] for e in store.find_examples()] == [renamed]
 
 
 def test_examples_of_a_rolled_back_checkpoint_train_again_when_dropped_again(tmp_path):
