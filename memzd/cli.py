@@ -150,13 +150,13 @@ def init(ctx: typer.Context, directory: Optional[Path] = typer.Argument(None, he
     except (MemzError, OSError) as exc:
         _fail(exc)
     console.print(f"memz home {'ready' if made else 'already there, completed'} at [bold]{escape(str(home.root))}[/]\n"
-                  f"  start the daemon:  memzd --home {home.root}\n"
-                  f"  add examples:      memzctl --home {home.root} add FILE.jsonl")
+                  f"  start the daemon:  {control.command('memzd')} --home {home.root}\n"
+                  f"  add examples:      {control.command('memzctl')} --home {home.root} add FILE.jsonl")
 
 
 @app.command()
 def add(ctx: typer.Context,
-        files: list[Path] = typer.Argument(..., help="JSONL files of examples.", metavar="FILE...")) -> None:
+        files: list[Path] = typer.Argument(..., help="JSONL files of examples.", metavar="FILE")) -> None:
     """Validate example files, then write them atomically into the inbox."""
     home: Home = ctx.obj
     try:
@@ -241,7 +241,7 @@ def status(ctx: typer.Context, as_json: bool = _JSON, user: Optional[str] = _USE
               + (f" [{data['checkpoint_status']}]" if data["checkpoint_status"] else "")
               + (f", {data['adapters']} adapters (lora.shard_size)" if data.get("adapters", 0) > 1 else ""))
     t.add_row("daemon", f"running, pid {d['pid']}: {d['activity']}" + (f" (since {d['since']})" if d["since"] else "")
-              if d["running"] else f"not running (start it: memzd --home {data['home']})")
+              if d["running"] else f"not running (start it: {control.command('memzd')} --home {data['home']})")
     t.add_row("queue depth", str(data["queue_depth"])
               + (f" (and {data['inbox_unread']} file(s) in inbox/ not read yet)" if data["inbox_unread"] else ""))
     t.add_row("next batch", (f"{nb['at']}: " if nb["at"] else "") + nb["why"])
@@ -258,7 +258,7 @@ def status(ctx: typer.Context, as_json: bool = _JSON, user: Optional[str] = _USE
         t.add_row("", f"adapter alone: anchor_ce_delta {_fmt(fs['adapter_anchor_ce_delta'])}, "
                   f"retention {_fmt(fs['adapter_retention_score'])}")
     for name, curve in data["loss_curves"].items():
-        last = curve[-1] if curve else None
+        last = curve[-1] if curve else fs.get(name)  # a batch that stopped before eval_every: the checkpoint's
         t.add_row(name, f"{sparkline(curve)}  {_fmt(last)}")
     if data["latest"]["checkpoint"] and data["latest"]["checkpoint"] != data["current_checkpoint"]:
         t.add_row("latest checkpoint", f"{data['latest']['checkpoint']} [{data['latest']['status']}]")
@@ -326,9 +326,9 @@ def train(ctx: typer.Context) -> None:
 @app.command()
 def rollback(ctx: typer.Context,
              to: Optional[str] = typer.Option(None, "--to", help="Checkpoint id to serve "
-                                              "(default: the current one's parent)."),
+                                              "(default: the current one's parent).", metavar="ID"),
              user: Optional[str] = typer.Option(None, "--user", help="Roll back this user's own "
-                                                "lineage (default: the shared one).")) -> None:
+                                                "lineage (default: the shared one).", metavar="NAME")) -> None:
     """Serve the current checkpoint's parent (or --to ID); the current one is marked rolled_back."""
     from . import control
 
@@ -342,11 +342,14 @@ def rollback(ctx: typer.Context,
 
 @app.command()
 def forget(ctx: typer.Context,
-           text: Optional[str] = typer.Argument(None, help="Forget every example holding this text."),
-           example_id: Optional[int] = typer.Option(None, "--id", help="Forget the example with this id."),
-           file: Optional[str] = typer.Option(None, "--file", help="Forget the examples of this inbox file name."),
-           tag: Optional[str] = typer.Option(None, "--tag", help="Forget the examples with this tag."),
-           user: Optional[str] = typer.Option(None, "--user", help="In this user's memory (default: the shared one)."),
+           text: Optional[str] = typer.Argument(None, help="Forget every example holding this text.", metavar="TEXT"),
+           example_id: Optional[int] = typer.Option(None, "--id", help="Forget the example with this id.",
+                                                    metavar="N"),
+           file: Optional[str] = typer.Option(None, "--file", help="Forget the examples of this inbox file name.",
+                                              metavar="NAME"),
+           tag: Optional[str] = typer.Option(None, "--tag", help="Forget the examples with this tag.", metavar="TAG"),
+           user: Optional[str] = typer.Option(None, "--user", help="In this user's memory (default: the shared one).",
+                                              metavar="NAME"),
            dry_run: bool = typer.Option(False, "--dry-run", help="List what would be forgotten; change nothing.")) -> None:
     """Remove examples from all future training, and make the model stop giving their answers."""
     from . import control
@@ -457,7 +460,7 @@ def export(ctx: typer.Context,
 @app.command()
 def plot(ctx: typer.Context,
          checkpoint: Optional[str] = typer.Argument(None, help="Checkpoint id (default: the current one).",
-                                                    metavar="[ID]"),
+                                                    metavar="ID"),
          out: Optional[Path] = typer.Option(None, "-o", "--out", help="PNG to write (default: "
                                             "logs/plot-<ID>.png in the home).", metavar="FILE.png"),
          user: Optional[str] = _USER) -> None:
@@ -482,7 +485,9 @@ def plot(ctx: typer.Context,
 
 @app.command()
 def logs(ctx: typer.Context,
-         n: int = typer.Option(10, "-n", "--count", min=1, help="How many answers, newest first.", metavar="N"),
+         n: int = typer.Option(10, "-n", "--count", min=1, metavar="N",
+                               help="How many of the newest answers (shown oldest first, like a "
+                                    "conversation; --json lists them newest first)."),
          as_json: bool = _JSON) -> None:
     """Every question memz answered: prompt, answer, checkpoint, route, latency (also in memz.db)."""
     try:

@@ -21,6 +21,8 @@ import codecs
 import fcntl
 import json
 import os
+import shutil
+import sys
 import time
 import uuid
 from datetime import datetime, timezone
@@ -82,10 +84,10 @@ def is_home(home: Home) -> bool:
 def require_home(home: Home) -> None:
     """Refuse a folder that is not a memz home, with the command that makes one."""
     if not home.root.is_dir():
-        raise MemzError(f"{home.root} does not exist; create a home there with: memzctl init {home.root}")
+        raise MemzError(f"{home.root} does not exist; create a home there with: {command('memzctl')} init {home.root}")
     if not is_home(home):
         raise MemzError(f"{home.root} is not a memz home (no config.yaml or memz.db); "
-                        f"create one with: memzctl init {home.root}")
+                        f"create one with: {command('memzctl')} init {home.root}")
 
 
 def defaults() -> Path:
@@ -299,10 +301,20 @@ def already_gone(home: Home, text: str | None = None, example_id: int | None = N
 
 # -- driving a running daemon ---------------------------------------------------
 
+def command(name: str) -> str:
+    """How to call memz's `name` (memzd, memzctl) in a hint: the name when it is on PATH,
+    else its full path beside the running one (a clone's .venv/bin never activated)."""
+    if shutil.which(name):
+        return name
+    beside = Path(sys.argv[0]).resolve().parent / name
+    return str(beside) if beside.is_file() else name
+
+
 def require_daemon(home: Home) -> int:
     pid = daemon_pid(home)
     if pid is None:
-        raise DaemonNotRunning(f"no memzd is running for {home.root}; start one with: memzd --home {home.root}")
+        raise DaemonNotRunning(f"no memzd is running for {home.root}; start one with: "
+                               f"{command('memzd')} --home {home.root}")
     return pid
 
 

@@ -297,8 +297,9 @@ class Daemon:
             handled += 1
             gone = (f" ({result.gone} of them forgotten or superseded: they stay out of training; "
                     "reword one to teach it again)") if result.gone else ""
-            self.store.log_event("file", f"{path.name}: {result.accepted} new, {result.duplicates} duplicate{gone}, "
-                                 f"{result.rejected} rejected", reason=result.reason)
+            said = (f"rejected whole: {result.reason} (see inbox/rejected/)" if result.reason else
+                    f"{result.accepted} new, {result.duplicates} duplicate{gone}, {result.rejected} rejected")
+            self.store.log_event("file", f"{path.name}: {said}", reason=result.reason)
             while self.config.update_mode == "immediate" and result.accepted:
                 if self.store.create_batch(file_id=result.file_id) is None:  # one batch per user in it
                     break

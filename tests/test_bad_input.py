@@ -114,6 +114,7 @@ def test_bad_files_and_lines_are_set_aside_with_reasons_and_good_ones_train(home
     assert [p.name for p in inbox.iterdir() if p.name not in ("processed", "rejected")] == []
     events = [e["message"] for e in store.events(100) if e["kind"] == "file"]
     assert any(m.startswith("shapes.jsonl: 1 new, 0 duplicate, 10 rejected") for m in events)
+    assert any(m.startswith("empty.jsonl: rejected whole: empty file") for m in events)
 
     drop(home, "good.jsonl", FACTS)  # the same file dropped again later: nothing trains
     assert run_once(home) == 0
