@@ -92,10 +92,13 @@ def parse_example(obj: Any) -> Example:
     data: dict[str, Any] = {}
     if kind == "messages":
         data["messages"] = _messages(obj["messages"])
+        if not any(m["role"] == "assistant" for m in data["messages"]):
+            # only the user speaks: what they state is a note (system turns say nothing to remember)
+            kind, data = "text", {"text": _said(data["messages"])}
     else:
         for key in SHAPES[kind]:
             data[key] = _text(obj, key)
-    if "system" in obj:
+    if "system" in obj and not (kind == "text" and "messages" in obj):  # a user-only chat's: nothing to remember
         if kind == "text":
             raise ExampleError("field 'system' does not apply to a {\"text\"} example")
         data["system"] = _text(obj, "system")
@@ -127,10 +130,18 @@ def _messages(messages: Any) -> list[dict]:
         if not isinstance(content, str) or not content.strip():
             raise ExampleError(f"messages[{i}].content must be a non-empty string")
         out.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in out):
-        raise ExampleError("'messages' has no assistant turn to learn from: add the assistant's reply, "
-                           "or drop what the user said as a note, {\"text\": ...}")
     return out
+
+
+def _said(messages: list[dict]) -> str:
+    """What the user states in a conversation with no assistant turn, as one note (their
+    statements of three words or more); refused when there is none."""
+    said = [m["content"].strip() for m in messages
+            if m["role"] == "user" and is_statement(m["content"]) and len(m["content"].split()) >= 3]
+    if not said:
+        raise ExampleError("'messages' has no assistant turn to learn from, and the user states nothing "
+                           "(a statement of three words or more) to remember")
+    return " ".join(said)
 
 
 def to_chat(data: dict) -> list[dict] | None:

@@ -33,6 +33,20 @@ def test_all_four_shapes_are_accepted():
     assert kinds == ["io", "prompt", "messages", "text"]
 
 
+def test_what_a_user_states_with_no_reply_is_a_note():
+    chat = {"messages": [{"role": "system", "content": "Be brief."},
+                         {"role": "user", "content": "I drive an old blue Fiat."},
+                         {"role": "user", "content": "Do you know my car?"},
+                         {"role": "user", "content": "My gym locker number is 4471."}],
+            "system": "A diary.", "tags": ["diary"]}
+    got = parse_example(chat)
+    assert got.kind == "text"
+    assert got.data == {"text": "I drive an old blue Fiat. My gym locker number is 4471.", "tags": ["diary"]}
+    with_reply = parse_example({"messages": chat["messages"][1:2] + [{"role": "assistant", "content": "Noted."}],
+                                "system": "A diary."})
+    assert with_reply.kind == "messages" and with_reply.data["system"] == "A diary."
+
+
 def test_a_writers_own_keys_are_let_be():
     got = parse_example({"input": "q", "output": "a", "id": 7, "source": "notes app", "message": "x"})
     assert got.kind == "io" and got.data == {"input": "q", "output": "a"}  # and the hash ignores them
@@ -50,7 +64,8 @@ def test_a_writers_own_keys_are_let_be():
     ({"input": "q", "output": "a", "tags": "x"}, "tags"),
     ({"prompt": "p", "completion": "c", "tagz": ["x"]}, "unknown field 'tagz': did you mean 'tags'"),
     ({"input": "q", "outputs": "a"}, "unknown field 'outputs': did you mean 'output'"),
-    ({"messages": [{"role": "user", "content": "hi"}]}, "or drop what the user said as"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "the user states nothing"),
+    ({"messages": [{"role": "user", "content": "What is my cat called?"}]}, "the user states nothing"),
 ])
 def test_bad_examples_say_why(obj, words):
     with pytest.raises(ExampleError, match=words):
