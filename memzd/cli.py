@@ -187,7 +187,7 @@ def add(ctx: typer.Context,
         tmp = home.inbox / f".{name}.tmp"
         shutil.copyfile(path, tmp)
         os.replace(tmp, home.inbox / name)
-        print(f"added {path} as inbox/{name}: {good} examples"
+        print(f"added {path} as inbox/{name}: {good} example(s)"
               + (f", {len(bad)} bad lines will be rejected" if bad else ""))
     if failed:
         raise typer.Exit(1)

@@ -156,8 +156,8 @@ def next_batch(store, config: Config, now: float | None = None, unread_files: in
     count = sum(n for n, _ in waiting)
     oldest = min((o for _, o in waiting if o is not None), default=None)
     if count == 0 and unread_files:
-        return {"at": None, "why": f"{unread_files} file(s) in inbox/ not read yet: memzd reads them "
-                                   "when it is running and not busy"}
+        return {"at": None, "why": f"{unread_files} file(s) in inbox/ not read yet: a running memzd "
+                                   "reads them in a moment, then says when they train"}
     if count == 0:
         return {"at": None, "why": "nothing waits: drop a .jsonl file into inbox/ (or memzctl add FILE)"}
     if config.update_mode == "immediate":
