@@ -113,7 +113,7 @@ def test_memzctl_add_checks_lines_as_the_daemon_will(home, tmp_path):
     result = CliRunner().invoke(app, ["--home", str(home), "add", str(src)])
     assert result.exit_code == 0, result.output
     assert "notes.jsonl:3" in result.output and "200-byte cap" in result.output
-    assert "1 examples, 1 bad lines" in result.output  # the blank line 2 is neither
+    assert "1 example(s), 1 bad lines" in result.output  # the blank line 2 is neither
 
 
 def test_bad_config_stops_start_with_the_key(home):
