@@ -98,10 +98,11 @@ def parse_example(obj: Any) -> Example:
     else:
         for key in SHAPES[kind]:
             data[key] = _text(obj, key)
-    if "system" in obj and not (kind == "text" and "messages" in obj):  # a user-only chat's: nothing to remember
-        if kind == "text":
+    if "system" in obj:
+        if "text" in obj:
             raise ExampleError("field 'system' does not apply to a {\"text\"} example")
-        data["system"] = _text(obj, "system")
+        if kind != "text":  # a user-only chat's system prompt says nothing to remember
+            data["system"] = _text(obj, "system")
     if "tags" in obj:
         tags = obj["tags"]
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
@@ -135,9 +136,8 @@ def _messages(messages: Any) -> list[dict]:
 
 def _said(messages: list[dict]) -> str:
     """What the user states in a conversation with no assistant turn, as one note (their
-    statements of three words or more); refused when there is none."""
-    said = [m["content"].strip() for m in messages
-            if m["role"] == "user" and is_statement(m["content"]) and len(m["content"].split()) >= 3]
+    stated turns of three words or more); refused when there is none."""
+    said = [t.strip() for t in _stated(messages) if len(t.split()) >= 3]
     if not said:
         raise ExampleError("'messages' has no assistant turn to learn from, and the user states nothing "
                            "(a statement of three words or more) to remember")
@@ -242,12 +242,17 @@ def is_statement(text: str) -> bool:
     return not text.rstrip().endswith("?")
 
 
+def _stated(messages: list[dict]) -> list[str]:
+    """The user turns of a conversation that tell rather than ask."""
+    return [m["content"] for m in messages if m["role"] == "user" and is_statement(m["content"])]
+
+
 def statements(data: dict) -> list[str]:
     """What an example states: a note's sentences, or the user's non-question turns."""
     if "text" in data:
         texts = [data["text"]]
     elif "messages" in data:
-        texts = [m["content"] for m in data["messages"] if m["role"] == "user" and is_statement(m["content"])]
+        texts = _stated(data["messages"])
     else:
         return []
     out = []

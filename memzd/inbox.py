@@ -222,10 +222,11 @@ def _return_late_lines(moved: Path, read_bytes: int, home: Home, settle_seconds:
 
 def _commit(store: Store, result: IngestResult, chunk: list) -> None:
     if chunk:
-        result.gone += store.left_training([row[1] for row in chunk])
         new, dup = store.add_examples(result.file_id, chunk)
         result.accepted += new
         result.duplicates += dup
+        if dup:  # (the insert leaves forgotten examples as they were)
+            result.gone += store.left_training([row[1] for row in chunk])
 
 
 class _LineErrors:

@@ -22,7 +22,6 @@ from watchdog.observers import Observer
 from .files import waiting_file
 
 
-
 def _not_stop_noise(record: logging.LogRecord) -> bool:
     """watchdog 7's inotify emitter logs an ERROR when it reads once more while being
     stopped, which every clean stop of memzd does: not an error, and not worth a user's look."""
