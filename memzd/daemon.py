@@ -105,6 +105,7 @@ class Daemon:
         self.questions: queue.Queue[Pending] = queue.Queue()
         self.watcher: Watcher | None = None
         self.http = None  # memzd.http.Server while the HTTP API runs
+        self._phase, self._phase_at = "", ""  # what set_activity last said, and since when
         if http:  # memzd --http HOST:PORT overrides the config
             host, _, port = http.rpartition(":")
             if not port.isdigit() or not host:
@@ -166,7 +167,12 @@ class Daemon:
             self.store.log_event("recovered", f"set aside {removed} unfinished checkpoint folder(s)")
 
     def set_activity(self, text: str) -> None:
-        self.store.set_json("activity", {"text": text, "at": utcnow(), "pid": os.getpid()})
+        """Say what the daemon does now; "at" is when this phase began (the text before its first
+        ':'), so that a batch's steps or the anchors' progress do not restart it."""
+        phase = text.split(":", 1)[0]
+        if phase != self._phase:
+            self._phase, self._phase_at = phase, utcnow()
+        self.store.set_json("activity", {"text": text, "at": self._phase_at, "pid": os.getpid()})
 
     # -- the loop -----------------------------------------------------------------
 

@@ -97,7 +97,7 @@ class Anchors:
             cached = anchor_mod.cached_reference(cache_root() / "anchors", key)
             if cached is None:
                 log.info("computing the base model's answers to %d anchors (once per base model)", len(sample))
-                hooks.activity(f"computing the base model's answers to {len(sample)} anchors "
+                hooks.activity(f"computing the base model's answers to anchors: 0 of {len(sample)} "
                                "(once per base model; files and questions are taken meanwhile)")
 
             def progress(done: int, total: int) -> None:

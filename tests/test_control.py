@@ -182,6 +182,20 @@ def test_a_prompt_over_the_token_cap_is_refused_with_its_size(home):
     assert answer["error"]["code"] == "too_long" and "max_prompt_tokens" in answer["error"]["message"]
 
 
+def test_status_says_since_when_a_phase_runs_not_since_its_last_step(home, monkeypatch):
+    clock = iter(f"2026-01-01T00:00:{s:02d}Z" for s in range(60))
+    monkeypatch.setattr("memzd.daemon.utcnow", lambda: next(clock))
+    daemon = Daemon(Home(home))
+    daemon.store = Store(Home(home).db_path)
+    said = []
+    for text in ("training batch 1: step 1/3, loss 2.0", "training batch 1: step 2/3, loss 1.0",
+                 "evaluating batch 1", "idle", "training batch 2: step 1/3, loss 2.0"):
+        daemon.set_activity(text)
+        said.append(daemon.store.get_json("activity")["at"])
+    assert said[1] == said[0]  # the same batch's next step: since the batch began
+    assert said[0] < said[2] < said[3] < said[4]  # a new phase each
+
+
 def test_the_repetition_guard_stops_a_loop_and_lets_a_varied_answer_run():
     from memzd.inference import RepetitionGuard
 
