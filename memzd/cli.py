@@ -162,6 +162,7 @@ def add(ctx: typer.Context,
     try:
         control.require_home(home)
         max_line_bytes = home.load_config().daemon.max_line_bytes
+        store = control.open_store(home)  # to tell which examples it holds already
     except MemzError as exc:
         _fail(exc)
     failed = False
@@ -170,7 +171,7 @@ def add(ctx: typer.Context,
             if not stat.S_ISREG(os.stat(path).st_mode):
                 raise OSError("not a regular file (a device, pipe or folder cannot be added); "
                               "save the examples to a .jsonl file first")
-            good, bad = _validate_file(path, max_line_bytes)
+            hashes, bad = _validate_file(path, max_line_bytes)
         except OSError as exc:
             err.print(f"[red]{escape(str(path))}[/]: {escape(str(exc.strerror or exc))}", highlight=False)
             failed = True
@@ -179,32 +180,38 @@ def add(ctx: typer.Context,
             err.print(f"[yellow]{escape(str(path))}:{number}[/]: {escape(reason)}", highlight=False)
         if len(bad) > 10:
             err.print(f"[yellow]{escape(str(path))}[/]: ... and {len(bad) - 10} more bad lines")
-        if not good:
+        if not hashes:
             err.print(f"[red]{escape(str(path))}[/]: no usable example; nothing added")
             failed = True
             continue
+        known, gone = store.known(hashes)
         name = f"{path.stem[:150]}-{uuid.uuid4().hex[:8]}.jsonl"
         tmp = home.inbox / f".{name}.tmp"
         shutil.copyfile(path, tmp)
         os.replace(tmp, home.inbox / name)
-        print(f"added {path} as inbox/{name}: {good} example(s)"
+        print(f"added {path} as inbox/{name}: {len(hashes)} example(s)"
+              + (f", {known} of them known already (the daemon skips them"
+                 + (f"; {gone} forgotten or superseded stay out of training" if gone else "") + ")"
+                 if known else "")
               + (f", {len(bad)} bad lines will be rejected" if bad else ""))
+    store.close()
     if failed:
         raise typer.Exit(1)
 
 
-def _validate_file(path: Path, max_line_bytes: int) -> tuple[int, list[tuple[int, str]]]:
-    """Check a file line by line as the daemon will (streamed, same caps and messages)."""
+def _validate_file(path: Path, max_line_bytes: int) -> tuple[list[str], list[tuple[int, str]]]:
+    """Check a file line by line as the daemon will (streamed, same caps and messages): the
+    hashes of its examples, and its bad lines."""
     from .inbox import read_examples
 
-    good, bad = 0, []
+    hashes, bad = [], []
     with open(path, "rb") as f:
         for number, example, error, _ in read_examples(f, max_line_bytes):
             if error:
                 bad.append((number, error))
             elif example is not None:
-                good += 1
-    return good, bad
+                hashes.append(example.hash)
+    return hashes, bad
 
 
 def sparkline(values: list[float], width: int = 32) -> str:

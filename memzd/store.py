@@ -258,6 +258,22 @@ class Store:
             )
         return new, len(rows) - new
 
+    def known(self, hashes: list[str]) -> tuple[int, int]:
+        """Of these examples, how many the daemon would find already stored (duplicates: an
+        example trained only into a rolled-back checkpoint is not one), and how many of those
+        left training (forgotten or superseded)."""
+        known = gone = 0
+        unique = list(dict.fromkeys(hashes))
+        for i in range(0, len(unique), 500):
+            chunk = unique[i:i + 500]
+            row = self.db.execute(
+                f"SELECT count(*), total(forgotten_at IS NOT NULL) FROM examples WHERE hash IN "
+                f"({','.join('?' * len(chunk))}) AND NOT (forgotten_at IS NULL AND batch_id IN "
+                "(SELECT batches.id FROM batches JOIN checkpoints ON checkpoints.id = batches.checkpoint_id "
+                "WHERE checkpoints.status = 'rolled_back'))", chunk).fetchone()
+            known, gone = known + row[0], gone + int(row[1])
+        return known + len(hashes) - len(unique), gone
+
     def left_training(self, hashes: list[str]) -> int:
         """How many of these examples are stored and out of training (forgotten or superseded)."""
         if not hashes:

@@ -100,6 +100,8 @@ def test_memzctl_checkpoints_and_add(home, tmp_path):
     result = runner.invoke(app, ["--home", str(home), "checkpoints", "--json"])
     rows = json.loads(result.stdout)
     assert rows[0]["current"] and rows[0]["parent"] is None
+    result = runner.invoke(app, ["--home", str(home), "add", str(src)])  # the same file again
+    assert "1 example(s), 1 of them known already (the daemon skips them)" in result.output
     empty = tmp_path / "empty.jsonl"
     empty.write_text("[]\n")
     result = runner.invoke(app, ["--home", str(home), "add", str(empty)])

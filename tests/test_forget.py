@@ -149,7 +149,10 @@ def test_a_forgotten_example_sent_again_stays_forgotten_and_the_event_says_so(ho
     run_once(home)
     store = Store(home / "memz.db")
     before = len(store.checkpoints())
-    drop(home, "facts-again.jsonl", [ORLA, ZORBLAX])  # a script sends the whole file again
+    again = home.parent / "facts-again.jsonl"  # a script sends the whole file again
+    again.write_text("".join(json.dumps(e) + "\n" for e in [ORLA, ZORBLAX]))
+    added = memzctl(home, "add", str(again))
+    assert "2 example(s), 2 of them known already" in added and "1 forgotten or superseded" in added
     run_once(home)
     assert len(store.checkpoints()) == before and store.queue_depth() == 0
     (event,) = [e for e in store.events(50) if e["kind"] == "file" and "facts-again" in e["message"]]
