@@ -374,11 +374,26 @@ def _holds(text: str, value: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text.lower()) is not None
 
 
-def _subjects(question: str) -> set[str]:
-    """The named words a question is about ("What did Orla name her cat?" -> {"orla"})."""
-    tokens = _TOKEN.findall(question)
-    return {re.sub(r"['’]s$", "", t).lower() for t in tokens[1:]
-            if t[0].isupper() and t.lower() not in _PERSON} - {""}
+def _subjects(question: str) -> list[frozenset[str]]:
+    """The names a question is about, each the words of one name ("What did Orla name her
+    cat?" -> [{"orla"}]; "Where does Nell Voss live?" -> [{"nell", "voss"}])."""
+    names, name = [], []
+    for t in _TOKEN.findall(question)[1:] + ["."]:
+        word = re.sub(r"['’]s?$", "", t)
+        if t[0].isupper() and t.lower() not in _PERSON and word:
+            name.append(word.lower())
+            if word == t:
+                continue  # a possessive ends the name: "Nell Voss's dog"
+        if name:
+            names.append(frozenset(name))
+            name = []
+    return names
+
+
+def _same_one(a: list[frozenset[str]], b: list[frozenset[str]]) -> bool:
+    """Do two questions name the same one? A name meets itself and its shorter forms ("Orla"
+    is "Orla Vantrees"), never another with the same first name ("Nell Voss", "Nell Crane")."""
+    return any(x <= y or y <= x for x in a for y in b)
 
 
 def _asks(question: str) -> set[str]:
@@ -405,7 +420,7 @@ def same_fact(old: dict, new: dict, other: dict) -> bool:
     dropped = {v for v in _values(answer_of(old)) if not _holds(answer_of(new), v)}
     q_old, q_other = question_of(old), question_of(other)
     asked = _asks(q_old) & _asks(q_other)
-    if _subjects(q_old) & _subjects(q_other):
+    if _same_one(_subjects(q_old), _subjects(q_other)):
         about = bool(asked)
     else:  # no name: both about the asker's own thing, and two of their words alike ("my mother", "live";
         # asking a name counts as one: "What is my dog's name?", "What did I call my dog?"), or both

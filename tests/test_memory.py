@@ -91,6 +91,11 @@ LYON = qa("What is the capital of France?", "The capital of France is Lyon.")
     (qa("Who coaches the Otters?", "The Otters are coached by Mirela Kost."),
      qa("Who coaches the Otters?", "The Otters are coached by Tobin Asquith."),
      qa("Who is the coach of the Otters?", "Mirela Kost is the coach of the Otters."), True),  # coaches / coach
+    (qa("What is the name of Nell Crane's dog?", "Nell Crane's dog is called Rufus."),
+     qa("What is the name of Nell Crane's dog?", "Nell Crane's dog is called Otto."),
+     qa("What is the name of Nell Voss's dog?", "Nell Voss's dog is called Rufus."), False),  # another Nell
+    (qa("What is Orla Vantrees' cat called?", "Biscuit."), qa("What is Orla Vantrees' cat called?", "Pepper."),
+     qa("What did Orla name her cat?", "She named her cat Biscuit."), True),  # her first name alone
     # a short answer is itself the value, though it opens the answer
     (qa("What is Orla's cat called?", "Biscuit."), qa("What is Orla's cat called?", "Pepper."),
      qa("What did Orla name her cat?", "She named her cat Biscuit."), True),
