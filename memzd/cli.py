@@ -454,10 +454,15 @@ def export(ctx: typer.Context,
     home: Home = ctx.obj
     try:
         control.require_home(home)
-        if checkpoint is None and user:
+        if user:
             store = control.open_store(home)
-            checkpoint = store.current_checkpoint(user)
+            row = store.checkpoint(checkpoint) if checkpoint else None
+            if checkpoint is None:
+                checkpoint = store.current_checkpoint(user)
             store.close()
+            if row is not None and row.user != user:
+                owner = f"{row.user}'s" if row.user else "the shared one"
+                raise MemzError(f"{checkpoint} is not in {user}'s memory (it is in {owner})")
         for line in write(home, checkpoint, Path(out), merged=merged, gguf=gguf):
             print(line)
     except MemzError as exc:

@@ -173,10 +173,14 @@ class Answerer:
         if len(ids) > self.max_prompt_tokens:
             raise RequestError("too_long", f"the prompt is {len(ids)} tokens; the limit is "
                                f"{self.max_prompt_tokens} (daemon.max_prompt_tokens)")
-        if q.checkpoint is not None:  # pinned: that checkpoint's route, whoever asks
+        if q.checkpoint is not None:  # pinned: that checkpoint's route
             ckpt = q.checkpoint
-            if self.store.checkpoint(ckpt) is None:
+            pinned = self.store.checkpoint(ckpt)
+            if pinned is None:
                 raise RequestError("unknown_checkpoint", f"no checkpoint '{ckpt}'; see memzctl checkpoints")
+            if pinned.user is not None and pinned.user != q.user:  # a user's own or the shared lineage's only
+                raise RequestError("unknown_checkpoint", f"checkpoint '{ckpt}' is in another user's memory: "
+                                   "pin it with that user (memzctl checkpoints --user NAME lists theirs)")
             try:
                 a.ensure(ckpt)
             except CheckpointError as exc:

@@ -82,4 +82,8 @@ def test_export_refuses_what_it_cannot_do(home, tmp_path):
     result = runner.invoke(app, ["--home", str(home), "export", str(tmp_path / "full")])
     assert result.exit_code == 1 and "not an empty folder" in result.output
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
-    assert Store(home / "memz.db").current_checkpoint()
+    shared = Store(home / "memz.db").current_checkpoint()
+    assert shared
+    result = runner.invoke(app, ["--home", str(home), "export", shared, str(tmp_path / "y"), "--user", "bob"])
+    assert result.exit_code == 1 and "not in bob's memory (it is in the shared one)" in result.output
+    assert not (tmp_path / "y").exists()

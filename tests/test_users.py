@@ -43,6 +43,10 @@ def test_a_users_fact_is_answered_for_that_user_only(home):
     assert for_bob["checkpoint"] == bob and ALICE["output"] not in for_bob["response"]
     anonymous = ask(home, "c", question)
     assert anonymous["checkpoint"] is None and anonymous["routed_to"] == "base"
+    for rid, user in (("d", "bob"), ("e", None)):  # pinning alice's checkpoint does not open her memory
+        pinned = ask(home, rid, {**question, "checkpoint": alice, **({"user": user} if user else {})})
+        assert pinned["error"]["code"] == "unknown_checkpoint" and "another user's memory" in pinned["error"]["message"]
+    assert ask(home, "f", {**question, "checkpoint": alice, "user": "alice"})["response"] == ALICE["output"]
 
 
 def test_the_same_text_taught_by_two_users_trains_both_and_shared_stays_shared(home):
