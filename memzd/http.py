@@ -10,7 +10,7 @@ client: streamed text is handed over without blocking, and a client that
 goes away cancels its generation at the next token.
 
     POST /search              {"prompt" | "messages", "max_tokens", "temperature", "checkpoint", "user"}
-    POST /update              {"examples": [...], "tags": [...]}  -> {"job_id", "queued": true}
+    POST /update              {"examples": [...], "tags": [...], "user"}  -> {"job_id", "queued": true}
     GET  /jobs/{id}           what became of an /update
     GET  /info                the `memzctl status --json` object
     GET  /v1/models           OpenAI-compatible
@@ -33,7 +33,7 @@ import uuid
 from . import control
 from .config import HttpConfig
 from .errors import ExampleError, MemzError, RequestError
-from .examples import parse_example
+from .examples import USER_RE, parse_example
 from .files import write_atomic
 from .queries import Question, parse_body
 
@@ -113,10 +113,19 @@ def create_app(daemon, http: HttpConfig):
     async def update(request: Request):
         body = await body_of(request)
         if not isinstance(body, dict) or not isinstance(body.get("examples"), list) or not body["examples"]:
-            raise RequestError("invalid_request", "send {\"examples\": [...], \"tags\": [...]} with at least one example")
+            raise RequestError("invalid_request", "send {\"examples\": [...], \"tags\": [...], \"user\": ...} "
+                                                  "with at least one example")
+        unknown = set(body) - {"examples", "tags", "user"}
+        if unknown:
+            raise RequestError("invalid_request", f"unknown field '{sorted(unknown)[0]}'; allowed: "
+                                                  "examples, tags, user")
         tags = body.get("tags", [])
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise RequestError("invalid_request", "'tags' must be a list of strings")
+        if body.get("user") is not None:  # the same as a "user:NAME" tag on every example
+            if not isinstance(body["user"], str) or not USER_RE.fullmatch(body["user"]):
+                raise RequestError("invalid_request", "'user' must be 1-64 of A-Z a-z 0-9 _ . @ -")
+            tags = tags + [f"user:{body['user']}"]
         lines = []
         for i, example in enumerate(body["examples"]):
             if isinstance(example, dict) and tags:
@@ -125,7 +134,7 @@ def create_app(daemon, http: HttpConfig):
                 lines.append(parse_example(example).json)
             except ExampleError as exc:
                 raise RequestError("invalid_request", f"examples[{i}]: {exc}") from None
-        job = uuid.uuid4().hex[:16]
+        job = f"{time.time_ns():016x}{uuid.uuid4().hex[:6]}"  # in the order sent: the inbox reads by name
         await asyncio.to_thread(write_atomic, daemon.home.inbox / f"http-{job}.jsonl",
                                 "".join(line + "\n" for line in lines))
         return {"job_id": job, "queued": True, "examples": len(lines)}

@@ -21,6 +21,7 @@ import pytest
 from memzd.config import Home
 from memzd.daemon import Daemon
 from memzd.errors import ConfigError
+from memzd.store import Store
 
 from conftest import write_config
 
@@ -108,6 +109,14 @@ def test_update_queues_examples_through_the_inbox_and_jobs_say_what_became_of_th
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert api.call("GET", f"/jobs/{again['job_id']}")[1]["duplicates"] == 1
+        code, body = api.call("POST", "/update", {"examples": [FACT], "usr": "bob"})
+        assert code == 400 and "unknown field 'usr'" in body["error"]["message"]
+        code, bobs = api.call("POST", "/update", {"examples": [FACT], "user": "bob"})  # bob's own memory
+        while api.call("GET", f"/jobs/{bobs['job_id']}")[1].get("status") not in ("processed",):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert api.call("GET", f"/jobs/{bobs['job_id']}")[1]["accepted"] == 1  # not the shared example again
+        assert Store(home / "memz.db").find_examples(user="bob")[0]["data"]["tags"] == ["user:bob"]
         code, info = api.call("GET", "/info")
         assert code == 200 and info["current_checkpoint"] == state["batches"][0]["checkpoint_id"]
         assert {"base_model", "queue_depth", "loss_curves", "forgetting_summary", "hardware"} <= set(info)
