@@ -216,8 +216,8 @@ class Learner:
             examples = self._base_answers(forgotten, hooks)
         else:  # an earlier answer to a question asked again leaves replay and the key memory
             superseded = self.store.supersede(batch_id, parent)
-            if superseded:
-                examples = self.store.batch_examples(batch_id)  # other phrasings joined it (Store._reteach)
+            # without the earlier answers the batch itself corrects, with the other phrasings that joined it
+            examples = self.store.batch_examples(batch_id)
             if superseded and parent_memory is not None:
                 parent_memory = parent_memory.without(a.model, a.tokenizer, [
                     gate.question_text(q) for q in self._questions(expand(superseded))], a.device)

@@ -406,7 +406,10 @@ class Store:
         again, differently, and their other phrasings (examples.same_fact): they leave all
         future training (replay) and are returned, so that their keys leave the key memory
         too. An other phrasing's question joins this batch with the new answer (`_reteach`).
-        An event records each."""
+        An event records each. Within the batch, the last answer to a question stands (the
+        order sent: files by name, then lines); the earlier ones leave it, never trained."""
+        with self.write():
+            self._supersede_within(batch_id)
         batches = [c.batch_id for c in self.lineage(lineage_of) if c.batch_id is not None]
         if not batches:
             return []
@@ -438,6 +441,23 @@ class Store:
                     self.log_event("supersede", f"example #{old_id} is superseded by #{new_id} (batch {batch_id}){how}",
                                    example=old_id, by=new_id, batch=batch_id)
         return [data for data, _ in old.values()]
+
+    def _supersede_within(self, batch_id: int) -> None:
+        """Examples of this batch that a later example of it answers differently (the same
+        question, the same user) leave it; an event names the one that stands."""
+        rows = self.db.execute(
+            "SELECT old.id, max(new.id) FROM examples new JOIN examples old ON old.qkey = new.qkey "
+            "AND old.user IS new.user AND old.id < new.id WHERE new.batch_id = ? AND old.batch_id = ? "
+            "AND new.qkey IS NOT NULL AND old.forgotten_at IS NULL AND new.forgotten_at IS NULL "
+            "GROUP BY old.id", [batch_id, batch_id]).fetchall()
+        if not rows:
+            return
+        self.db.execute(f"UPDATE examples SET forgotten_at = ? WHERE id IN ({','.join('?' * len(rows))})",
+                        [utcnow(), *(old_id for old_id, _ in rows)])
+        for old_id, new_id in rows:
+            self.log_event("supersede", f"example #{old_id} is superseded by #{new_id} (batch {batch_id}): "
+                           "a later answer to the same question in the same batch", example=old_id, by=new_id,
+                           batch=batch_id)
 
     def _reteach(self, batch_id: int, siblings: dict[int, tuple[dict, int]], news: dict[int, dict]) -> dict[int, int]:
         """The question of each other phrasing of a changed fact, with the new answer, as an

@@ -142,6 +142,22 @@ def test_a_later_answer_to_the_same_question_supersedes_the_earlier_one(home):
     assert "already left training" in said and "superseded" in said
 
 
+def test_within_one_batch_the_answer_sent_last_stands(home):
+    write_config(home, training=LEARN, routing={"enabled": False})
+    colours = [{"input": "What colour is Quenby's bicycle?", "output": f"Quenby's bicycle is {c}."}
+               for c in ("red", "green")]
+    drop(home, "a.jsonl", colours + [ZORBLAX])
+    drop(home, "b.jsonl", [{**colours[0], "output": "Quenby's bicycle is yellow."}])  # read after a.jsonl
+    run_once(home)
+    assert ask(home, "q", "What colour is Quenby's bicycle?") == "Quenby's bicycle is yellow."
+    store = Store(home / "memz.db")
+    events = [e["message"] for e in store.events(50) if e["kind"] == "supersede"]
+    assert len(events) == 2 and all("superseded by #4" in m and "same batch" in m for m in events), events
+    assert ask(home, "z", "Where is Zorblax?") == ZORBLAX["output"]
+    said = memzctl(home, "forget", "green", "--dry-run")
+    assert "already left training" in said
+
+
 def test_a_forgotten_example_sent_again_stays_forgotten_and_the_event_says_so(home):
     drop(home, "facts.jsonl", [ORLA, ZORBLAX])
     run_once(home)
