@@ -352,8 +352,9 @@ def forget(ctx: typer.Context,
            text: Optional[str] = typer.Argument(None, help="Forget every example holding this text.", metavar="TEXT"),
            example_id: Optional[int] = typer.Option(None, "--id", help="Forget the example with this id.",
                                                     metavar="N"),
-           file: Optional[str] = typer.Option(None, "--file", help="Forget the examples of this inbox file name.",
-                                              metavar="NAME"),
+           file: Optional[str] = typer.Option(None, "--file", metavar="NAME",
+                                              help="Forget the examples of this file (its name as dropped, "
+                                                   "or as given to memzctl add)."),
            tag: Optional[str] = typer.Option(None, "--tag", help="Forget the examples with this tag.", metavar="TAG"),
            user: Optional[str] = typer.Option(None, "--user", help="In this user's memory (default: the shared one).",
                                               metavar="NAME"),
@@ -473,8 +474,9 @@ def export(ctx: typer.Context,
 def plot(ctx: typer.Context,
          checkpoint: Optional[str] = typer.Argument(None, help="Checkpoint id (default: the current one).",
                                                     metavar="ID"),
-         out: Optional[Path] = typer.Option(None, "-o", "--out", help="PNG to write (default: "
-                                            "logs/plot-<ID>.png in the home).", metavar="FILE.png"),
+         out: Optional[Path] = typer.Option(None, "-o", "--out", help="PNG to write (.svg or .pdf "
+                                            "by its name; default: logs/plot-<ID>.png in the home).",
+                                            metavar="FILE.png"),
          user: Optional[str] = _USER) -> None:
     """A PNG of the lineage: the batch's loss curve, forgetting and recall per checkpoint."""
     from .plot import plot as draw
@@ -538,8 +540,8 @@ def chat(
     learn: bool = typer.Option(False, "--learn", help="Teach memz each finished exchange (it trains in the next "
                                "batch; at once with update_mode: immediate)."),
     user: Optional[str] = _USER,
-    url: Optional[str] = typer.Option(None, "--url", help="Talk to memzd's HTTP API at this URL instead of "
-                                      "through the home's folders.", metavar="URL"),
+    url: Optional[str] = typer.Option(None, "--url", help="Talk to memzd's HTTP API at this URL (with or "
+                                      "without /v1) instead of through a home's folders.", metavar="URL"),
     token: Optional[str] = typer.Option(None, "--token", envvar="MEMZ_HTTP_TOKEN", help="Bearer token for --url.",
                                         metavar="TOKEN"),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, max=4096, help="Most tokens an answer.",
@@ -548,12 +550,15 @@ def chat(
 ) -> None:
     """Chat with the running daemon in the terminal; answers stream as they are generated.
 
-    Inside: /status, /rollback, /forget TEXT, /new (start over), /quit."""
+    Inside: /status, /rollback, /forget TEXT (these two not over --url), /new (start over), /quit."""
     home: Home = ctx.obj
+    remote = _Remote(url, token) if url is not None else None
     try:
-        control.require_home(home)
-        if url is None:
+        if remote is None:
+            control.require_home(home)
             control.require_daemon(home)
+        else:
+            remote.call("GET", "/info")  # reachable, and the token right, before the first question
     except MemzError as exc:
         _fail(exc)
     messages: list[dict] = []
@@ -568,14 +573,14 @@ def chat(
         if not line:
             continue
         if line.startswith("/"):
-            if _chat_command(home, line, user, messages):
+            if _chat_command(home, remote, line, user, messages):
                 return
             continue
         messages.append({"role": "user", "content": line})
         sys.stdout.write("memz> ")
         sys.stdout.flush()
         try:
-            reply = _chat_turn(home, url, token, messages, user, max_tokens, temperature)
+            reply = _chat_turn(home, remote, messages, user, max_tokens, temperature)
         except KeyboardInterrupt:
             print("\n(withdrawn)")
             messages.pop()
@@ -588,10 +593,45 @@ def chat(
         print()
         messages.append({"role": "assistant", "content": reply})
         if learn:
-            _learn(home, messages[-2:], user)
+            _learn(home, remote, messages[-2:], user)
 
 
-def _chat_turn(home: Home, url: str | None, token: str | None, messages: list[dict], user: str | None,
+class _Remote:
+    """memzd's HTTP API at `url` (with or without its /v1), for memzctl chat --url."""
+
+    def __init__(self, url: str, token: str | None):
+        self.url = url.rstrip("/").removesuffix("/v1")
+        self.token = token
+
+    def open(self, method: str, path: str, body: dict | None = None):
+        """The response to one request, open for reading; MemzError saying what went wrong."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            request = urllib.request.Request(
+                self.url + path, method=method, data=json.dumps(body).encode() if body is not None else None,
+                headers={"Content-Type": "application/json",
+                         **({"Authorization": f"Bearer {self.token}"} if self.token else {})})
+            return urllib.request.urlopen(request, timeout=600)
+        except ValueError as exc:
+            raise MemzError(f"--url {self.url}: not a URL ({exc}); give one such as http://127.0.0.1:8000") from exc
+        except urllib.error.HTTPError as exc:
+            try:
+                said = json.loads(exc.read())["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                said = exc.reason
+            hint = " (give --token or set MEMZ_HTTP_TOKEN)" if exc.code == 401 else ""
+            raise MemzError(f"memz at {self.url} answered {exc.code}: {said}{hint}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise MemzError(f"cannot reach memz at {self.url}: {getattr(exc, 'reason', exc)}") from exc
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        with self.open(method, path, body) as r:
+            return json.loads(r.read())
+
+
+def _chat_turn(home: Home, remote: _Remote | None, messages: list[dict], user: str | None,
                max_tokens: int, temperature: float) -> str:
     """One answer, streamed to the terminal; through the folders or over HTTP."""
     body = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature}
@@ -605,20 +645,13 @@ def _chat_turn(home: Home, url: str | None, token: str | None, messages: list[di
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    if url is None:
+    if remote is None:
         payload = control.ask(home, body, timeout=600, on_text=show)
         if "error" in payload:
             raise MemzError(f"{payload['error']['code']}: {payload['error']['message']}")
         return payload["response"]
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url.rstrip("/") + "/v1/chat/completions", method="POST",
-                                     data=json.dumps({**body, "model": "memz", "stream": True}).encode(),
-                                     headers={"Content-Type": "application/json",
-                                              **({"Authorization": f"Bearer {token}"} if token else {})})
-    try:
-        with urllib.request.urlopen(request, timeout=600) as r:
+    with remote.open("POST", "/v1/chat/completions", {**body, "model": "memz", "stream": True}) as r:
+        try:
             for raw in r:
                 line = raw.decode("utf-8").strip()
                 if not line.startswith("data: ") or line == "data: [DONE]":
@@ -629,21 +662,30 @@ def _chat_turn(home: Home, url: str | None, token: str | None, messages: list[di
                 piece = event["choices"][0]["delta"].get("content")
                 if piece:
                     show(piece)
-    except (urllib.error.URLError, OSError) as exc:
-        raise MemzError(f"cannot reach memz at {url}: {exc}") from exc
+        except OSError as exc:
+            raise MemzError(f"memz at {remote.url} stopped answering: {exc}") from exc
     return "".join(shown).strip()
 
 
-def _learn(home: Home, exchange: list[dict], user: str | None) -> None:
-    """Hand one exchange to the inbox as a `messages` example (atomically, as memzctl add does)."""
+def _learn(home: Home, remote: _Remote | None, exchange: list[dict], user: str | None) -> None:
+    """Hand one exchange to memz as a `messages` example: into the inbox (atomically, as
+    memzctl add does), or over HTTP to /update."""
     from .files import write_atomic
 
     example = {"messages": exchange, **({"tags": [f"user:{user}"]} if user else {})}
-    write_atomic(home.inbox / f"chat-{uuid.uuid4().hex[:12]}.jsonl", json.dumps(example, ensure_ascii=False) + "\n")
+    try:
+        if remote is None:
+            write_atomic(home.inbox / f"chat-{uuid.uuid4().hex[:12]}.jsonl",
+                         json.dumps(example, ensure_ascii=False) + "\n")
+        else:
+            remote.call("POST", "/update", {"examples": [example]})
+    except MemzError as exc:
+        err.print(f"  [bold red]not learned:[/] {escape(str(exc))}", highlight=False)
+        return
     print("  (memz will learn this: it trains in the next batch)")
 
 
-def _chat_command(home: Home, line: str, user: str | None, messages: list[dict]) -> bool:
+def _chat_command(home: Home, remote: _Remote | None, line: str, user: str | None, messages: list[dict]) -> bool:
     """A /command inside chat; True to leave."""
     word, _, rest = line.partition(" ")
     try:
@@ -653,12 +695,19 @@ def _chat_command(home: Home, line: str, user: str | None, messages: list[dict])
             messages.clear()
             print("  (a new conversation)")
         elif word == "/status":
-            data = control.status_data(home, user)
+            data = (control.status_data(home, user) if remote is None
+                    else remote.call("GET", "/info" + (f"?user={user}" if user else "")))
             print(f"  checkpoint {data['current_checkpoint'] or '(base model)'}; daemon: "
                   f"{data['daemon']['activity']}; queue {data['queue_depth']}; next batch: {data['next_batch']['why']}")
+        elif word in ("/rollback", "/forget") and remote is not None:
+            print(f"  {word} is not offered over HTTP: run memzctl {word[1:]} where memzd's home is")
         elif word == "/rollback":
-            was, now = control.roll_back(home, None, user)
-            print(f"  now serving {now or 'the base model'} ({was} rolled back)")
+            if rest.strip():
+                print("  /rollback takes nothing: it serves the current checkpoint's parent "
+                      "(memzctl rollback --to ID for another)")
+            else:
+                was, now = control.roll_back(home, None, user)
+                print(f"  now serving {now or 'the base model'} ({was} rolled back)")
         elif word == "/forget":
             if not rest.strip():
                 print("  /forget TEXT: forget every example holding TEXT")

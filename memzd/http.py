@@ -12,7 +12,7 @@ goes away cancels its generation at the next token.
     POST /search              {"prompt" | "messages", "max_tokens", "temperature", "checkpoint", "user"}
     POST /update              {"examples": [...], "tags": [...], "user"}  -> {"job_id", "queued": true}
     GET  /jobs/{id}           what became of an /update
-    GET  /info                the `memzctl status --json` object
+    GET  /info[?user=NAME]    the `memzctl status --json` object
     GET  /v1/models           OpenAI-compatible
     POST /v1/chat/completions OpenAI-compatible, "stream": true as server-sent events
 
@@ -152,8 +152,10 @@ def create_app(daemon, http: HttpConfig):
         return {"job_id": job_id, **found}
 
     @app.get("/info")
-    async def info():
-        return await asyncio.to_thread(control.status_data, daemon.home)
+    async def info(user: str | None = None):
+        if user is not None and not USER_RE.fullmatch(user):
+            raise RequestError("invalid_request", "'user' must be 1-64 of A-Z a-z 0-9 _ . @ -")
+        return await asyncio.to_thread(control.status_data, daemon.home, user)
 
     @app.get("/v1/models")
     async def models():

@@ -211,11 +211,42 @@ def test_chat_streams_keeps_the_conversation_and_learns_each_exchange(home):
     assert len(taught) == 2  # one example per exchange, not the conversation again
 
 
-def test_chat_over_http_and_its_commands(home):
-    with Api(home) as api:
-        out = _chat(home, "--url", api.url, "--temperature", "0", "--max-tokens", "4",
-                    lines=["Hello!", "/forget nothing-like-this", "/rollback", "/new", "/quit"])
-    assert "memz> " in out and "0 example(s) forgotten" in out
+def test_chat_over_http_and_its_commands(home, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from memzd.cli import app
+    from memzd.store import Store
+
+    monkeypatch.delenv("MEMZ_HTTP_TOKEN", raising=False)
+    write_config(home, http={"host": "127.0.0.1", "port": 0, "token": "s3cret"})
+    elsewhere = tmp_path / "not-a-home"  # over HTTP no home is needed here
+    elsewhere.mkdir()
+
+    def chat(*args: str, lines: list[str]):
+        return CliRunner().invoke(app, ["--home", str(elsewhere), "chat", *args],
+                                  input="".join(l + "\n" for l in lines))
+
+    with Api(home, token="s3cret") as api:
+        out = chat("--url", api.url + "/v1", "--token", "s3cret", "--temperature", "0", "--max-tokens", "4",
+                   "--learn", lines=["Hello!", "/status", "/forget Hello", "/rollback", "/new", "/quit"])
+        assert out.exit_code == 0, out.output
+        assert "memz> " in out.output and "memz will learn this" in out.output and "checkpoint" in out.output
+        assert "/forget is not offered over HTTP" in out.output and "/rollback is not offered" in out.output
+        deadline = time.monotonic() + 60
+        while Store(home / "memz.db").example_count() < 1:  # the exchange went to /update
+            assert time.monotonic() < deadline, "the exchange was not sent"
+            time.sleep(0.2)
+        refused = chat("--url", api.url, lines=["Hello!"])  # no token: said before the first question
+        assert refused.exit_code == 1 and "401" in refused.output and "--token" in refused.output
+    bad = chat("--url", "notaurl", lines=[])
+    assert bad.exit_code == 1 and "not a URL" in bad.output and "Traceback" not in bad.output
+
+
+def test_chat_through_the_folders_and_its_commands(home):
+    with Api(home):
+        out = _chat(home, "--temperature", "0", "--max-tokens", "4",
+                    lines=["Hello!", "/forget nothing-like-this", "/rollback extra", "/rollback", "/new", "/quit"])
+    assert "memz> " in out and "0 example(s) forgotten" in out and "/rollback takes nothing" in out
     assert "nothing to roll back" in out  # the base model serves: said, not a crash
 
 
