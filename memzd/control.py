@@ -151,7 +151,12 @@ def next_batch(store, config: Config, now: float | None = None, unread_files: in
     now = time.time() if now is None else now
     pending = store.next_batch()
     if pending is not None:
-        return {"at": _iso(now), "why": f"batch {pending} is queued and trains next"}
+        queued = store.pending_batches()
+        if store.batch(pending).get("status") == "training":  # begun (or interrupted, and taken up again)
+            more = f"; {queued} more queued" if queued else ""
+            return {"at": _iso(now), "why": f"batch {pending} is training now{more}"}
+        more = f" ({queued - 1} more queued after it)" if queued > 1 else ""
+        return {"at": _iso(now), "why": f"batch {pending} is queued and trains next{more}"}
     waiting = [store.unbatched(user) for user in store.waiting_users()]
     count = sum(n for n, _ in waiting)
     oldest = min((o for _, o in waiting if o is not None), default=None)
@@ -260,7 +265,7 @@ def roll_back(home: Home, to: str | None = None, user: str | None = None) -> tup
                 check_folder(home.checkpoints / target, base, home.checkpoints)
             except MemzError as exc:
                 raise MemzError(f"{target} cannot serve: {exc}; nothing was changed") from exc
-        store.roll_back(current, target, f"by hand: {current} -> {target or 'base model'}", user)
+        store.roll_back(current, target, f"by hand: {current or 'base model'} -> {target or 'base model'}", user)
         sync_status(home.checkpoints, store, current, target)
         return current, target
     finally:

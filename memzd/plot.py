@@ -14,7 +14,12 @@ from .errors import MemzError
 
 
 def plot(store, checkpoint: str, out: Path) -> Path:
-    """Draw `checkpoint`'s lineage to `out` (PNG); returns the path."""
+    """Draw `checkpoint`'s lineage to `out` (PNG, or SVG or PDF by its suffix; none: .png);
+    returns the path."""
+    if not out.suffix:
+        out = out.with_suffix(".png")
+    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise MemzError(f"{out}: memzctl plot writes .png, .svg or .pdf, not {out.suffix}")
     try:
         import matplotlib
 

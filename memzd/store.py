@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -355,6 +356,10 @@ class Store:
                                      [(batch_id, i) for i in ids])
         return batch_id
 
+    def pending_batches(self) -> int:
+        """How many batches wait to train (not counting one in training)."""
+        return self.db.execute("SELECT count(*) FROM batches WHERE status = 'pending'").fetchone()[0]
+
     def next_batch(self) -> int | None:
         """The oldest batch still to train: pending, or interrupted while training."""
         row = self.db.execute(
@@ -390,9 +395,10 @@ class Store:
         if example_id is not None:
             where.append("examples.id = ?")
             args.append(example_id)
-        if file is not None:
-            where.append("file_id IN (SELECT id FROM files WHERE name = ?)")
-            args.append(file)
+        if file is not None:  # as dropped, or as given to memzctl add (which names it <stem>-<8 hex>.jsonl)
+            where.append("file_id IN (SELECT id FROM files WHERE name = ? OR name GLOB ?)")
+            stem = re.sub(r"[][*?]", lambda m: f"[{m.group()}]", Path(file).stem[:150])
+            args += [Path(file).name, f"{stem}-{'[0-9a-f]' * 8}.jsonl"]
         if tag is not None:
             where.append("EXISTS (SELECT 1 FROM json_each(examples.data, '$.tags') WHERE value = ?)")
             args.append(tag)

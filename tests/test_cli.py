@@ -220,6 +220,11 @@ def test_plot_draws_the_lineage_to_a_png(home, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     out = tmp_path / "mine.png"
     assert memzctl("--home", str(home), "plot", "-o", str(out)).returncode == 0 and out.exists()
+    bare = memzctl("--home", str(home), "plot", "-o", str(tmp_path / "bare"))  # no suffix: a PNG
+    assert bare.stdout.strip() == f"wrote {tmp_path / 'bare.png'}" and (tmp_path / "bare.png").exists()
+    text = memzctl("--home", str(home), "plot", "-o", str(tmp_path / "p.txt"))
+    assert text.returncode == 1 and "writes .png, .svg or .pdf, not .txt" in text.stderr
+    assert "Traceback" not in text.stderr and not (tmp_path / "p.txt").exists()
 
 
 def test_http_without_its_extra_names_the_extra_before_loading_the_model(home, tmp_path):

@@ -88,7 +88,9 @@ def test_an_example_forgotten_before_it_trains_never_trains(home):
     write_config(home, batch={"max_examples": 100, "max_age_minutes": 600})
     drop(home, "facts.jsonl", [ORLA, ZORBLAX])
     run_once(home)
-    drop(home, "more.jsonl", [{"input": "What is Pim?", "output": "Pim is a dog."}])
+    more = home.parent / "more.jsonl"
+    more.write_text(json.dumps({"input": "What is Pim?", "output": "Pim is a dog."}) + "\n")
+    memzctl(home, "add", str(more))  # inbox/more-<8 hex>.jsonl
     store = Store(home / "memz.db")
     daemon = Daemon(Home(home))
     daemon.start()
@@ -97,7 +99,8 @@ def test_an_example_forgotten_before_it_trains_never_trains(home):
     finally:
         daemon.shutdown()
     assert store.queue_depth() == 1
-    said = memzctl(home, "forget", "--file", "more.jsonl")
+    assert "2 example(s) would be forgotten" in memzctl(home, "forget", "--file", "facts.jsonl", "--dry-run")
+    said = memzctl(home, "forget", "--file", "more.jsonl")  # the name it was added by
     assert "none had trained yet" in said and store.queue_depth() == 0
     before = len(store.checkpoints())
     run_once(home)
