@@ -50,7 +50,8 @@ class LoraConfig:
     layers: str = _help("Decoder layers LoRA wraps: 'all', 'top-half', or a range such as '15-29'.", "top-half")
     shard_size: int = _help("Taught questions one adapter holds: a batch whose lineage's adapter already holds "
                             "this many starts a fresh adapter, the older ones stay frozen and routing picks "
-                            "between them (0: one adapter, however many; routing off: always one).", 20)
+                            "between them (0: one adapter, however many; routing off: always one). A batch holds "
+                            "at most this many examples: more waiting train as several batches.", 20)
 
     def __post_init__(self):
         _check(1 <= self.r <= 1024, "lora.r", "an integer from 1 to 1024")

@@ -35,7 +35,7 @@ import torch
 from . import anchors as anchor_mod
 from . import control, lora
 from .adapters import Adapters
-from .batcher import due_batches
+from .batcher import batch_limit, due_batches
 from .checkpoints import StorageError, clean_staging
 from .config import Config, Home
 from .errors import ConfigError
@@ -307,7 +307,7 @@ class Daemon:
                     f"{result.accepted} new, {result.duplicates} duplicate{gone}, {result.rejected} rejected")
             self.store.log_event("file", f"{path.name}: {said}", reason=result.reason)
             while self.config.update_mode == "immediate" and result.accepted:
-                if self.store.create_batch(file_id=result.file_id) is None:  # one batch per user in it
+                if self.store.create_batch(batch_limit(self.config), file_id=result.file_id) is None:  # per user
                     break
         return handled
 

@@ -65,6 +65,28 @@ def test_batched_mode_waits_for_count_or_age(home):
     assert due_batches(store, config, force=True) != []           # --once trains the rest
 
 
+def test_a_batch_holds_no_more_than_one_adapter_does(home):
+    write_config(home, batch={"max_examples": 4, "max_age_minutes": 10}, lora={"shard_size": 2})
+    config = load_config(home / "config.yaml")
+    store = Store(home / "memz.db")
+    f = store.add_file("x", "", 0)
+    from memzd.examples import parse_example
+    rows = [(i, e.hash, e.kind, e.json) for i, e in enumerate(parse_example({"text": f"t{i}"}) for i in range(5))]
+    store.add_examples(f, rows)
+    made = due_batches(store, config)  # 5 >= 4 waiting: 4 of them, in batches of 2
+    assert [store.batch(b)["n_examples"] for b in made] == [2, 2] and store.unbatched()[0] == 1
+    from memzd.control import next_batch
+    assert next_batch(store, config)["why"] == f"batch {made[0]} is queued and trains next (1 more queued after it)"
+    store.start_batch(made[0])
+    assert next_batch(store, config)["why"] == f"batch {made[0]} is training now; 1 more queued"
+    write_config(home, batch={"max_examples": 4, "max_age_minutes": 10}, lora={"shard_size": 2},
+                 routing={"enabled": False})  # one adapter however many: one batch
+    store.add_examples(f, [(9 + i, e.hash, e.kind, e.json)
+                           for i, e in enumerate(parse_example({"text": f"u{i}"}) for i in range(3))])
+    made = due_batches(store, load_config(home / "config.yaml"), force=True)
+    assert [store.batch(b)["n_examples"] for b in made] == [4]
+
+
 def test_immediate_mode_trains_each_file(home):
     write_config(home, update_mode="immediate", batch={"max_examples": 1000, "max_age_minutes": 1000})
     drop(home, "a.jsonl", FACTS[:1])
