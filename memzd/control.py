@@ -204,7 +204,7 @@ def status_data(home: Home, user: str | None = None) -> dict:
             "adapters": metrics.get("adapters", 1 if row else 0),  # >1: the lineage is held in shards
             "queue_depth": store.queue_depth(),
             "inbox_unread": inbox_unread,
-            "last_update": store.last_update(),
+            "last_update": store.last_update(user),
             "next_batch": next_batch(store, config, unread_files=inbox_unread),
             "daemon": {"running": pid is not None, "pid": pid,
                        "activity": activity.get("text") if pid else "not running",
@@ -224,7 +224,7 @@ def status_data(home: Home, user: str | None = None) -> dict:
             "rollback_mode": config.evaluation.rollback_mode,
             "hardware": hw,
             "recent_events": [{"at": e["at"], "kind": e["kind"], "message": e["message"]}
-                              for e in store.events(RECENT_EVENTS)],
+                              for e in store.events(RECENT_EVENTS, user, every_user=False)],
         }
     finally:
         store.close()

@@ -690,8 +690,17 @@ class Store:
         self.db["events"].insert({"at": utcnow(), "kind": kind, "message": message,
                                   "data": json.dumps(data, default=str)})
 
-    def events(self, limit: int = 20) -> list[dict]:
-        return list(self.db["events"].rows_where(order_by="id desc", limit=limit))
+    def events(self, limit: int = 20, user: str | None = None, every_user: bool = True) -> list[dict]:
+        """The newest events; with every_user False, only those of `user`'s lineage (None: the
+        shared one) and those of no lineage (files read, recoveries): an event names its user,
+        or a batch whose user it is."""
+        if every_user:
+            return list(self.db["events"].rows_where(order_by="id desc", limit=limit))
+        return list(self.db["events"].rows_where(
+            "CASE WHEN json_type(data, '$.user') IS NOT NULL THEN json_extract(data, '$.user') IS ? "
+            "WHEN json_type(data, '$.batch') IS NOT NULL THEN "
+            "(SELECT user FROM batches WHERE batches.id = json_extract(events.data, '$.batch')) IS ? ELSE 1 END",
+            [user, user], order_by="id desc", limit=limit))
 
     def get_json(self, key: str):
         value = self._get_state(key)
@@ -700,8 +709,8 @@ class Store:
     def set_json(self, key: str, value) -> None:
         self._set_state(key, json.dumps(value))
 
-    def last_update(self) -> str | None:
-        row = self.db.execute("SELECT max(created_at) FROM checkpoints").fetchone()
+    def last_update(self, user: str | None = None) -> str | None:
+        row = self.db.execute("SELECT max(created_at) FROM checkpoints WHERE user IS ?", [user]).fetchone()
         return row[0]
 
     def _get_state(self, key: str) -> str | None:

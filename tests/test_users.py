@@ -70,6 +70,15 @@ def test_rolling_back_bob_leaves_alice_alone(home):
     assert store.current_checkpoint("bob") is None and store.checkpoint(bob).status == "rolled_back"
     assert store.current_checkpoint("alice") == alice and store.checkpoint(alice).status == "stable"
 
+    def events(*user: str) -> list[str]:
+        result = CliRunner().invoke(__import__("memzd.cli", fromlist=["app"]).app,
+                                    ["--home", str(home), "status", "--json", *user])
+        return [e["message"] for e in json.loads(result.stdout)["recent_events"]]
+
+    assert any("by hand" in m for m in events("--user", "bob"))  # each sees their own lineage's events
+    assert not any("by hand" in m or bob in m for m in events("--user", "alice") + events())
+    assert any(alice in m for m in events("--user", "alice")) and not any(alice in m for m in events())
+
 
 def test_an_example_naming_two_users_is_refused_with_its_line(home):
     drop(home, "two.jsonl", [{**ALICE, "tags": ["user:alice", "user:bob"]}, BOB])
