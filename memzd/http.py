@@ -170,7 +170,10 @@ def create_app(daemon, http: HttpConfig):
         if not isinstance(body, dict):
             raise RequestError("invalid_request", "request must be a JSON object")
         model = body.get("model") or "memz"
-        fields = {"messages": body.get("messages"), "user": body.get("user")}
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            messages = [_plain_message(m) for m in messages]
+        fields = {"messages": messages, "user": body.get("user")}
         if body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None:
             fields["max_tokens"] = body.get("max_tokens") or body.get("max_completion_tokens")
         if body.get("temperature") is not None:
@@ -185,14 +188,21 @@ def create_app(daemon, http: HttpConfig):
                                           "model": model, "choices": [{"index": 0, "delta": delta,
                                                                        "finish_reason": finish}]}) + "\n\n"
 
+        def finish(payload: dict) -> str:
+            return "length" if payload["usage"]["max_tokens_reached"] else "stop"
+
+        def usage(payload: dict) -> dict:
+            prompt, completion = payload["usage"]["prompt_tokens"], payload["usage"]["completion_tokens"]
+            return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
         if not body.get("stream"):
             payload = await answer(request, question)
             if "error" in payload:
                 return respond(payload)
             return {"id": question.id, "object": "chat.completion", "created": created, "model": model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": payload["response"]},
-                                 "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                                 "finish_reason": finish(payload)}],
+                    "usage": usage(payload),
                     "memz": {k: payload.get(k) for k in ("checkpoint", "routed_to", "latency_ms")}}
 
         loop = asyncio.get_running_loop()
@@ -218,7 +228,13 @@ def create_app(daemon, http: HttpConfig):
                     payload = done.result()
                     if "error" in payload:
                         yield "data: " + json.dumps(payload) + "\n\n"
-                    yield chunk({}, "stop")
+                        yield chunk({}, "stop")
+                    else:
+                        yield chunk({}, finish(payload))
+                        if (body.get("stream_options") or {}).get("include_usage"):
+                            yield "data: " + json.dumps({"id": question.id, "object": "chat.completion.chunk",
+                                                         "created": created, "model": model, "choices": [],
+                                                         "usage": usage(payload)}) + "\n\n"
                     yield "data: [DONE]\n\n"
                     return
             finally:  # the client went away (or the stream ended): stop generating
@@ -228,6 +244,20 @@ def create_app(daemon, http: HttpConfig):
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
+
+
+def _plain_message(message):
+    """An OpenAI chat message as memz reads one: a "developer" turn is a system turn, and
+    content given as text parts ([{"type": "text", "text": ...}]) is their text joined.
+    Anything else is left for memz's own check to refuse."""
+    if not isinstance(message, dict):
+        return message
+    content = message.get("content")
+    if isinstance(content, list) and content and all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+        content = "".join(p["text"] for p in content)
+    role = "system" if message.get("role") == "developer" else message.get("role")
+    return {"role": role, "content": content}
 
 
 def _job_row(home, name: str) -> dict | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -24,6 +25,14 @@ from .tokens import prompt_ids
 from .trainer import autocast_for
 
 Check = Callable[[], bool]  # True: stop now
+
+
+@dataclass
+class Answer:
+    """One generated answer: its text, and how many tokens were generated for it (the
+    end-of-text token not counted)."""
+    text: str
+    tokens: int
 
 
 class Cancelled(Exception):
@@ -102,7 +111,7 @@ class _Stream(BaseStreamer):
 def _generate(model, tokenizer, rows: list[list[int]], max_tokens: int, temperature: float,
               device: torch.device, seed: int | None, cancelled: Check | None = None,
               on_texts: list[Callable[[str], None] | None] | None = None, guard: bool = False,
-              row_cancelled: list[Check | None] | None = None) -> list[str | None]:
+              row_cancelled: list[Check | None] | None = None) -> list[Answer | None]:
     """Generate for rows padded on the left; a row whose own check cancelled it gives None."""
     pad = tokenizer.pad_token_id
     width = max(len(r) for r in rows)
@@ -133,14 +142,20 @@ def _generate(model, tokenizer, rows: list[list[int]], max_tokens: int, temperat
     if cancel is not None and cancel.hit:
         raise Cancelled()
     gone = cancel.rows_hit if cancel is not None else set()
-    return [None if i in gone else tokenizer.decode(o[width:], skip_special_tokens=True).strip()
-            for i, o in enumerate(out)]
+    ends = {tokenizer.eos_token_id, pad}
+    answers: list[Answer | None] = []
+    for i, o in enumerate(out):
+        made = o[width:].tolist()
+        n = next((j for j, t in enumerate(made) if t in ends), len(made))  # a finished row is padded on
+        answers.append(None if i in gone else
+                       Answer(tokenizer.decode(made, skip_special_tokens=True).strip(), n))
+    return answers
 
 
 def answer(model, tokenizer, messages: list[dict], *, adapter: str | None, device: torch.device,
            max_tokens: int = 256, temperature: float = 0.0, seed: int | None = None,
            cancelled: Check | None = None, on_text: Callable[[str], None] | None = None,
-           ids: list[int] | None = None) -> str:
+           ids: list[int] | None = None) -> Answer:
     """One answer to one chat, with adapter `adapter` (None: the base model).
 
     `on_text` receives the text as it is generated; `cancelled` is checked
@@ -154,7 +169,7 @@ def answer(model, tokenizer, messages: list[dict], *, adapter: str | None, devic
 
 def answer_batch(model, tokenizer, rows: list[list[int]], *, adapter: str | None, device: torch.device,
                  max_tokens: int, temperature: float, stopping: Check,
-                 cancelled: list[Check | None], on_texts: list[Callable[[str], None] | None]) -> list[str | None]:
+                 cancelled: list[Check | None], on_texts: list[Callable[[str], None] | None]) -> list[Answer | None]:
     """Several answers generated together (one forward per token for all of them): what
     concurrent askers of the same adapter and settings get. Each row streams to its own
     callback and can be withdrawn on its own (None for it); `stopping` stops them all.
@@ -204,8 +219,8 @@ def greedy_answers(model, tokenizer, chats: list[list[dict]], *, adapter: str | 
         chunk = order[start:start + batch_size]
         with using(model, adapter):
             outs = _generate(model, tokenizer, [rows[i] for i in chunk], max_tokens, 0.0, device, None, cancelled)
-        for i, text in zip(chunk, outs):
-            answers[i] = text
+        for i, out in zip(chunk, outs):
+            answers[i] = out.text
         if progress is not None:
             progress(start + len(chunk), len(rows))
     return answers

@@ -34,7 +34,7 @@ from .control import partial_path
 from .errors import CheckpointError, RequestError
 from .examples import USER_RE
 from .files import set_aside, write_json_atomic
-from .inference import Cancelled, answer, answer_batch
+from .inference import Answer, Cancelled, answer, answer_batch
 from .store import Store
 from .tokens import prompt_ids
 
@@ -191,11 +191,14 @@ class Answerer:
         row = self.store.checkpoint(ckpt) if ckpt else None
         return ids, ckpt, adapter, row.status if row else "base"
 
-    def _payload(self, q: Question, text: str, ckpt, adapter, status, start: float) -> dict:
+    def _payload(self, q: Question, answered: Answer, ckpt, adapter, status, start: float, ids: list[int]) -> dict:
         self.answered += 1
-        return {"id": q.id, "response": text, "checkpoint": ckpt, "checkpoint_status": status,
+        completion = answered.tokens
+        return {"id": q.id, "response": answered.text, "checkpoint": ckpt, "checkpoint_status": status,
                 "routed_to": "adapter" if adapter else "base", **({"user": q.user} if q.user else {}),
-                "latency_ms": round((time.perf_counter() - start) * 1000)}
+                "latency_ms": round((time.perf_counter() - start) * 1000),
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": completion,
+                          "max_tokens_reached": completion >= q.max_tokens}}
 
     def answer(self, q: Question, cancelled: Callable[[], bool] | None = None,
                on_text: Callable[[str], None] | None = None) -> dict:
@@ -204,10 +207,10 @@ class Answerer:
         start = time.perf_counter()
         a = self.adapters
         ids, ckpt, adapter, status = self._prepare(q)
-        text = answer(a.model, a.tokenizer, q.messages, adapter=adapter, device=a.device,
-                      max_tokens=q.max_tokens, temperature=q.temperature, cancelled=cancelled,
-                      on_text=on_text, ids=ids)
-        return self._payload(q, text, ckpt, adapter, status, start)
+        answered = answer(a.model, a.tokenizer, q.messages, adapter=adapter, device=a.device,
+                          max_tokens=q.max_tokens, temperature=q.temperature, cancelled=cancelled,
+                          on_text=on_text, ids=ids)
+        return self._payload(q, answered, ckpt, adapter, status, start, ids)
 
     def settle(self, pending: Pending, stopping: Callable[[], bool]) -> None:
         """Answer one submitted question and resolve its future (never raises)."""
@@ -233,24 +236,24 @@ class Answerer:
         a = self.adapters
         for (adapter, temperature, max_tokens), items in groups.items():
             try:
-                texts = answer_batch(a.model, a.tokenizer, [ids for _, ids, *_ in items], adapter=adapter,
-                                     device=a.device, max_tokens=max_tokens, temperature=temperature,
-                                     stopping=stopping, cancelled=[lambda p=p: p.cancelled for p, *_ in items],
-                                     on_texts=[p.on_text for p, *_ in items])
+                answers = answer_batch(a.model, a.tokenizer, [ids for _, ids, *_ in items], adapter=adapter,
+                                       device=a.device, max_tokens=max_tokens, temperature=temperature,
+                                       stopping=stopping, cancelled=[lambda p=p: p.cancelled for p, *_ in items],
+                                       on_texts=[p.on_text for p, *_ in items])
             except Cancelled:
-                texts = [None] * len(items)
+                answers = [None] * len(items)
             except Exception as exc:
                 log.exception("answering %d question(s) failed", len(items))
                 for pending, *_ in items:
                     self._resolve(pending, self._failure(pending.question, exc))
                 continue
-            for (pending, _ids, ckpt, adapter_, status), text in zip(items, texts):
+            for (pending, ids, ckpt, adapter_, status), answered in zip(items, answers):
                 q = pending.question
-                if text is None:
+                if answered is None:
                     payload = {"id": q.id, "error": {"code": "cancelled", "message": "the question was "
                                                      "withdrawn or the daemon is stopping"}}
                 else:
-                    payload = self._payload(q, text, ckpt, adapter_, status, start)
+                    payload = self._payload(q, answered, ckpt, adapter_, status, start, ids)
                 self._resolve(pending, payload)
 
     def _failure(self, q: Question, exc: Exception) -> dict:

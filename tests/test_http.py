@@ -130,12 +130,26 @@ def test_the_openai_client_works_unchanged_streaming_included(home):
         assert "memz" in models
         done = client.chat.completions.create(model="memz", messages=[{"role": "user", "content": "Hello!"}],
                                               max_tokens=8, temperature=0)
-        whole = done.choices[0].message.content
-        assert isinstance(whole, str) and done.choices[0].finish_reason == "stop"
+        whole, used = done.choices[0].message.content, done.usage
+        assert isinstance(whole, str) and used.prompt_tokens > 3 and 0 < used.completion_tokens <= 8
+        assert used.total_tokens == used.prompt_tokens + used.completion_tokens
+        assert done.choices[0].finish_reason == ("length" if used.completion_tokens == 8 else "stop")
         stream = client.chat.completions.create(model="memz", messages=[{"role": "user", "content": "Hello!"}],
-                                                max_tokens=8, temperature=0, stream=True)
-        pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+                                                max_tokens=8, temperature=0, stream=True,
+                                                stream_options={"include_usage": True})
+        chunks = list(stream)
+        pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
         assert len(pieces) > 2 and "".join(pieces).strip() == whole
+        assert chunks[-1].usage.completion_tokens == used.completion_tokens  # the usage chunk comes last
+        # A "developer" turn and content as text parts, as newer clients send them: read as plain turns
+        parts = client.chat.completions.create(
+            model="memz", max_tokens=8, temperature=0,
+            messages=[{"role": "developer", "content": "Be brief."},
+                      {"role": "user", "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo!"}]}])
+        code, plain = api.call("POST", "/search", {"messages": [{"role": "system", "content": "Be brief."},
+                                                               {"role": "user", "content": "Hello!"}],
+                                                  "max_tokens": 8, "temperature": 0})
+        assert code == 200 and parts.choices[0].message.content == plain["response"]
 
 
 def test_a_client_that_goes_away_stops_its_generation(home, monkeypatch):

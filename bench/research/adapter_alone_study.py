@@ -73,7 +73,7 @@ def self_written(model, tok, device, n: int) -> list[str]:
     ids = tok(text[:text.index(mark)], add_special_tokens=False)["input_ids"]
     got = []
     for seed in range(0, n, 32):
-        got += _generate(model, tok, [ids] * min(32, n - seed), 40, 1.0, device, seed=seed)
+        got += [a.text for a in _generate(model, tok, [ids] * min(32, n - seed), 40, 1.0, device, seed=seed)]
     got = [q for q in got if q]
     path.write_text(json.dumps(got))
     return got
