@@ -17,6 +17,7 @@ from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_
 from peft.tuners.lora.layer import Linear as LoraLinear
 
 from .config import LoraConfig
+from .errors import ConfigError
 
 TRAIN = "candidate"  # the adapter being trained ("train" would clash with nn.Module.train)
 
@@ -34,6 +35,13 @@ def n_layers(model) -> int:
 
 def wrap(base_model: torch.nn.Module, cfg: LoraConfig) -> PeftModel:
     """Wrap the frozen base once; the first adapter is the (empty) training one."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in base_model.named_modules()}
+    unknown = [m for m in cfg.target_modules if m not in names]
+    if unknown:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, m in base_model.named_modules()
+                         if isinstance(m, torch.nn.Linear)})
+        raise ConfigError(f"config.yaml: lora.target_modules: '{unknown[0]}' is no module of the base model "
+                          f"(its linear ones: {', '.join(linear)})")
     with warnings.catch_warnings():  # peft probes an attribute transformers 5 deprecates
         warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
         model = get_peft_model(base_model, peft_config(cfg, n_layers(base_model)), adapter_name=TRAIN)

@@ -169,6 +169,8 @@ def load_base(base_model: str, backend: str = "auto", base_dtype: str = "fp32", 
     else:
         path = Path(base_model).expanduser()
         source, offline = base_model, path.exists()
+        if not offline and base_model.startswith(("/", "./", "../", "~", ".\\")):  # a path, not a hub id
+            raise ConfigError(f"config.yaml: base_model '{base_model}': no such folder")
         if offline and not (path / "config.json").is_file():
             raise ConfigError(f"config.yaml: base_model '{base_model}' is a folder without config.json, "
                               "not a transformers model folder")

@@ -84,3 +84,14 @@ def test_device_map_through_accelerate_and_bad_values_named(tiny_model_dir):
 def test_a_base_folder_that_is_no_model_is_refused_by_name(tmp_path):
     with pytest.raises(ConfigError, match="without config.json"):
         load_base(str(tmp_path), "cpu")
+    with pytest.raises(ConfigError, match="no such folder"):  # a path that is not there: said, no hub lookup
+        load_base(str(tmp_path / "nowhere"), "cpu")
+
+
+def test_a_lora_module_the_base_lacks_is_refused_by_name(tiny_model_dir):
+    from memzd import lora
+    from memzd.config import LoraConfig
+
+    base = load_base(str(tiny_model_dir), "cpu")
+    with pytest.raises(ConfigError, match="lora.target_modules: 'bogus_proj' is no module.*q_proj"):
+        lora.wrap(base.model, LoraConfig(target_modules=["q_proj", "bogus_proj"]))
