@@ -108,7 +108,7 @@ class Daemon:
         self._phase, self._phase_at = "", ""  # what set_activity last said, and since when
         if http:  # memzd --http HOST:PORT overrides the config
             host, _, port = http.rpartition(":")
-            if not port.isdigit() or not host:
+            if not port.isdigit() or not 1 <= int(port) <= 65535 or not host:
                 raise ConfigError(f"--http must be HOST:PORT, such as 127.0.0.1:8000, not {http!r}")
             self.config.http.host, self.config.http.port = host.strip("[]"), int(port)
         self.config.http.check_exposure()  # refused before anything loads

@@ -13,7 +13,7 @@ goes away cancels its generation at the next token.
     POST /update              {"examples": [...], "tags": [...], "user"}  -> {"job_id", "queued": true}
     GET  /jobs/{id}           what became of an /update
     GET  /info[?user=NAME]    the `memzctl status --json` object
-    GET  /v1/models           OpenAI-compatible
+    GET  /v1/models[/{id}]    OpenAI-compatible
     POST /v1/chat/completions OpenAI-compatible, "stream": true as server-sent events
 
 Loopback only unless `http.host` says otherwise, and then every request needs
@@ -47,6 +47,7 @@ def create_app(daemon, http: HttpConfig):
     """The FastAPI application for a running daemon (anything with submit, home, store)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     app = FastAPI(title="memz", description="A language model that keeps learning.", docs_url=None,
                   redoc_url=None)
@@ -58,8 +59,8 @@ def create_app(daemon, http: HttpConfig):
     @app.middleware("http")
     async def guard(request: Request, call_next):
         if token:
-            sent = request.headers.get("authorization", "")
-            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), token.encode()):
                 return error(401, "unauthorized", "send Authorization: Bearer <http.token>")
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > http.max_request_bytes):
@@ -98,6 +99,12 @@ def create_app(daemon, http: HttpConfig):
         if "error" in payload:
             return JSONResponse(payload, status_code=STATUS.get(payload["error"]["code"], 500))
         return JSONResponse(payload)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):  # 404, 405: memz's shape too
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        allowed = f" ({exc.headers['Allow']} only)" if exc.headers and "Allow" in exc.headers else ""
+        return error(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}{allowed}")
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, exc: RequestError):
@@ -163,6 +170,14 @@ def create_app(daemon, http: HttpConfig):
         ids = ["memz"] + ([data["current_checkpoint"]] if data["current_checkpoint"] else [])
         return {"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": "memz"}
                                            for i in ids]}
+
+    @app.get("/v1/models/{model_id}")
+    async def model(model_id: str):
+        listed = (await models())["data"]
+        found = [m for m in listed if m["id"] == model_id]
+        if not found:
+            return error(404, "unknown_checkpoint", f"no model '{model_id}'; GET /v1/models lists them")
+        return found[0]
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):

@@ -115,6 +115,8 @@ def parse_body(rid: str, body) -> Question:
     if unknown:
         raise RequestError("invalid_request", f"unknown field '{sorted(unknown)[0]}'; allowed: "
                            + ", ".join(FIELDS[:-1]))
+    if "messages" in body and "prompt" in body:
+        raise RequestError("invalid_request", "give 'prompt' or 'messages', not both")
     if "messages" in body:
         msgs = body["messages"]
         if (not isinstance(msgs, list) or not msgs or not all(

@@ -80,6 +80,13 @@ def test_search_answers_and_refuses_bad_bodies_with_the_folder_messages(home):
         assert code == 400 and "unknown field 'colour'" in body["error"]["message"]
         code, body = api.call("POST", "/search", {"prompt": "hi", "checkpoint": "A_nope"})
         assert code == 404 and body["error"]["code"] == "unknown_checkpoint"
+        code, body = api.call("GET", "/search")  # every error in memz's own shape
+        assert code == 405 and body["error"]["code"] == "method_not_allowed" and "POST" in body["error"]["message"]
+        code, body = api.call("GET", "/nowhere")
+        assert code == 404 and body["error"]["code"] == "not_found"
+        code, body = api.call("GET", "/v1/models/memz")
+        assert code == 200 and body["id"] == "memz"
+        assert api.call("GET", "/v1/models/A_nope")[0] == 404
         conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=30)  # a 2 MB body, announced
         conn.putrequest("POST", "/search")
         conn.putheader("Content-Length", "2000000")
@@ -187,10 +194,13 @@ def test_off_loopback_the_api_needs_a_token(home, monkeypatch):
     write_config(home, http={"host": "0.0.0.0", "port": free_port()})
     with pytest.raises(ConfigError, match="http.token"):
         Daemon(Home(home))
+    with pytest.raises(ConfigError, match="HOST:PORT"):  # port 0 would start no API at all
+        Daemon(Home(home), http="127.0.0.1:0")
     write_config(home, http={"host": "127.0.0.1", "port": 0, "token": "s3cret"})
     with Api(home, token="s3cret") as api:
         code, body = api.call("GET", "/info", headers={"Authorization": "Bearer wrong"})
         assert code == 401
+        assert api.call("GET", "/info", headers={"Authorization": "bearer s3cret"})[0] == 200  # any case
         assert api.call("GET", "/info")[0] == 200
 
 

@@ -96,6 +96,7 @@ def test_rollback_refuses_unknown_or_foreign_checkpoints(home):
     ({"prompt": ""}, "invalid_request"),
     ({"prompt": "hi", "max_tokens": "many"}, "invalid_request"),
     ({"prompt": "hi", "max_tokens": 0}, "invalid_request"),
+    ({"prompt": "hi", "messages": [{"role": "user", "content": "ho"}]}, "invalid_request"),  # which one?
     ({"prompt": "hi", "temperature": -1}, "invalid_request"),
     ({"prompt": "hi", "checkpoint": "A_missing_0001"}, "unknown_checkpoint"),
     ({"prompt": "hi", "checkpoint": "../etc"}, "invalid_request"),
