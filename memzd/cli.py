@@ -258,6 +258,10 @@ def status(ctx: typer.Context, as_json: bool = _JSON, user: Optional[str] = _USE
               + (f", base in {hw['dtype']}" if hw.get("dtype") else "")
               + (f", {hw['memory_bytes'] / 1e9:.2f} GB" if hw.get("memory_bytes") else "")
               + (f", {hw['quantization']}" if hw.get("quantization") not in (None, "none") else "") + ")")
+    if data["latest"]["recall"] is not None:
+        recall = data["latest"]["recall"]
+        t.add_row("learned", f"recall {recall:.2f}: the share of the latest batch's answers it gives back"
+                  + ("" if recall >= 0.9 else " [yellow](much of it not learned: see memzctl checkpoints)[/]"))
     fs = data["forgetting_summary"]
     t.add_row("forgetting", f"served: anchor_ce_delta {_fmt(fs['anchor_ce_delta'])}, "
               f"retention {_fmt(fs['retention_score'])}")

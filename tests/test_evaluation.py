@@ -149,6 +149,11 @@ def test_a_wrecked_adapter_behind_the_gate_is_caught(home, mode, status):
     assert ckpt.status == status
     assert (store.current_checkpoint() == ckpt.id) == (mode == "warn")
     assert json.loads((home / "checkpoints" / ckpt.id / "meta.json").read_text())["status"] == status
+    from typer.testing import CliRunner
+
+    from memzd.cli import app
+    shown = CliRunner().invoke(app, ["--home", str(home), "status"]).output
+    assert "recall 0.00" in shown and "much of it not learned" in shown  # said to whoever looks
 
 
 @pytest.mark.parametrize("adapter_delta,status", [(0.5, "rolled_back"), (50.0, "stable")])
