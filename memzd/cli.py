@@ -506,6 +506,8 @@ def logs(ctx: typer.Context,
          n: int = typer.Option(10, "-n", "--count", min=1, metavar="N",
                                help="How many of the newest answers (shown oldest first, like a "
                                     "conversation; --json lists them newest first)."),
+         user: Optional[str] = typer.Option(None, "--user", metavar="NAME",
+                                            help="Only the questions asked as this user."),
          as_json: bool = _JSON) -> None:
     """Every question memz answered: prompt, answer, checkpoint, route, latency (also in memz.db)."""
     try:
@@ -513,7 +515,7 @@ def logs(ctx: typer.Context,
     except MemzError as exc:
         _fail(exc)
     try:
-        rows = store.answers(n)
+        rows = store.answers(n, user)
     finally:
         store.close()
     if as_json:

@@ -677,9 +677,10 @@ class Store:
                                    "checkpoint": checkpoint, "routed_to": routed_to, "latency_ms": latency_ms,
                                    "error": error})
 
-    def answers(self, limit: int = 10) -> list[dict]:
-        """The newest answers first."""
-        rows = list(self.db["answers"].rows_where(order_by="id desc", limit=limit))
+    def answers(self, limit: int = 10, user: str | None = None) -> list[dict]:
+        """The newest answers first (with `user`: only those asked as that user)."""
+        where, args = ("user = ?", [user]) if user is not None else (None, [])
+        rows = list(self.db["answers"].rows_where(where, args, order_by="id desc", limit=limit))
         for r in rows:
             r["prompt"] = json.loads(r["prompt"] or "[]")
         return rows

@@ -193,12 +193,16 @@ def test_logs_show_every_answer_and_the_database_holds_them(home):
     (home / "requests").mkdir(exist_ok=True)
     (home / "requests" / "a.json").write_text(json.dumps({"prompt": "Hello there", "max_tokens": 3}))
     (home / "requests" / "b.json").write_text(json.dumps({"prompt": "hi", "colour": "red"}))
+    (home / "requests" / "c.json").write_text(json.dumps({"prompt": "Hi, it is Alice", "max_tokens": 3,
+                                                           "user": "alice"}))
     run_once(home)
     out = memzctl("--home", str(home), "logs", "-n", "5").stdout
     assert "Q: Hello there" in out and "unknown field 'colour'" in out
     assert max(len(line) for line in out.splitlines()) <= 80
     rows = json.loads(memzctl("--home", str(home), "logs", "--json").stdout)
-    assert {r["request_id"] for r in rows} == {"a", "b"} and all(r["source"] == "folder" for r in rows)
+    assert {r["request_id"] for r in rows} == {"a", "b", "c"} and all(r["source"] == "folder" for r in rows)
+    alices = json.loads(memzctl("--home", str(home), "logs", "--json", "--user", "alice").stdout)
+    assert [r["request_id"] for r in alices] == ["c"]
     answered = next(r for r in rows if r["request_id"] == "a")
     assert answered["routed_to"] == "base" and answered["latency_ms"] >= 0 and answered["prompt"][0]["content"] == "Hello there"
 
