@@ -226,22 +226,40 @@ def create_app(daemon, http: HttpConfig):
         def on_text(text: str) -> None:  # the daemon's worker thread: hand over, never wait
             loop.call_soon_threadsafe(pieces.put_nowait, text)
 
+        # Wait for the first text (or the end) before the 200 goes out, so that a question
+        # refused when the worker takes it up (too long, unknown checkpoint) gets its 4xx.
+        pending = daemon.submit(question, on_text, source="http")
+        done = asyncio.wrap_future(pending.future)
+        first = asyncio.ensure_future(pieces.get())
+        try:
+            while not (await asyncio.wait({first, done}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED))[0]:
+                if await request.is_disconnected():
+                    raise asyncio.CancelledError()
+        except BaseException:
+            pending.cancel()
+            first.cancel()
+            raise
+        if not first.done():
+            first.cancel()
+            if "error" in done.result():
+                return respond(done.result())
+
         async def events():
-            pending = daemon.submit(question, on_text, source="http")
-            done = asyncio.wrap_future(pending.future)
             try:
                 yield chunk({"role": "assistant", "content": ""})
+                getter = first
                 while True:
-                    getter = asyncio.ensure_future(pieces.get())
-                    finished, _ = await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
-                    if getter in finished:
+                    if getter.done() and not getter.cancelled():
                         yield chunk({"content": getter.result()})
+                    if not done.done():
+                        getter = asyncio.ensure_future(pieces.get())
+                        await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
                         continue
                     getter.cancel()
                     while not pieces.empty():
                         yield chunk({"content": pieces.get_nowait()})
                     payload = done.result()
-                    if "error" in payload:
+                    if "error" in payload:  # begun, then failed: said in the stream
                         yield "data: " + json.dumps(payload) + "\n\n"
                         yield chunk({}, "stop")
                     else:

@@ -159,6 +159,21 @@ def test_the_openai_client_works_unchanged_streaming_included(home):
         assert code == 200 and parts.choices[0].message.content == plain["response"]
 
 
+def test_a_streamed_question_refused_by_the_worker_gets_its_4xx(home):
+    write_config(home, daemon={"max_prompt_tokens": 40})
+    with Api(home) as api:
+        client = openai.OpenAI(base_url=api.url + "/v1", api_key="unused")
+        with pytest.raises(openai.BadRequestError, match="daemon.max_prompt_tokens"):
+            list(client.chat.completions.create(model="memz", stream=True, max_tokens=4,
+                                                messages=[{"role": "user", "content": "word " * 100}]))
+        code, body = api.call("POST", "/v1/chat/completions", {"model": "A_nope", "stream": True,
+                                                               "messages": [{"role": "user", "content": "Hi"}]})
+        assert code == 404 and body["error"]["code"] == "unknown_checkpoint"
+        stream = client.chat.completions.create(model="memz", stream=True, max_tokens=4,  # still answering
+                                                messages=[{"role": "user", "content": "Hi"}])
+        assert [c for c in stream if c.choices and c.choices[0].finish_reason]
+
+
 def test_a_client_that_goes_away_stops_its_generation(home, monkeypatch):
     from memzd.inference import RepetitionGuard
     from memzd.queries import Answerer
