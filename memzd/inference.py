@@ -59,10 +59,15 @@ class _Cancel(StoppingCriteria):
 
 class RepetitionGuard(StoppingCriteria):
     """Stop a row whose last `span` or more tokens are one block of up to `period`
-    tokens said `times` times over ("the the the ...", or a sentence on a loop)."""
+    tokens said `times` times over ("the the the ...", or a sentence on a loop), or
+    whose last `window` tokens only say again what the answer said before, give or
+    take a word (every `gram` tokens of them seen earlier in it, but a few: "She
+    made a dragon that could be a king's son, and she made a dragon that ...")."""
 
-    def __init__(self, prompt_len: int, period: int = 32, times: int = 4, span: int = 24):
+    def __init__(self, prompt_len: int, period: int = 32, times: int = 4, span: int = 24,
+                 window: int = 64, gram: int = 6, fresh: int = 3):
         self.prompt_len, self.period, self.times, self.span = prompt_len, period, times, span
+        self.window, self.gram, self.fresh = window, gram, fresh
 
     def looping(self, tokens: list[int]) -> bool:
         for p in range(1, self.period + 1):
@@ -72,11 +77,22 @@ class RepetitionGuard(StoppingCriteria):
             tail = tokens[-n:]
             if all(tail[i] == tail[i - p] for i in range(p, n)):
                 return True
-        return False
+        return self._retelling(tokens)
+
+    def _retelling(self, tokens: list[int]) -> bool:
+        tokens = tokens[-6 * self.window:]  # a loop retells what came shortly before (and this stays cheap)
+        start = len(tokens) - self.window
+        if start < self.window:  # an answer at least twice the window: there is something to retell
+            return False
+        g = self.gram
+        first: dict[tuple, int] = {}
+        for i in range(len(tokens) - g + 1):
+            first.setdefault(tuple(tokens[i:i + g]), i)
+        new = sum(first[tuple(tokens[i:i + g])] == i for i in range(start, len(tokens) - g + 1))
+        return new <= self.fresh
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-        tail = max(self.period * self.times, self.span)  # only the end of an answer can be a loop
-        rows = input_ids[:, max(self.prompt_len, input_ids.shape[1] - tail):].tolist()
+        rows = input_ids[:, self.prompt_len:].tolist()  # the answer so far
         return torch.tensor([self.looping(r) for r in rows], dtype=torch.bool, device=input_ids.device)
 
 

@@ -205,6 +205,11 @@ def test_the_repetition_guard_stops_a_loop_and_lets_a_varied_answer_run():
     assert not guard.looping(list(range(100)))               # nothing repeats
     assert not guard.looping([1, 2, 3] * 7 + [9])            # a loop that ended
     assert not guard.looping([7] * 10)                       # too short to call a loop
+    # the same sentence again and again, give or take a word ("She made ..., and she made ...")
+    sentence = list(range(100, 140))
+    retold = list(range(1000, 1100)) + [t for i in range(4) for t in [50 + i % 2] + sentence]
+    assert not guard.looping(retold[:-40]) and guard.looping(retold)
+    assert not guard.looping(list(range(1000, 1400)))       # 400 tokens that say new things
 
 
 def test_questions_are_answered_while_the_anchors_are_computed_and_sigterm_stops_it(home, tmp_path):
