@@ -145,9 +145,11 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def next_batch(store, config: Config, now: float | None = None, unread_files: int = 0) -> dict:
+def next_batch(store, config: Config, now: float | None = None, unread_files: int = 0,
+               train_asked: bool = False) -> dict:
     """When the next batch trains, and why: {"at": ISO time or None, "why": text};
-    `unread_files`: files in inbox/ that memzd has not read yet."""
+    `unread_files`: files in inbox/ that memzd has not read yet; `train_asked`: a
+    `memzctl train` the daemon has not taken up yet."""
     now = time.time() if now is None else now
     pending = store.next_batch()
     if pending is not None:
@@ -167,6 +169,9 @@ def next_batch(store, config: Config, now: float | None = None, unread_files: in
         return {"at": None, "why": "nothing waits: drop a .jsonl file into inbox/ (or memzctl add FILE)"}
     if config.update_mode == "immediate":
         return {"at": _iso(now), "why": f"{count} example(s) wait; immediate mode trains them now"}
+    if train_asked:
+        return {"at": _iso(now), "why": f"{count} example(s) wait; memzctl train asked for them: they train "
+                                        "as soon as the daemon is free"}
     limit, age = config.batch.max_examples, config.batch.max_age_minutes * 60
     due = oldest + age
     return {"at": _iso(max(due, now)),
@@ -205,7 +210,8 @@ def status_data(home: Home, user: str | None = None) -> dict:
             "queue_depth": store.queue_depth(),
             "inbox_unread": inbox_unread,
             "last_update": store.last_update(user),
-            "next_batch": next_batch(store, config, unread_files=inbox_unread),
+            "next_batch": next_batch(store, config, unread_files=inbox_unread,
+                                     train_asked=(home.inbox / TRAIN_NOW).exists()),
             "daemon": {"running": pid is not None, "pid": pid,
                        "activity": activity.get("text") if pid else "not running",
                        "since": activity.get("at") if pid else None},

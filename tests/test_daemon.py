@@ -57,6 +57,10 @@ def test_batched_mode_waits_for_count_or_age(home):
     rows = [(i, e.hash, e.kind, e.json) for i, e in enumerate(parse_example({"text": f"t{i}"}) for i in range(2))]
     store.add_examples(f, rows)
     assert due_batches(store, config) == []                       # 2 < 3 and young
+    from memzd import control
+    (home / "inbox" / control.TRAIN_NOW).write_text("now\n")  # memzctl train, not taken up yet
+    assert "memzctl train asked for them" in control.status_data(Home(home))["next_batch"]["why"]
+    (home / "inbox" / control.TRAIN_NOW).unlink()
     assert due_batches(store, config, now=time.time() + 601) != []  # the oldest is 10 minutes old
     rows = [(i, e.hash, e.kind, e.json) for i, e in enumerate(parse_example({"text": f"u{i}"}) for i in range(7))]
     store.add_examples(f, rows)
