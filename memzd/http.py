@@ -33,9 +33,9 @@ import uuid
 from . import control
 from .config import HttpConfig
 from .errors import ExampleError, MemzError, RequestError
-from .examples import USER_RE, parse_example
+from .examples import parse_example
 from .files import write_atomic
-from .queries import Question, parse_body
+from .queries import Question, parse_body, user_name
 
 log = logging.getLogger("memz.http")
 
@@ -130,9 +130,7 @@ def create_app(daemon, http: HttpConfig):
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise RequestError("invalid_request", "'tags' must be a list of strings")
         if body.get("user") is not None:  # the same as a "user:NAME" tag on every example
-            if not isinstance(body["user"], str) or not USER_RE.fullmatch(body["user"]):
-                raise RequestError("invalid_request", "'user' must be 1-64 of A-Z a-z 0-9 _ . @ -")
-            tags = tags + [f"user:{body['user']}"]
+            tags = tags + [f"user:{user_name(body['user'])}"]
         lines = []
         for i, example in enumerate(body["examples"]):
             if isinstance(example, dict) and tags:
@@ -160,9 +158,8 @@ def create_app(daemon, http: HttpConfig):
 
     @app.get("/info")
     async def info(user: str | None = None):
-        if user is not None and not USER_RE.fullmatch(user):
-            raise RequestError("invalid_request", "'user' must be 1-64 of A-Z a-z 0-9 _ . @ -")
-        return await asyncio.to_thread(control.status_data, daemon.home, user)
+        return await asyncio.to_thread(control.status_data, daemon.home,
+                                       user_name(user) if user is not None else None)
 
     @app.get("/v1/models")
     async def models():

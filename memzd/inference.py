@@ -80,7 +80,7 @@ class RepetitionGuard(StoppingCriteria):
         return self._retelling(tokens)
 
     def _retelling(self, tokens: list[int]) -> bool:
-        tokens = tokens[-6 * self.window:]  # a loop retells what came shortly before (and this stays cheap)
+        tokens = tokens[-6 * self.window:]  # a loop retells what came shortly before (this stays cheap)
         start = len(tokens) - self.window
         if start < self.window:  # an answer at least twice the window: there is something to retell
             return False
@@ -92,7 +92,8 @@ class RepetitionGuard(StoppingCriteria):
         return new <= self.fresh
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-        rows = input_ids[:, self.prompt_len:].tolist()  # the answer so far
+        tail = max(self.period * self.times, self.span, 6 * self.window)  # all that looping() reads
+        rows = input_ids[:, max(self.prompt_len, input_ids.shape[1] - tail):].tolist()
         return torch.tensor([self.looping(r) for r in rows], dtype=torch.bool, device=input_ids.device)
 
 

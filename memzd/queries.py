@@ -146,10 +146,15 @@ def parse_body(rid: str, body) -> Question:
             raise RequestError("invalid_request", "'checkpoint' must be a checkpoint id string")
         q.checkpoint = body["checkpoint"]
     if body.get("user") is not None:
-        if not isinstance(body["user"], str) or not USER_RE.fullmatch(body["user"]):
-            raise RequestError("invalid_request", "'user' must be 1-64 of A-Z a-z 0-9 _ . @ -")
-        q.user = body["user"]
+        q.user = user_name(body["user"])
     return q
+
+
+def user_name(value) -> str:
+    """A request's user name, checked (RequestError for one that is not a name)."""
+    if not isinstance(value, str) or not USER_RE.fullmatch(value):
+        raise RequestError("invalid_request", "'user' must be 1-64 of A-Z a-z 0-9 _ . @ -")
+    return value
 
 
 def error_payload(rid: str, exc: Exception) -> dict:
@@ -195,12 +200,11 @@ class Answerer:
 
     def _payload(self, q: Question, answered: Answer, ckpt, adapter, status, start: float, ids: list[int]) -> dict:
         self.answered += 1
-        completion = answered.tokens
         return {"id": q.id, "response": answered.text, "checkpoint": ckpt, "checkpoint_status": status,
                 "routed_to": "adapter" if adapter else "base", **({"user": q.user} if q.user else {}),
                 "latency_ms": round((time.perf_counter() - start) * 1000),
-                "usage": {"prompt_tokens": len(ids), "completion_tokens": completion,
-                          "max_tokens_reached": completion >= q.max_tokens}}
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": answered.tokens,
+                          "max_tokens_reached": answered.tokens >= q.max_tokens}}
 
     def answer(self, q: Question, cancelled: Callable[[], bool] | None = None,
                on_text: Callable[[str], None] | None = None) -> dict:
