@@ -66,8 +66,9 @@ def memzd_once(home: Path, log) -> float:
     return time.perf_counter() - start
 
 
-def ask_all(home: Path, questions: list[str], log, max_tokens: int = 48) -> list[str]:
-    """Answer every question through requests/ -> responses/ (one memzd --once run)."""
+def ask_all(home: Path, questions: list[str], log, max_tokens: int = 48, routes: list | None = None) -> list[str]:
+    """Answer every question through requests/ -> responses/ (one memzd --once run);
+    `routes`, if given, gets where each was answered ("adapter" or "base")."""
     ids = []
     for q in questions:
         rid = f"b-{uuid.uuid4().hex[:10]}"
@@ -82,6 +83,8 @@ def ask_all(home: Path, questions: list[str], log, max_tokens: int = 48) -> list
         if "error" in r:
             sys.exit(f"request failed: {r['error']}")
         answers.append(r["response"])
+        if routes is not None:
+            routes.append(r.get("routed_to"))
         (home / "responses" / f"{rid}.json").unlink()
     return answers
 
@@ -322,9 +325,10 @@ def run_category(name: str, locality: list[dict], overrides: list[str], base_mod
                            stdout=log, stderr=subprocess.STDOUT)
         lives.append(memzd_once(home, log))
     ck = checkpoints(home)[0]
-    answers = ask_all(home, [q for _, q, _ in probes] + [q for q, _ in known], log)
+    routes: list = []
+    answers = ask_all(home, [q for _, q, _ in probes] + [q for q, _ in known], log, routes=routes)
     got: dict[str, list[bool]] = {}
-    for (kind, q, expected), a in zip(probes, answers):
+    for (kind, q, expected), a, route in zip(probes, answers, routes):
         if kind == "neighbours":
             ok = normalize(a) == normalize(base_of[q])
         elif kind.startswith(("old_gone", "forgotten_gone")):
@@ -333,7 +337,7 @@ def run_category(name: str, locality: list[dict], overrides: list[str], base_mod
             ok = holds(a, expected)
         got.setdefault(kind, []).append(ok)
         if verbose and not ok:
-            print(f"    miss ({kind}): {q!r} -> {a!r}" + (f" (base: {base_of[q]!r})" if kind == "neighbours"
+            print(f"    miss ({kind}, {route}): {q!r} -> {a!r}" + (f" (base: {base_of[q]!r})" if kind == "neighbours"
                                                           else f" (want {'not ' if 'gone' in kind else ''}"
                                                                f"{expected!r})"))
     a_loc = answers[len(probes):]
