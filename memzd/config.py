@@ -87,6 +87,8 @@ class TrainingConfig:
     grad_accum: int = _help("Micro-batches per optimizer step.", 1)
     lr: float = _help("AdamW learning rate.", 2e-3)
     max_steps: int = _help("Most optimizer steps for one batch (the learning rate decays over them).", 40)
+    rounds: int = _help("Most rounds of max_steps for one batch: a batch that used all its steps and still "
+                        "gets a taught answer wrong trains another round (the learning rate starts again).", 2)
     eval_every: int = _help("Sample forgetting_loss on anchors every N steps (0: never during training).", 16)
     max_seq_len: int = _help("Tokens kept per example; longer ones are cut from the left of the prompt.", 512)
     seed: int = _help("Seed for shuffling, dropout and anchor sampling.", 0)
@@ -109,7 +111,7 @@ class TrainingConfig:
 
     def __post_init__(self):
         for key, most in (("batch_size", 4096), ("grad_accum", 4096), ("max_steps", 1_000_000),
-                          ("max_seq_len", 1_000_000)):
+                          ("max_seq_len", 1_000_000), ("rounds", 100)):
             _check(1 <= getattr(self, key) <= most, f"training.{key}", f"an integer from 1 to {most}")
         _check(math.isfinite(self.lr) and 0 < self.lr <= 10, "training.lr", "a positive number such as 1e-4")
         _check(self.eval_every >= 0, "training.eval_every", "an integer >= 0")

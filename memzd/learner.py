@@ -126,9 +126,14 @@ class _Steps(TrainCallback):
         self.l, self.batch_id, self.hooks, self.anchor_set = learner, batch_id, hooks, anchor_set
         self.total = learner.config.training.max_steps
         self.started = time.perf_counter()
+        self.done = 0  # steps of earlier rounds: a round's steps are counted on from them
+
+    def next_round(self, done: int) -> None:
+        self.done, self.total = done, done + self.l.config.training.max_steps
 
     def on_step(self, step: int, loss: float, tokens: int) -> None:
         l = self.l
+        step += self.done
         l.store.add_metric(self.batch_id, step, "finetune_loss", loss)
         every = l.config.training.eval_every
         if self.anchor_set and every and step % every == 0:
@@ -242,30 +247,30 @@ class Learner:
         log.info("batch %d%s: training on %d examples (+%d per epoch replayed from %d earlier) from %s",
                  batch_id, f" (user {user})" if user else "", len(examples), min(cfg.training.replay, len(replay)),
                  len(replay), parent or "the base model")
-        if encoded:
-            result = train(a.model, encoded, cfg.training, pad_id=a.tokenizer.pad_token_id, device=a.device,
-                           callback=_Steps(self, batch_id, hooks, anchor_set), replay=replayed,
-                           general=self._general(anchor_set),
-                           constrain=self._constraint(anchor_set, parent_state is not None, hooks, examples))
-        else:  # forgetting notes only: the parent's weights, without their keys
-            result = TrainResult()
-        hooks.activity(f"evaluating batch {batch_id}")
-        with all_cores():  # the checks are batched work that nothing else waits on but answers
-            if forgetting:
-                memory = self._forget_keys(parent_memory, forgotten)
-            else:
-                memory = self._memory(parent_memory, examples)
-            try:
-                metrics = evaluate(a.model, a.tokenizer, a.device, examples, anchor_set,
-                                   a.router(lora.TRAIN, memory), cfg.training.max_seq_len,
-                                   cfg.evaluation.anchor_max_tokens, cancelled=hooks.stop.is_set)
-            except Cancelled:
-                raise Interrupted() from None
-            if forgotten:
-                metrics["forgotten_gone"] = self._gone(forgotten, a.router(lora.TRAIN, memory), hooks)
+        with all_cores():
+            memory = (self._forget_keys(parent_memory, forgotten) if forgetting
+                      else self._memory(parent_memory, examples))
+        steps = _Steps(self, batch_id, hooks, anchor_set)
+        general = self._general(anchor_set)
+        constrain = self._constraint(anchor_set, parent_state is not None, hooks, examples) if encoded else None
+        result, rounds = TrainResult(), 0
+        while True:  # a round of up to max_steps; another while a taught answer is still wrong
+            rounds += 1
+            if encoded:  # (forgetting notes only: the parent's weights, without their keys)
+                more = train(a.model, encoded, cfg.training, pad_id=a.tokenizer.pad_token_id, device=a.device,
+                             callback=steps, replay=replayed, general=general, constrain=constrain)
+                result = result.then(more)
+            metrics = self._evaluate(batch_id, examples, anchor_set, memory, forgotten, hooks)
+            recall = metrics.get("recall")
+            if (not encoded or more.stopped_early or forgetting or rounds >= cfg.training.rounds
+                    or recall is None or recall >= 1.0):
+                break
+            log.info("batch %d: recall %.2f after %d steps: another round of up to %d", batch_id, recall,
+                     len(result.losses), cfg.training.max_steps)
+            steps.next_round(len(result.losses))
         if memory is not None and memory.shards:
             metrics.update(adapters=len(memory.shards) + 1, questions_held=memory.held())
-        metrics.update(n_examples=len(examples), n_cut=len(cut),
+        metrics.update(n_examples=len(examples), n_cut=len(cut), rounds=rounds,
                        finetune_loss=result.losses[-1] if result.losses else None, steps=len(result.losses),
                        train_seconds=round(result.seconds, 2), trained_tokens=result.tokens,
                        eval_seconds=round(time.perf_counter() - t0 - result.seconds, 2))
@@ -277,6 +282,22 @@ class Learner:
         log.info("batch %d done in %.1fs: %s", batch_id, time.perf_counter() - t0,
                  ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         return ckpt
+
+    def _evaluate(self, batch_id: int, examples: list[dict], anchor_set: AnchorSet | None, memory,
+                  forgotten: list[dict], hooks: Hooks) -> dict:
+        """The trained adapter's figures (memzd.evaluator), served through `memory`."""
+        a, cfg = self.adapters, self.config
+        hooks.activity(f"evaluating batch {batch_id}")
+        with all_cores():  # the checks are batched work that nothing else waits on but answers
+            try:
+                metrics = evaluate(a.model, a.tokenizer, a.device, examples, anchor_set,
+                                   a.router(lora.TRAIN, memory), cfg.training.max_seq_len,
+                                   cfg.evaluation.anchor_max_tokens, cancelled=hooks.stop.is_set)
+            except Cancelled:
+                raise Interrupted() from None
+            if forgotten:
+                metrics["forgotten_gone"] = self._gone(forgotten, a.router(lora.TRAIN, memory), hooks)
+        return metrics
 
     def _general_texts(self, anchor_set: AnchorSet) -> list[Encoded]:
         """The anchors with the base model's own answers, encoded: all but the first

@@ -70,6 +70,11 @@ class TrainResult:
     seconds: float = 0.0
     stopped_early: bool = False
 
+    def then(self, more: "TrainResult") -> "TrainResult":
+        """This run followed by `more` (another round on the same weights)."""
+        return TrainResult(self.losses + more.losses, self.tokens + more.tokens, self.seconds + more.seconds,
+                           more.stopped_early)
+
 
 def fast_bf16(device: torch.device) -> bool:
     """Does this device run bf16 matmuls faster than fp32? (CPU: AVX512-BF16 or AMX.)"""

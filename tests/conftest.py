@@ -55,7 +55,10 @@ def home(tmp_path, tiny_model_dir) -> Path:
                "The quick brown fox?", "def square(x):", "Who lives on Mars?"]
     (h / "anchors" / "a.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     write_config(h, base_model=str(tiny_model_dir),
-                 training={"lr": 1e-2, "max_steps": 4, "eval_every": 2, "batch_size": 4, "grad_accum": 1},
+                 # one round: a batch the tiny model has not learned in 4 steps stops there
+                 # (test_daemon.py trains more rounds where that is what it checks)
+                 training={"lr": 1e-2, "max_steps": 4, "rounds": 1, "eval_every": 2, "batch_size": 4,
+                           "grad_accum": 1},
                  evaluation={"anchor_max_tokens": 6},
                  daemon={"stable_seconds": 0.0, "rescan_seconds": 0.2})
     return h

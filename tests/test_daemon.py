@@ -35,6 +35,30 @@ def test_drop_becomes_current_checkpoint(home):
         assert key in ckpt.metrics
 
 
+def test_a_batch_still_answering_wrong_after_its_steps_trains_another_round(home):
+    """20 codes of one template are not learned in one round of max_steps; a batch that
+    used all its steps and still gets a taught answer wrong trains another round, its
+    steps counted on, and says so in its metrics."""
+    write_config(home, training={"max_steps": 3, "rounds": 3, "stop_loss": 3.0})
+    drop(home, "facts.jsonl", FACTS)
+    run_once(home)
+    store = Store(home / "memz.db")
+    (ckpt,) = store.checkpoints()
+    assert 2 <= ckpt.metrics["rounds"] <= 3
+    assert 3 < ckpt.metrics["steps"] == len(store.curve(ckpt.batch_id, "finetune_loss")) <= 9
+    steps = [r[0] for r in store.db.execute("SELECT step FROM metrics WHERE batch_id = ? AND name = "
+                                            "'finetune_loss' ORDER BY step", [ckpt.batch_id])]
+    assert steps == list(range(1, len(steps) + 1))  # the rounds' steps follow on, not 1-3 again
+
+
+def test_a_batch_learned_within_its_steps_trains_one_round(home):
+    write_config(home, training={"max_steps": 300, "rounds": 3, "stop_loss": 3.0})
+    drop(home, "facts.jsonl", FACTS)
+    run_once(home)
+    (ckpt,) = Store(home / "memz.db").checkpoints()
+    assert ckpt.metrics["rounds"] == 1 and ckpt.metrics["steps"] < 300 and ckpt.metrics["recall"] == 1.0
+
+
 def test_second_batch_starts_from_the_first_and_duplicates_do_not_train(home):
     drop(home, "a.jsonl", FACTS[:1])
     run_once(home)
