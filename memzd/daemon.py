@@ -138,7 +138,8 @@ class Daemon:
         self.adapters = Adapters(self.home, self.store, model, base.tokenizer, base.device, base.name,
                                  self.config.routing)
         self.answerer = Answerer(self.home, self.store, self.adapters, self.config.daemon.max_request_bytes,
-                                 self.config.daemon.max_prompt_tokens)
+                                 self.config.daemon.max_prompt_tokens,
+                                 getattr(base.model.config, "max_position_embeddings", None))
         self.learner = Learner(self.home, self.store, self.config, self.adapters, base.name, info)
         self.hooks = Hooks(between=self.serve_requests, stop=self.stop, activity=self.set_activity)
         self.adapters.serving()  # loads it; one that cannot serve is rolled back to its parent

@@ -167,9 +167,10 @@ class Answerer:
     """Answers questions with the checkpoint that serves (or a pinned one)."""
 
     def __init__(self, home: Home, store: Store, adapters: Adapters, max_request_bytes: int,
-                 max_prompt_tokens: int):
+                 max_prompt_tokens: int, context: int | None = None):
         self.home, self.store, self.adapters = home, store, adapters
         self.max_request_bytes, self.max_prompt_tokens = max_request_bytes, max_prompt_tokens
+        self.context = context  # the most tokens the base model reads (None: not known)
         self.answered = 0
 
     def _prepare(self, q: Question) -> tuple[list[int], str | None, str | None, str]:
@@ -180,6 +181,10 @@ class Answerer:
         if len(ids) > self.max_prompt_tokens:
             raise RequestError("too_long", f"the prompt is {len(ids)} tokens; the limit is "
                                f"{self.max_prompt_tokens} (daemon.max_prompt_tokens)")
+        if self.context and len(ids) >= self.context:  # past it a model's answers fall apart
+            raise RequestError("too_long", f"the prompt is {len(ids)} tokens; the base model reads at most "
+                               f"{self.context} tokens, its answer included (daemon.max_prompt_tokens is "
+                               f"{self.max_prompt_tokens})")
         if q.checkpoint is not None:  # pinned: that checkpoint's route
             ckpt = q.checkpoint
             pinned = self.store.checkpoint(ckpt)

@@ -182,6 +182,18 @@ def test_a_prompt_over_the_token_cap_is_refused_with_its_size(home):
     assert answer["error"]["code"] == "too_long" and "max_prompt_tokens" in answer["error"]["message"]
 
 
+def test_a_prompt_longer_than_the_base_model_reads_is_refused_under_a_larger_cap(home):
+    """daemon.max_prompt_tokens (4096 by default) may be more than the base model reads
+    (the tiny model: 256 positions): such a prompt is refused, not answered with garbage."""
+    h = Home(home)
+    write_json_atomic(h.requests / "long.json", {"prompt": "word " * 400})
+    write_json_atomic(h.requests / "short.json", {"prompt": "word " * 10, "max_tokens": 2})
+    run_once(home)
+    answer = json.loads((h.responses / "long.json").read_text())
+    assert answer["error"]["code"] == "too_long" and "reads at most 256 tokens" in answer["error"]["message"]
+    assert "response" in json.loads((h.responses / "short.json").read_text())
+
+
 def test_status_says_since_when_a_phase_runs_not_since_its_last_step(home, monkeypatch):
     clock = iter(f"2026-01-01T00:00:{s:02d}Z" for s in range(60))
     monkeypatch.setattr("memzd.daemon.utcnow", lambda: next(clock))
