@@ -13,9 +13,11 @@ import importlib.metadata
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -174,12 +176,24 @@ def load_base(base_model: str, backend: str = "auto", base_dtype: str = "fp32", 
         if offline and not (path / "config.json").is_file():
             raise ConfigError(f"config.yaml: base_model '{base_model}' is a folder without config.json, "
                               "not a transformers model folder")
-    kwargs = {"local_files_only": True} if offline else {}
-    try:
+    def from_pretrained(local_only: bool):
+        kwargs = {"local_files_only": True} if local_only else {}
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         # safetensors only: a pickled pytorch_model.bin could run code as it loads
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
-                                                     quantization_config=quant, **placement, **kwargs)
+        return tokenizer, AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
+                                                               quantization_config=quant, **placement, **kwargs)
+
+    try:
+        try:  # a hub id already in the local cache loads without the network (and its retries)
+            tokenizer, model = from_pretrained(local_only=True)
+        except OSError:
+            if offline:
+                raise
+            unreachable = _hub_unreachable()
+            if unreachable:
+                raise ConfigError(f"config.yaml: base_model '{base_model}' is not in the local cache and "
+                                  f"{unreachable} cannot be reached to download it") from None
+            tokenizer, model = from_pretrained(local_only=False)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"config.yaml: base_model '{base_model}' could not be loaded: {exc}") from exc
     if tokenizer.pad_token_id is None:
@@ -193,6 +207,21 @@ def load_base(base_model: str, backend: str = "auto", base_dtype: str = "fp32", 
             "parameters": sum(p.numel() for p in model.parameters()),
             "memory_bytes": int(model.get_memory_footprint())}
     return BaseModel(model=model, tokenizer=tokenizer, name=base_model_name(base_model), device=device, info=info)
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """The hub's host when a connection to it fails at once (no network: transformers
+    would retry for ~50 s before saying so), else None. Behind a proxy, None: only
+    the proxy knows."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)),
+                                 timeout=timeout).close()
+    except OSError:
+        return url.hostname
+    return None
 
 
 def load_base_for(config) -> BaseModel:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import time
 
 import pytest
 import torch
@@ -86,6 +88,37 @@ def test_a_base_folder_that_is_no_model_is_refused_by_name(tmp_path):
         load_base(str(tmp_path), "cpu")
     with pytest.raises(ConfigError, match="no such folder"):  # a path that is not there: said, no hub lookup
         load_base(str(tmp_path / "nowhere"), "cpu")
+
+
+def _hub_without_network(monkeypatch, tmp_path):
+    """No hub to reach (a port nothing listens on), a hub cache of our own, and the
+    offline switches the fixtures set taken off, as on a laptop without network."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    cache = tmp_path / "hub"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_a_hub_id_neither_cached_nor_reachable_is_refused_at_once(monkeypatch, tmp_path):
+    _hub_without_network(monkeypatch, tmp_path)
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="not in the local cache and 127.0.0.1 cannot be reached"):
+        load_base("someorg/no-such-model", "cpu")
+    assert time.perf_counter() - started < 20  # not the hub client's ~50 s of retries
+
+
+def test_a_hub_id_in_the_local_cache_loads_without_the_network(monkeypatch, tmp_path, tiny_model_dir):
+    cache = _hub_without_network(monkeypatch, tmp_path)
+    snapshot = cache / "models--someorg--tiny" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_model_dir, snapshot)
+    (cache / "models--someorg--tiny" / "refs").mkdir()
+    (cache / "models--someorg--tiny" / "refs" / "main").write_text("0" * 40)
+    base = load_base("someorg/tiny", "cpu")
+    assert base.name == "someorg/tiny" and base.info["parameters"] > 0
 
 
 def test_a_lora_module_the_base_lacks_is_refused_by_name(tiny_model_dir):
