@@ -260,7 +260,9 @@ def status(ctx: typer.Context, as_json: bool = _JSON, user: Optional[str] = _USE
               + (f", {hw['quantization']}" if hw.get("quantization") not in (None, "none") else "") + ")")
     if data["latest"]["recall"] is not None:
         recall = data["latest"]["recall"]
+        rounds = data["latest"].get("rounds") or 1
         t.add_row("learned", f"recall {recall:.2f}: the share of the latest batch's answers it gives back"
+                  + (f", after {rounds} rounds of training (training.rounds)" if rounds > 1 else "")
                   + ("" if recall >= 0.9 else " [yellow](much of it not learned: see memzctl checkpoints)[/]"))
     fs = data["forgetting_summary"]
     t.add_row("forgetting", f"served: anchor_ce_delta {_fmt(fs['anchor_ce_delta'])}, "

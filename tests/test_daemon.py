@@ -49,6 +49,8 @@ def test_a_batch_still_answering_wrong_after_its_steps_trains_another_round(home
     steps = [r[0] for r in store.db.execute("SELECT step FROM metrics WHERE batch_id = ? AND name = "
                                             "'finetune_loss' ORDER BY step", [ckpt.batch_id])]
     assert steps == list(range(1, len(steps) + 1))  # the rounds' steps follow on, not 1-3 again
+    status = CliRunner().invoke(app, ["--home", str(home), "status"]).output
+    assert f"after {ckpt.metrics['rounds']} rounds of training" in status
 
 
 def test_a_batch_learned_within_its_steps_trains_one_round(home):
