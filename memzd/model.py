@@ -179,9 +179,12 @@ def load_base(base_model: str, backend: str = "auto", base_dtype: str = "fp32", 
     def from_pretrained(local_only: bool):
         kwargs = {"local_files_only": True} if local_only else {}
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        # (the adapter lookup of from_pretrained does not take local_files_only from the rest: said twice)
+        adapter = {"adapter_kwargs": kwargs} if local_only else {}
         # safetensors only: a pickled pytorch_model.bin could run code as it loads
         return tokenizer, AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
-                                                               quantization_config=quant, **placement, **kwargs)
+                                                               quantization_config=quant, **placement, **kwargs,
+                                                               **adapter)
 
     try:
         try:  # a hub id already in the local cache loads without the network (and its retries)
