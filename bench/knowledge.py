@@ -364,7 +364,8 @@ def run_growth(facts: list[dict], locality: list[dict], overrides: list[str], ba
     """Batches of 10 facts one after another (2 of 1 when quick), asked once, after the last.
 
     slowdown: drop->live of the last batch over the first (each a `memzd --once`, start-up
-    included); work_slowdown: the same for training plus the checks after it alone."""
+    included); work_slowdown: the same for training plus the checks after it alone;
+    step_slowdown: the same for the seconds of one training step."""
     size = 1 if quick else 10
     batches = [facts[i:i + size] for i in range(0, len(facts), size)]
     home = new_home("growth", overrides, base_model)
@@ -381,7 +382,8 @@ def run_growth(facts: list[dict], locality: list[dict], overrides: list[str], ba
         m = checkpoints(home)[0]["metrics"]
         work = (m.get("train_seconds") or 0) + (m.get("eval_seconds") or 0)
         rounds.append({"batch": i, "drop_to_live_s": round(live, 1), "work_s": round(work, 1),
-                       "steps": m.get("steps"), "n_examples": m.get("n_examples")})
+                       "train_s": m.get("train_seconds") or 0, "steps": m.get("steps"),
+                       "n_examples": m.get("n_examples"), "rounds": m.get("rounds")})
         print(f"[growth] batch {i}: drop->live {live:.1f}s (training + checks {work:.1f}s, {m.get('steps')} steps "
               f"on {m.get('n_examples')} examples)", flush=True)
     taught = [(t["input"], f["answer"], b) for b, batch in enumerate(batches) for f in batch for t in f["teach"]]
@@ -401,6 +403,10 @@ def run_growth(facts: list[dict], locality: list[dict], overrides: list[str], ba
     figures = {k: sum(v) / len(v) for k, v in got.items() if v}
     figures["slowdown"] = rounds[-1]["drop_to_live_s"] / rounds[0]["drop_to_live_s"]
     figures["work_slowdown"] = rounds[-1]["work_s"] / max(rounds[0]["work_s"], 1e-9)
+    # A batch's second round (training.rounds) is a cost of what it holds, not of how long the
+    # lineage is: the cost of a training step, last batch over the first, says the latter alone.
+    per_step = [r["train_s"] / max(r["steps"] or 1, 1) for r in (rounds[0], rounds[-1])]
+    figures["step_slowdown"] = per_step[1] / max(per_step[0], 1e-9)
     log.close()
     done_with(home, keep)
     return {"category": "growth", "items": len(facts), "figures": figures, "counts": {k: len(v) for k, v in got.items()},
