@@ -223,6 +223,8 @@ _ASKING = {"what", "which", "who", "whom", "whose", "where", "when", "why", "how
 _PERSON = {"i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself", "am": "are",
            "i'm": "you're", "i've": "you've", "i'll": "you'll", "i'd": "you'd", "we": "you", "us": "you",
            "our": "your", "ours": "yours", "we're": "you're"}
+# "I" is written in capitals wherever it stands: it is neither a name nor a sentence's start.
+_I = {"i", "i'm", "i've", "i'll", "i'd"}
 _DETERMINERS = {"the", "a", "an", "my", "your", "his", "her", "its", "our", "their", "this", "that"}
 # Capitalised words that open a sentence without being part of a name ("In New York City.").
 _OPENERS = _PLACE | _DETERMINERS | _PERSON.keys() | {"on", "by", "with", "for", "and", "but", "since", "after",
@@ -265,24 +267,27 @@ def second_person(text: str) -> str:
     """'My sister lives in Lisbon' -> 'Your sister lives in Lisbon' (the assistant's voice)."""
     def swap(m: re.Match) -> str:
         word = m.group(0)
-        new = _PERSON.get(word.lower().replace("’", "'"))
+        lower = word.lower().replace("’", "'")
+        new = _PERSON.get(lower)
         if new is None:
             return word
-        return new.capitalize() if word[0].isupper() else new
+        return new.capitalize() if word[0].isupper() and lower not in _I else new
     text = re.sub(r"\b[A-Za-z]+(?:['’][a-z]+)?\b", swap, text)
     text = re.sub(r"\b([Yy]ou) was\b", r"\1 were", text)  # "I was born" -> "you were born"
     return text[0].upper() + text[1:] if text else text
 
 
 def _spans(tokens: list[str]) -> list[tuple[int, int]]:
-    """Answer spans: runs of capitalised words after the first word, and numbers."""
+    """Answer spans: runs of capitalised words after the first word ("I" is none), and numbers."""
+    def named(t: str) -> bool:
+        return (t[0].isupper() and t.lower().replace("’", "'") not in _I) or bool(_NUMBER.search(t))
+
     spans, i = [], 1
     while i < len(tokens):
         t = tokens[i]
-        if t[0].isupper() or _NUMBER.search(t):
+        if named(t):
             j = i + 1
-            while j < len(tokens) and (tokens[j][0].isupper() or _NUMBER.search(tokens[j])
-                                       or tokens[j].lower() in ("am", "pm")):
+            while j < len(tokens) and (named(tokens[j]) or tokens[j].lower() in ("am", "pm")):
                 j += 1
             # A name that opens the sentence after a determiner is its subject ("The
             # Eiffel Tower is in Rome"): "The what is in Rome?" reads badly and routes poorly.
@@ -330,7 +335,7 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
         before, after = tokens[:a], tokens[b:]
         if _WHEN.match(key):
             wh = "when"
-            if before and before[-1].lower() in ("on", "in", "at", "since", "by"):
+            if before and before[-1].lower() in ("on", "in", "at", "by"):  # "since when" keeps its since
                 before = before[:-1]
         elif before and before[-1].lower() in _PLACE:
             wh, before = "where", before[:-1]

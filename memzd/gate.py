@@ -47,6 +47,10 @@ KEY_TOKENS = 512  # a key reads at most the last this many tokens of a question.
 KEY_CHARS = 8 * KEY_TOKENS  # ...cut from at most this many characters before tokenising
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
 _POSSESSIVE = re.compile(r"(\w)'s?\b")
+# "I've", "you're", "don't": the word before the apostrophe is the word ("I" is the
+# first person, "do" a function word), not "Ive" (a capitalised rare word: a name).
+_CONTRACTION = re.compile(r"\b(\w+?)(?:n't|'m|'re|'ve|'ll|'d)\b", re.IGNORECASE)
+_NEGATIONS = {"can't": "can", "won't": "will", "shan't": "shall", "ain't": "is"}
 
 # The reference set: general prompts whose keys say what "general knowledge"
 # looks like. Kept apart from the anchors and the benchmark's questions, so
@@ -128,7 +132,9 @@ REFERENCE_PROMPTS = [
 
 
 def _words(text: str) -> list[str]:
-    text = _POSSESSIVE.sub(r"\1", text.replace("\u2019", "'"))
+    text = text.replace("\u2019", "'")
+    text = _CONTRACTION.sub(lambda m: _NEGATIONS.get(m.group(0).lower(), m.group(1)), text)
+    text = _POSSESSIVE.sub(r"\1", text)
     return [w.strip("-") for w in _WORD.findall(text) if w.strip("-")]
 
 

@@ -48,6 +48,12 @@ def test_a_question_and_answer_pair_still_learns_only_its_answer(tokenizer):
     ("My favourite colour is green.", "My favourite colour is what?", "Your favourite colour is green."),
     ("I have 3 brothers.", "I have how many brothers?", "You have 3 brothers."),
     ("My dentist is Dr. Okonkwo.", "My dentist is what?", "Your dentist is Dr. Okonkwo."),
+    # "I" mid-sentence is the speaker, not a name to ask for, and "you" there is lower case
+    ("My partner and I got married in Tallinn.", "My partner and I got married where?",
+     "Your partner and you got married in Tallinn."),
+    ("Since 2019 I have lived in Kyoto.", "Since when I have lived in Kyoto?", "Since 2019 you have lived in Kyoto."),
+    ("On Mondays I swim at the Corrow pool.", "When I swim at the Corrow pool?",
+     "On Mondays you swim at the Corrow pool."),
 ])
 def test_questions_are_written_about_a_statement(statement, question, answer):
     assert (question, answer) in [(q, a) for q, a, _ in ex.questions_about(statement)]
@@ -169,6 +175,15 @@ def test_a_personal_question_keys_only_questions_in_the_first_person():
     assert score("What did I name my dog?") == 1.0
     assert score("What is a good name for a dog?") == 0.0  # same words, not about the asker's dog
     assert gate.distinctive_words(tok, "Where does Zorblax live?") == ["zorblax"]  # third person: no marker
+
+
+def test_a_contraction_keys_as_its_words_and_i_as_the_first_person():
+    tok = _Plain()
+    assert gate.distinctive_words(tok, "When I've lived in Kyoto?") == ["kyoto", gate.PERSONAL]  # not "ive"
+    assert gate.distinctive_words(tok, "I don't eat what?") == ["eat", gate.PERSONAL]  # not "dont"
+    assert gate.distinctive_words(tok, "Why can't Zorblax sleep?") == ["zorblax"]
+    words = gate.query_words("I'm cold and I’ve got a cough, what helps?")
+    assert {"i", gate.PERSONAL} <= words and not {"im", "ive"} & words
 
 
 class _Plain:
