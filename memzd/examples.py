@@ -135,8 +135,8 @@ def _messages(messages: Any) -> list[dict]:
 
 
 def _said(messages: list[dict]) -> str:
-    """What the user states in a conversation with no assistant turn, as one note (their
-    stated turns of three words or more); refused when there is none."""
+    """What the user states in a conversation with no assistant turn, as one note (the
+    sentences of their turns that tell, of three words or more); refused when there is none."""
     said = [t.strip() for t in _stated(messages) if len(t.split()) >= 3]
     if not said:
         raise ExampleError("'messages' has no assistant turn to learn from, and the user states nothing "
@@ -225,12 +225,13 @@ _PERSON = {"i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yo
            "our": "your", "ours": "yours", "we're": "you're"}
 # "I" is written in capitals wherever it stands: it is neither a name nor a sentence's start.
 _I = {"i", "i'm", "i've", "i'll", "i'd"}
+_IN_NAMES = {"&", "of", "de", "van", "von", "da", "del"}  # "Fenwick & Co", "Isle of Man"
 _DETERMINERS = {"the", "a", "an", "my", "your", "his", "her", "its", "our", "their", "this", "that"}
 # Capitalised words that open a sentence without being part of a name ("In New York City.").
 _OPENERS = _PLACE | _DETERMINERS | _PERSON.keys() | {"on", "by", "with", "for", "and", "but", "since", "after",
                                                       "before", "until", "during", "then", "yes", "no", "it", "she",
                                                       "he", "they", "we", "there", "here", "now", "today"}
-_SENTENCE = re.compile(r"(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bSt\.)(?<!\bMrs\.)(?<=[.!;])\s+|\n+")
+_SENTENCE = re.compile(r"(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bSt\.)(?<!\bMrs\.)(?<=[.!;?])\s+|\n+")
 _TOKEN = re.compile(r"(?:Dr|Mr|Ms|Mrs|St)\.|[A-Za-z0-9][\w'’:\-]*|[^\sA-Za-z0-9]")
 _NUMBER = re.compile(r"\d")
 MAX_STATEMENT_CHARS = 300  # longer sentences are taught as they are, with no questions about them
@@ -239,28 +240,36 @@ MAX_WRITTEN = 16           # ...and per example: a long note costs training time
 SHORT = 3                  # an answer of at most this many words is itself a value (same_fact)
 
 
+def sentences(text: str) -> list[tuple[str, bool]]:
+    """The text cut into its sentences, each with the space before it (so the pieces join
+    back into the text), and whether it tells (True) or asks (it ends in a question mark):
+    "I adopted a kitten named Mochi. Any tips?" tells one thing and asks another."""
+    cuts = [0] + [m.start() for m in _SENTENCE.finditer(text)] + [len(text)]
+    pieces = [text[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+    return [(p, not p.rstrip().endswith("?")) for p in pieces]
+
+
 def is_statement(text: str) -> bool:
-    """A user turn that tells rather than asks (it does not end in a question mark)."""
-    return not text.rstrip().endswith("?")
+    """A user turn that tells something (a sentence of it does not end in a question mark)."""
+    return any(tells and piece.strip() for piece, tells in sentences(text))
 
 
 def _stated(messages: list[dict]) -> list[str]:
-    """The user turns of a conversation that tell rather than ask."""
-    return [m["content"] for m in messages if m["role"] == "user" and is_statement(m["content"])]
+    """The sentences of a conversation's user turns that tell rather than ask."""
+    return [piece.strip() for m in messages if m["role"] == "user"
+            for piece, tells in sentences(m["content"]) if tells and piece.strip()]
 
 
 def statements(data: dict) -> list[str]:
-    """What an example states: a note's sentences, or the user's non-question turns."""
+    """What an example states: the sentences of a note, or of the user's turns, that tell
+    rather than ask (three words or more)."""
     if "text" in data:
-        texts = [data["text"]]
+        said = [piece.strip() for piece, tells in sentences(data["text"]) if tells]
     elif "messages" in data:
-        texts = _stated(data["messages"])
+        said = _stated(data["messages"])
     else:
         return []
-    out = []
-    for text in texts:
-        out += [s.strip() for s in _SENTENCE.split(text) if len(s.strip().split()) >= 3]
-    return out
+    return [s for s in said if len(s.split()) >= 3]
 
 
 def second_person(text: str) -> str:
@@ -269,8 +278,8 @@ def second_person(text: str) -> str:
         word = m.group(0)
         lower = word.lower().replace("’", "'")
         new = _PERSON.get(lower)
-        if new is None:
-            return word
+        if new is None or (lower == "am" and not re.search(r"\bI\s+$", m.string[:m.start()])):
+            return word  # "6:30 am" is a time; only "I am" is the speaker
         return new.capitalize() if word[0].isupper() and lower not in _I else new
     text = re.sub(r"\b[A-Za-z]+(?:['’][a-z]+)?\b", swap, text)
     text = re.sub(r"\b([Yy]ou) was\b", r"\1 were", text)  # "I was born" -> "you were born"
@@ -287,7 +296,8 @@ def _spans(tokens: list[str]) -> list[tuple[int, int]]:
         t = tokens[i]
         if named(t):
             j = i + 1
-            while j < len(tokens) and (named(tokens[j]) or tokens[j].lower() in ("am", "pm")):
+            while j < len(tokens) and (named(tokens[j]) or tokens[j].lower() in ("am", "pm")
+                                       or (tokens[j] in _IN_NAMES and j + 1 < len(tokens) and named(tokens[j + 1]))):
                 j += 1
             # A name that opens the sentence after a determiner is its subject ("The
             # Eiffel Tower is in Rome"): "The what is in Rome?" reads badly and routes poorly.

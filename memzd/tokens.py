@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from .examples import is_statement, to_chat
+from .examples import is_statement, sentences, to_chat
 
 IGNORE = -100
 
@@ -62,7 +62,8 @@ def encode(data: dict, tokenizer, max_len: int) -> Encoded:
     for i, message in enumerate(chat):
         if message["role"] == "user" and is_statement(message["content"]):
             # What the user states is memory: the loss is on its words (not on the
-            # template around them), as on an answer; a question is only context.
+            # template around them), as on an answer; a question is only context,
+            # also a question asked in the same turn ("... named Mochi. Any tips?").
             upto = _render(tokenizer, chat[: i + 1], add_generation_prompt=False)
             if not upto.startswith(done):
                 raise ValueError("this tokenizer's chat template does not render turn by turn")
@@ -71,9 +72,12 @@ def encode(data: dict, tokenizer, max_len: int) -> Encoded:
             if at < len(done):  # the template rewrote the content: it stays context
                 continue
             context = _ids(tokenizer, upto[len(done):at])
-            stated = _ids(tokenizer, content)
-            ids += context + stated
-            labels += [IGNORE] * len(context) + stated
+            ids += context
+            labels += [IGNORE] * len(context)
+            for piece, tells in sentences(content):
+                piece_ids = _ids(tokenizer, piece)
+                ids += piece_ids
+                labels += piece_ids if tells else [IGNORE] * len(piece_ids)
             done = upto[:at + len(content)]
             continue
         if message["role"] != "assistant":

@@ -34,6 +34,18 @@ def test_what_the_user_states_is_learned_and_what_they_ask_is_not(tokenizer):
     assert tokenizer.decode(enc.input_ids).count("Mochi") == 1
 
 
+def test_a_statement_and_a_question_in_one_turn_learn_the_statement(tokenizer):
+    turn = "Hi! I just adopted a kitten named Mochi. Any tips for her first week?"
+    chat = {"messages": [{"role": "user", "content": turn}, {"role": "assistant", "content": "Let her hide."}]}
+    text = learned(encode(chat, tokenizer, 512), tokenizer)
+    assert "I just adopted a kitten named Mochi." in text and "Let her hide." in text
+    assert "tips" not in text  # the question asked in the same turn is context
+    assert ex.statements(chat) == ["I just adopted a kitten named Mochi."]
+    assert ("I just adopted a kitten named what?", "You just adopted a kitten named Mochi.") in [
+        (d["input"], d["output"]) for d in ex.derived(chat)]
+    assert tokenizer.decode(encode(chat, tokenizer, 512).input_ids).count(turn) == 1  # the turn, whole
+
+
 def test_a_question_and_answer_pair_still_learns_only_its_answer(tokenizer):
     enc = encode({"input": "Where does Zorblax live?", "output": "On Mars."}, tokenizer, 512)
     assert learned(enc, tokenizer) == "On Mars.<|im_end|>"
