@@ -212,7 +212,10 @@ _PLACE = {"in", "at", "near", "from", "to", "into", "inside", "outside", "behind
 _WHEN = re.compile(r"^(?:1\d{3}|20\d\d|monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
                    r"mondays|tuesdays|wednesdays|thursdays|fridays|saturdays|sundays|january|february|"
                    r"march|april|may|june|july|august|september|october|november|december|"
-                   r"\d{1,2}(?::\d\d)?\s*(?:am|pm)|\d{1,2}:\d\d)$", re.I)
+                   r"\d{1,2}(?::\d\d)?\s*(?:am|pm)|\d{1,2}:\d\d|"
+                   r"(?:january|february|march|april|may|june|july|august|september|october|november|december)"
+                   r"\s+\d{1,2}(?:st|nd|rd|th)?|\d{1,2}(?:st|nd|rd|th)?\s+(?:january|february|march|april|may|"
+                   r"june|july|august|september|october|november|december))(?:,?\s+\d{4})?$", re.I)
 # Words of a question that say nothing of what it is about, as _asks stems them
 # ("called" -> "call"; "does", "was", "this" are too short to stem).
 _ASKING = {"what", "which", "who", "whom", "whose", "where", "when", "why", "how", "does", "did", "the", "and",
@@ -225,6 +228,7 @@ _PERSON = {"i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yo
            "our": "your", "ours": "yours", "we're": "you're"}
 # "I" is written in capitals wherever it stands: it is neither a name nor a sentence's start.
 _I = {"i", "i'm", "i've", "i'll", "i'd"}
+_AFTER = _PLACE | {"of", "with", "for", "about", "on", "by"}  # ...a value that ends a sentence
 _IN_NAMES = {"&", "of", "de", "van", "von", "da", "del"}  # "Fenwick & Co", "Isle of Man"
 _DETERMINERS = {"the", "a", "an", "my", "your", "his", "her", "its", "our", "their", "this", "that"}
 # Capitalised words that open a sentence without being part of a name ("In New York City.").
@@ -316,6 +320,15 @@ def _spans(tokens: list[str]) -> list[tuple[int, int]]:
                 end -= 1
             if links[-1] + 1 < end:
                 spans.append((links[-1] + 1, end))
+    if not spans:  # "I'm allergic to walnuts": the last words after a preposition, up to 3
+        end = len(tokens)
+        while end and not tokens[end - 1][0].isalnum():
+            end -= 1
+        start = end
+        while start > 1 and tokens[start - 1][0].isalnum() and tokens[start - 1].lower() not in _AFTER:
+            start -= 1
+        if start > 1 and tokens[start - 1].lower() in _AFTER and 0 < end - start <= 3:
+            spans.append((start, end))
     return spans
 
 
@@ -345,8 +358,12 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
         before, after = tokens[:a], tokens[b:]
         if _WHEN.match(key):
             wh = "when"
+            if before and before[-1].lower() in ("last", "next", "this", "every"):  # "last June": when?
+                before = before[:-1]
             if before and before[-1].lower() in ("on", "in", "at", "by"):  # "since when" keeps its since
                 before = before[:-1]
+        elif key[0].islower() and not _NUMBER.search(key):  # a plain value: "allergic to what?"
+            wh = "what"
         elif before and before[-1].lower() in _PLACE:
             wh, before = "where", before[:-1]
         elif _NUMBER.search(key) and not before[-1:] in (["is"], ["are"], ["was"]):

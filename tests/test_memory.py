@@ -66,6 +66,14 @@ def test_a_question_and_answer_pair_still_learns_only_its_answer(tokenizer):
     ("Since 2019 I have lived in Kyoto.", "Since when I have lived in Kyoto?", "Since 2019 you have lived in Kyoto."),
     ("On Mondays I swim at the Corrow pool.", "When I swim at the Corrow pool?",
      "On Mondays you swim at the Corrow pool."),
+    ("I usually wake up at 6:30 am.", "I usually wake up when?", "You usually wake up at 6:30 am."),  # not "are"
+    ("I work at Fenwick & Co as an engineer.", "I work where as an engineer?",
+     "You work at Fenwick & Co as an engineer."),
+    ("We got married in Tallinn last June.", "We got married in Tallinn when?", "You got married in Tallinn last June."),
+    ("I'm flying to Oslo on March 3.", "I'm flying to Oslo when?", "You're flying to Oslo on March 3."),
+    # no name, number or "is": the value after the last preposition
+    ("I don't eat meat, and I'm allergic to walnuts.", "I don't eat meat, and I'm allergic to what?",
+     "You don't eat meat, and you're allergic to walnuts."),
 ])
 def test_questions_are_written_about_a_statement(statement, question, answer):
     assert (question, answer) in [(q, a) for q, a, _ in ex.questions_about(statement)]
