@@ -68,6 +68,7 @@ class RepetitionGuard(StoppingCriteria):
                  window: int = 64, gram: int = 6, fresh: int = 3):
         self.prompt_len, self.period, self.times, self.span = prompt_len, period, times, span
         self.window, self.gram, self.fresh = window, gram, fresh
+        self.reread = 6 * window  # how much of the answer _retelling reads: a loop retells what came shortly before
 
     def looping(self, tokens: list[int]) -> bool:
         for p in range(1, self.period + 1):
@@ -80,7 +81,7 @@ class RepetitionGuard(StoppingCriteria):
         return self._retelling(tokens)
 
     def _retelling(self, tokens: list[int]) -> bool:
-        tokens = tokens[-6 * self.window:]  # a loop retells what came shortly before (this stays cheap)
+        tokens = tokens[-self.reread:]  # (this stays cheap)
         start = len(tokens) - self.window
         if start < self.window:  # an answer at least twice the window: there is something to retell
             return False
@@ -92,7 +93,7 @@ class RepetitionGuard(StoppingCriteria):
         return new <= self.fresh
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-        tail = max(self.period * self.times, self.span, 6 * self.window)  # all that looping() reads
+        tail = max(self.period * self.times, self.span, self.reread)  # all that looping() reads
         rows = input_ids[:, max(self.prompt_len, input_ids.shape[1] - tail):].tolist()
         return torch.tensor([self.looping(r) for r in rows], dtype=torch.bool, device=input_ids.device)
 

@@ -179,12 +179,11 @@ def load_base(base_model: str, backend: str = "auto", base_dtype: str = "fp32", 
     def from_pretrained(local_only: bool):
         kwargs = {"local_files_only": True} if local_only else {}
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        # (the adapter lookup of from_pretrained does not take local_files_only from the rest: said twice)
-        adapter = {"adapter_kwargs": kwargs} if local_only else {}
-        # safetensors only: a pickled pytorch_model.bin could run code as it loads
+        # safetensors only: a pickled pytorch_model.bin could run code as it loads; the adapter
+        # lookup inside does not take local_files_only from the rest, so it is said twice
         return tokenizer, AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
                                                                quantization_config=quant, **placement, **kwargs,
-                                                               **adapter)
+                                                               adapter_kwargs=kwargs)
 
     try:
         try:  # a hub id already in the local cache loads without the network (and its retries)
