@@ -236,7 +236,8 @@ _OPENERS = _PLACE | _DETERMINERS | _PERSON.keys() | {"on", "by", "with", "for", 
                                                       "before", "until", "during", "then", "yes", "no", "it", "she",
                                                       "he", "they", "we", "there", "here", "now", "today"}
 _SENTENCE = re.compile(r"(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bSt\.)(?<!\bMrs\.)(?<=[.!;?])\s+|\n+")
-_TOKEN = re.compile(r"(?:Dr|Mr|Ms|Mrs|St)\.|[A-Za-z0-9][\w'’:\-]*|[^\sA-Za-z0-9]")
+_TOKEN = re.compile(r"(?:Dr|Mr|Ms|Mrs|St)\.|\+?[A-Za-z0-9][\w'’:\-]*|[^\sA-Za-z0-9]")  # "+44": a number
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")  # "- Mum's birthday is 12 May", "2) ..."
 _NUMBER = re.compile(r"\d")
 MAX_STATEMENT_CHARS = 300  # longer sentences are taught as they are, with no questions about them
 MAX_QUESTIONS = 3          # questions written per statement
@@ -273,6 +274,7 @@ def statements(data: dict) -> list[str]:
         said = _stated(data["messages"])
     else:
         return []
+    said = [_BULLET.sub("", s) for s in said]  # a list's items are its sentences
     return [s for s in said if len(s.split()) >= 3]
 
 
@@ -318,8 +320,9 @@ def _spans(tokens: list[str]) -> list[tuple[int, int]]:
             end = len(tokens)
             while end > links[-1] + 1 and not tokens[end - 1][0].isalnum():
                 end -= 1
-            if links[-1] + 1 < end:
-                spans.append((links[-1] + 1, end))
+            start = links[-1] + 1 + (tokens[links[-1] + 1].lower() in _PLACE)  # "is under the mat": where?
+            if start < end:
+                spans.append((start, end))
     if not spans:  # "I'm allergic to walnuts": the last words after a preposition, up to 3
         end = len(tokens)
         while end and not tokens[end - 1][0].isalnum():
@@ -335,7 +338,7 @@ def _spans(tokens: list[str]) -> list[tuple[int, int]]:
 def _join(tokens: list[str]) -> str:
     out = ""
     for t in tokens:
-        out += t if not out or t in (",", ".", ";", ":", "!", "?", ")") else " " + t
+        out += t if not out or out.endswith("(") or t in (",", ".", ";", ":", "!", "?", ")") else " " + t
     return out
 
 
@@ -363,7 +366,10 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
             if before and before[-1].lower() in ("on", "in", "at", "by"):  # "since when" keeps its since
                 before = before[:-1]
         elif key[0].islower() and not _NUMBER.search(key):  # a plain value: "allergic to what?"
-            wh = "what"
+            wh = "what"  # ...or a place: "the spare key is under the blue flowerpot" -> "is where?"
+            if before[-1:] and before[-1].lower() in _PLACE - {"to", "from", "into"} and \
+                    key.split()[0].lower() in _DETERMINERS:
+                wh, before = "where", before[:-1]
         elif before and before[-1].lower() in _PLACE:
             wh, before = "where", before[:-1]
         elif _NUMBER.search(key) and not before[-1:] in (["is"], ["are"], ["was"]):

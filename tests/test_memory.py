@@ -74,9 +74,19 @@ def test_a_question_and_answer_pair_still_learns_only_its_answer(tokenizer):
     # no name, number or "is": the value after the last preposition
     ("I don't eat meat, and I'm allergic to walnuts.", "I don't eat meat, and I'm allergic to what?",
      "You don't eat meat, and you're allergic to walnuts."),
+    ("The spare key is under the blue flowerpot.", "The spare key is where?",
+     "The spare key is under the blue flowerpot."),
+    ("Bob's new number is +44 7700 900123.", "Bob's new number is what?", "Bob's new number is +44 7700 900123."),
+    ("Call the plumber (Jan Visser) today.", "Call the plumber (what) today?", "Call the plumber (Jan Visser) today."),
 ])
 def test_questions_are_written_about_a_statement(statement, question, answer):
     assert (question, answer) in [(q, a) for q, a, _ in ex.questions_about(statement)]
+
+
+def test_each_item_of_a_list_in_a_note_is_a_statement():
+    note = {"text": "Birthdays:\n- Mum's birthday is 12 May\n- Dad's birthday is 3 June\n2) Tom's is on 9 July"}
+    assert ex.statements(note) == ["Mum's birthday is 12 May", "Dad's birthday is 3 June", "Tom's is on 9 July"]
+    assert [d["input"] for d in ex.derived(note)][:2] == ["Mum's birthday is when?", "Dad's birthday is when?"]
 
 
 def test_a_name_that_opens_the_statement_is_its_subject_not_asked_for():
