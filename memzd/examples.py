@@ -237,6 +237,8 @@ _OPENERS = _PLACE | _DETERMINERS | _PERSON.keys() | {"on", "by", "with", "for", 
                                                       "he", "they", "we", "there", "here", "now", "today"}
 _SENTENCE = re.compile(r"(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bSt\.)(?<!\bMrs\.)(?<=[.!;?])\s+|\n+")
 _TOKEN = re.compile(r"(?:Dr|Mr|Ms|Mrs|St)\.|\+?[A-Za-z0-9][\w'’:\-]*|[^\sA-Za-z0-9]")  # "+44": a number
+# "I've lived in Kyoto since 2019, and I'm learning Japanese": two facts, asked apart.
+_CLAUSE = re.compile(r",\s+(?:and|but|so)\s+|;\s+")
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")  # "- Mum's birthday is 12 May", "2) ..."
 _NUMBER = re.compile(r"\d")
 MAX_STATEMENT_CHARS = 300  # longer sentences are taught as they are, with no questions about them
@@ -354,6 +356,9 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
     if len(statement) > MAX_STATEMENT_CHARS:
         return []
     body = statement.strip().rstrip(".!;")
+    clauses = _CLAUSE.split(body)
+    if len(clauses) > 1 and all(len(c.split()) >= 3 for c in clauses):  # one fact each: asked apart
+        return [q for c in clauses for q in questions_about(c[0].upper() + c[1:])][-MAX_QUESTIONS:]
     tokens = _TOKEN.findall(body)
     out = []
     for a, b in _spans(tokens)[-MAX_QUESTIONS:]:
@@ -384,12 +389,20 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
     return out
 
 
+def is_when(word: str) -> bool:
+    """Is the word a date or a time ("2019", "June", "Sundays", "6:30")?"""
+    return bool(_WHEN.match(word))
+
+
 def stem(word: str) -> str:
     """A crude stem, so that "lives" meets "live" and "coaches" meets "coach". Applied
     to both sides when they are compared (stored words stay as they were taught)."""
     for suffix in ("ing", "ed", "es", "s"):
-        if len(word) > len(suffix) + 3 and word.endswith(suffix):
-            return word[:-len(suffix)]
+        if len(word) >= len(suffix) + 3 and word.endswith(suffix):
+            word = word[:-len(suffix)]
+            break
+    if len(word) > 3 and word[-1] in "ey":  # "name" meets "named", "marry" "married"
+        word = word[:-1] + ("i" if word[-1] == "y" else "")
     return word
 
 
@@ -436,8 +449,9 @@ def _same_one(a: list[frozenset[str]], b: list[frozenset[str]]) -> bool:
 
 def _asks(question: str) -> set[str]:
     """What a question asks about, past its names: its other words, stemmed ("coaches": "coach")."""
-    words = {stem(w.lower()) for w in re.findall(r"[A-Za-z]+", question) if w[0].islower()}
-    return {w for w in words if len(w) > 2} - _ASKING - _PERSON.keys()
+    words = {w.lower() for w in re.findall(r"[A-Za-z]+", question) if w[0].islower()}
+    words = {stem(w) for w in words - _ASKING - _PERSON.keys() if len(w) > 2}
+    return words - {stem(w) for w in _ASKING}
 
 
 def same_fact(old: dict, new: dict, other: dict) -> bool:

@@ -38,14 +38,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .examples import stem
+from .examples import is_when, stem
 from .lora import using
 from .tokens import causal_lm
 
 EPS = 1e-3  # floor of the per-dimension std when z-scoring hidden keys
 KEY_TOKENS = 512  # a key reads at most the last this many tokens of a question...
 KEY_CHARS = 8 * KEY_TOKENS  # ...cut from at most this many characters before tokenising
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
+_WORD = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-]|:(?=\d))*")  # "6:30" is one word
 _POSSESSIVE = re.compile(r"(\w)'s?\b")
 # "I've", "you're", "don't": the word before the apostrophe is the word ("I" is the
 # first person, "do" a function word), not "Ive" (a capitalised rare word: a name).
@@ -144,7 +144,7 @@ STOPWORDS = frozenset("""
 what where when which whose whom why how who does goes went have been being were this that these those
 with from about into onto over under your yours their theirs there they them then than also very some
 much many will would should could shall just every each only even still here more most such same other
-again ever never always often please tell know
+again ever never always often please tell know since already usually actually really thanks
 the and for are was has had his her its our you how why did not but can may out all any own one now yet
 too get got off let say""".split())
 
@@ -163,9 +163,11 @@ def distinctive_words(tokenizer, text: str) -> list[str]:
     every = [w for w in _words(text) if w.lower() not in _FIRST_PERSON]  # who asks is PERSONAL's part
     later = [w for w in every[1:] if w.lower() not in STOPWORDS]  # the first word is capitalised anyway
     words = [w for w in every[:1] if w.lower() not in STOPWORDS] + later
-    tiers = ([w for w in words if any(c.isdigit() for c in w) or (w[0].isupper() and _rare(tokenizer, w))],
-             [w for w in words if _rare(tokenizer, w)],
-             [w for w in later if w[0].isupper()],
+    # "June", "2020", "6:30", the 3 of "March 3": when, not what it is about
+    named = [w for w in words if not (is_when(w) or (w.isdigit() and len(w) <= 2))]
+    tiers = ([w for w in named if any(c.isdigit() for c in w) or (w[0].isupper() and _rare(tokenizer, w))],
+             [w for w in named if _rare(tokenizer, w)],
+             [w for w in named if w[0].isupper() and w in later],
              [w for w in words if len(w) >= 3])
     mark = [PERSONAL] if personal(text) else []
     for rank, tier in enumerate(tiers):

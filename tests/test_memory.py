@@ -71,9 +71,11 @@ def test_a_question_and_answer_pair_still_learns_only_its_answer(tokenizer):
      "You work at Fenwick & Co as an engineer."),
     ("We got married in Tallinn last June.", "We got married in Tallinn when?", "You got married in Tallinn last June."),
     ("I'm flying to Oslo on March 3.", "I'm flying to Oslo when?", "You're flying to Oslo on March 3."),
-    # no name, number or "is": the value after the last preposition
-    ("I don't eat meat, and I'm allergic to walnuts.", "I don't eat meat, and I'm allergic to what?",
-     "You don't eat meat, and you're allergic to walnuts."),
+    # no name, number or "is": the value after the last preposition; one clause, one fact
+    ("I don't eat meat, and I'm allergic to walnuts.", "I'm allergic to what?", "You're allergic to walnuts."),
+    ("I've lived in Kyoto since 2019, and I'm learning Japanese.", "I've lived where since 2019?",
+     "You've lived in Kyoto since 2019."),
+    ("I usually wake up at 6:30 am, but on Sundays I sleep in.", "When I sleep in?", "On Sundays you sleep in."),
     ("The spare key is under the blue flowerpot.", "The spare key is where?",
      "The spare key is under the blue flowerpot."),
     ("Bob's new number is +44 7700 900123.", "Bob's new number is what?", "Bob's new number is +44 7700 900123."),
@@ -205,6 +207,17 @@ def test_a_personal_question_keys_only_questions_in_the_first_person():
     assert score("What did I name my dog?") == 1.0
     assert score("What is a good name for a dog?") == 0.0  # same words, not about the asker's dog
     assert gate.distinctive_words(tok, "Where does Zorblax live?") == ["zorblax"]  # third person: no marker
+
+
+def test_a_date_or_a_time_is_when_a_fact_is_not_what_it_is_about():
+    tok = _Plain()  # "June" and "Sundays" would otherwise key as names, "6:30" as a code
+    words = gate.distinctive_words(tok, "My partner and I got married where last June?")
+    assert words == ["june", "last", "married", "partner", gate.PERSONAL]
+    found = {gate.stem(w) for w in gate.query_words("Where did my partner and I get married?")}
+    assert gate.lexical_score(found, words) == 0.5
+    assert gate.distinctive_words(tok, "I wake up at 6:30 am on Sundays, when?") == [
+        "6:30", "sundays", "wake", gate.PERSONAL]
+    assert gate.stem("named") == gate.stem("name") and gate.stem("married") == gate.stem("marry")
 
 
 def test_a_contraction_keys_as_its_words_and_i_as_the_first_person():

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench", "research"))
 from gate_eval import HARD_NEGATIVES  # noqa: E402  (look-alikes of the taught facts)
 
 DATA = os.path.join(ROOT, "bench", "data")
-CATEGORIES = ["facts", "conversation", "notes", "personal", "corrections", "updates", "behaviours"]
+CATEGORIES = ["facts", "conversation", "chat", "notes", "personal", "corrections", "updates", "behaviours"]
 # General questions in the first person: a personal key must not take them.
 FIRST_PERSON_GENERAL = [
     "How do I boil an egg?", "How do I make a cup of tea?", "What should I cook for dinner tonight?",
