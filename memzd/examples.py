@@ -348,10 +348,12 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
     """(question, answer, key) triples written by rule about one statement.
 
     Each answer span (a name, a number, a date, else what follows the last
-    'is') becomes a question that asks for it in the statement's own words:
-    'My sister lives in Lisbon.' -> 'My sister lives where?', answered
-    'Your sister lives in Lisbon.' The echo form keeps the statement's words,
-    which is what the routing keys and a person's later question share.
+    'is', else the last words after a preposition) becomes a question that asks
+    for it in the statement's own words: 'My sister lives in Lisbon.' -> 'My
+    sister lives where?', answered 'Your sister lives in Lisbon.' The echo form
+    keeps the statement's words, which is what the routing keys and a person's
+    later question share. Clauses joined by ', and', ', but' or ';' are asked
+    one at a time, each answered by its own clause.
     """
     if len(statement) > MAX_STATEMENT_CHARS:
         return []
@@ -395,8 +397,8 @@ def is_when(word: str) -> bool:
 
 
 def stem(word: str) -> str:
-    """A crude stem, so that "lives" meets "live" and "coaches" meets "coach". Applied
-    to both sides when they are compared (stored words stay as they were taught)."""
+    """A crude stem, so that "lives" meets "live", "named" "name" and "married" "marry".
+    Applied to both sides when they are compared (stored words stay as they were taught)."""
     for suffix in ("ing", "ed", "es", "s"):
         if len(word) >= len(suffix) + 3 and word.endswith(suffix):
             word = word[:-len(suffix)]

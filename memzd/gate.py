@@ -157,9 +157,11 @@ def distinctive_words(tokenizer, text: str) -> list[str]:
     """What identifies a taught question: the first non-empty tier of (1) capitalised
     rare words and words with digits, (2) rare words, (3) capitalised non-initial
     words, (4) words of three letters or more; function words (STOPWORDS) and the
-    first person never. A question in the first person also gets PERSONAL unless a
-    name or code keys it (tier 1): "my dog's name" is the asker's only in the first
-    person, while "Which city does Ilse live in?" is about the asker's sister Ilse."""
+    first person never; a date or time ("June", "2019", "6:30") only in tier 4: it
+    says when, not what the question is about. A question in the first person also
+    gets PERSONAL unless a name or code keys it (tier 1): "my dog's name" is the
+    asker's only in the first person, while "Which city does Ilse live in?" is about
+    the asker's sister Ilse."""
     every = [w for w in _words(text) if w.lower() not in _FIRST_PERSON]  # who asks is PERSONAL's part
     later = [w for w in every[1:] if w.lower() not in STOPWORDS]  # the first word is capitalised anyway
     words = [w for w in every[:1] if w.lower() not in STOPWORDS] + later
