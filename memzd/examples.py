@@ -239,6 +239,9 @@ _SENTENCE = re.compile(r"(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bSt\.)(?<!\bMrs\.
 _TOKEN = re.compile(r"(?:Dr|Mr|Ms|Mrs|St)\.|\+?[A-Za-z0-9][\w'’:\-]*|[^\sA-Za-z0-9]")  # "+44": a number
 # "I've lived in Kyoto since 2019, and I'm learning Japanese": two facts, asked apart.
 _CLAUSE = re.compile(r",\s+(?:and|but|so)\s+|;\s+")
+# "My landlord, Mr. Achterberg, lives upstairs": a name set beside what it names.
+_APPOSITION = re.compile(r"^((?:[Mm]y|[Oo]ur|[Tt]he)(?: [a-z]+){1,2}), ((?:(?:Dr|Mr|Ms|Mrs|St)\. )?[A-Z][\w'’\-]*"
+                         r"(?: [A-Z][\w'’\-]*)*), (.+)$")
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")  # "- Mum's birthday is 12 May", "2) ..."
 _NUMBER = re.compile(r"\d")
 MAX_STATEMENT_CHARS = 300  # longer sentences are taught as they are, with no questions about them
@@ -361,6 +364,10 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
     clauses = _CLAUSE.split(body)
     if len(clauses) > 1 and all(len(c.split()) >= 3 for c in clauses):  # one fact each: asked apart
         return [q for c in clauses for q in questions_about(c[0].upper() + c[1:])][-MAX_QUESTIONS:]
+    named = _APPOSITION.match(body)
+    if named:  # "My landlord, Mr. Achterberg, lives upstairs": who the landlord is, then the rest
+        who, name, rest = named.groups()
+        return (questions_about(f"{who} is {name}") + questions_about(f"{who} {rest}"))[-MAX_QUESTIONS:]
     tokens = _TOKEN.findall(body)
     out = []
     for a, b in _spans(tokens)[-MAX_QUESTIONS:]:

@@ -80,6 +80,8 @@ def test_a_question_and_answer_pair_still_learns_only_its_answer(tokenizer):
      "The spare key is under the blue flowerpot."),
     ("Bob's new number is +44 7700 900123.", "Bob's new number is what?", "Bob's new number is +44 7700 900123."),
     ("Call the plumber (Jan Visser) today.", "Call the plumber (what) today?", "Call the plumber (Jan Visser) today."),
+    # a name set beside what it names is asked as who that is
+    ("My landlord, Mr. Achterberg, lives upstairs.", "My landlord is what?", "Your landlord is Mr. Achterberg."),
 ])
 def test_questions_are_written_about_a_statement(statement, question, answer):
     assert (question, answer) in [(q, a) for q, a, _ in ex.questions_about(statement)]
