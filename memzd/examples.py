@@ -209,13 +209,11 @@ def user_of(data: dict) -> str | None:
 
 # Words whose following span is a place ("lives in Lisbon": where?).
 _PLACE = {"in", "at", "near", "from", "to", "into", "inside", "outside", "behind", "under", "beside"}
-_WHEN = re.compile(r"^(?:1\d{3}|20\d\d|monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
-                   r"mondays|tuesdays|wednesdays|thursdays|fridays|saturdays|sundays|january|february|"
-                   r"march|april|may|june|july|august|september|october|november|december|"
-                   r"\d{1,2}(?::\d\d)?\s*(?:am|pm)|\d{1,2}:\d\d|"
-                   r"(?:january|february|march|april|may|june|july|august|september|october|november|december)"
-                   r"\s+\d{1,2}(?:st|nd|rd|th)?|\d{1,2}(?:st|nd|rd|th)?\s+(?:january|february|march|april|may|"
-                   r"june|july|august|september|october|november|december))(?:,?\s+\d{4})?$", re.I)
+_MONTH = "(?:january|february|march|april|may|june|july|august|september|october|november|december)"
+_DAY = r"\d{1,2}(?:st|nd|rd|th)?"
+_WHEN = re.compile(r"^(?:1\d{3}|20\d\d|(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday)s?|"
+                   rf"{_MONTH}|\d{{1,2}}(?::\d\d)?\s*(?:am|pm)|\d{{1,2}}:\d\d|"
+                   rf"{_MONTH}\s+{_DAY}|{_DAY}\s+{_MONTH})(?:,?\s+\d{{4}})?$", re.I)
 # Words of a question that say nothing of what it is about, as _asks stems them
 # ("called" -> "call"; "does", "was", "this" are too short to stem).
 _ASKING = {"what", "which", "who", "whom", "whose", "where", "when", "why", "how", "does", "did", "the", "and",

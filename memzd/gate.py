@@ -166,10 +166,11 @@ def distinctive_words(tokenizer, text: str) -> list[str]:
     later = [w for w in every[1:] if w.lower() not in STOPWORDS]  # the first word is capitalised anyway
     words = [w for w in every[:1] if w.lower() not in STOPWORDS] + later
     # "June", "2020", "6:30", the 3 of "March 3": when, not what it is about
-    named = [w for w in words if not (is_when(w) or (w.isdigit() and len(w) <= 2))]
+    dated = lambda w: is_when(w) or (w.isdigit() and len(w) <= 2)  # noqa: E731
+    named = [w for w in words if not dated(w)]
     tiers = ([w for w in named if any(c.isdigit() for c in w) or (w[0].isupper() and _rare(tokenizer, w))],
              [w for w in named if _rare(tokenizer, w)],
-             [w for w in named if w[0].isupper() and w in later],
+             [w for w in later if w[0].isupper() and not dated(w)],
              [w for w in words if len(w) >= 3])
     mark = [PERSONAL] if personal(text) else []
     for rank, tier in enumerate(tiers):
