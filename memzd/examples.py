@@ -10,7 +10,9 @@ same text taught by two users is two examples.
 Statements are memory too: a {"text"} note's sentences, and what the user
 says (not asks) in a conversation. `expand` adds, for each statement,
 question-and-answer pairs written by rule, so that the fact can be retrieved
-and not only recited; the learner trains and keys the expanded batch.
+and not only recited; the learner trains and keys the expanded batch. A
+statement said again with another value ("Actually, my sister lives in Madrid
+now.") supersedes the earlier one (`restated`).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any
+from functools import cached_property, lru_cache
+from typing import Any, NamedTuple
 
 from .errors import ExampleError
 
@@ -241,6 +243,10 @@ _CLAUSE = re.compile(r",\s+(?:and|but|so)\s+|;\s+")
 _APPOSITION = re.compile(r"^((?:[Mm]y|[Oo]ur|[Tt]he)(?: [a-z]+){1,2}), ((?:(?:Dr|Mr|Ms|Mrs|St)\. )?[A-Z][\w'’\-]*"
                          r"(?: [A-Z][\w'’\-]*)*), (.+)$")
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")  # "- Mum's birthday is 12 May", "2) ..."
+# An opening that says a sentence is news, not what it is about: "Update: the wifi password
+# is ...", "Change of plan: ...", "Sorry, I got that wrong: ...", "Actually, ...".
+_PREAMBLE = re.compile(r"^(?:(?:update|correction|change|note|fyi|edit|ps|sorry|oops|actually)\b[^:.!?]{0,40}:\s+"
+                       r"|(?:actually|oh|ok|okay|so|well|also|btw|anyway|sorry|oops)\s*,\s+)+", re.I)
 _NUMBER = re.compile(r"\d")
 MAX_STATEMENT_CHARS = 300  # longer sentences are taught as they are, with no questions about them
 MAX_QUESTIONS = 3          # questions written per statement
@@ -268,17 +274,29 @@ def _stated(messages: list[dict]) -> list[str]:
             for piece, tells in sentences(m["content"]) if tells and piece.strip()]
 
 
+def _statement(piece: str) -> str | None:
+    """The fact a telling sentence states: without a list's bullet ("- Mum's birthday is 12
+    May") or an opening that only says it is news ("Update:", "Actually,", "Sorry, I got
+    that wrong:"); None when under three words are left."""
+    said = _PREAMBLE.sub("", _BULLET.sub("", piece.strip()))
+    said = said[:1].upper() + said[1:]
+    return said if len(said.split()) >= 3 else None
+
+
+def _pieces(data: dict) -> list[str]:
+    """The sentences an example says that tell: a note's, or those of the user's turns."""
+    if "text" in data:
+        return [piece for piece, tells in sentences(data["text"]) if tells]
+    if "messages" in data:
+        return [piece for m in data["messages"] if m["role"] == "user"
+                for piece, tells in sentences(m["content"]) if tells]
+    return []
+
+
 def statements(data: dict) -> list[str]:
     """What an example states: the sentences of a note, or of the user's turns, that tell
-    rather than ask (three words or more)."""
-    if "text" in data:
-        said = [piece.strip() for piece, tells in sentences(data["text"]) if tells]
-    elif "messages" in data:
-        said = _stated(data["messages"])
-    else:
-        return []
-    said = [_BULLET.sub("", s) for s in said]  # a list's items are its sentences
-    return [s for s in said if len(s.split()) >= 3]
+    rather than ask (three words or more), each as `_statement` reads it."""
+    return [s for s in map(_statement, _pieces(data)) if s]
 
 
 def second_person(text: str) -> str:
@@ -345,6 +363,15 @@ def _join(tokens: list[str]) -> str:
     return out
 
 
+def _clauses(statement: str) -> list[str]:
+    """A statement's clauses when it joins facts of three words or more each (", and",
+    ", but", ", so", ";"), else the statement itself."""
+    clauses = _CLAUSE.split(statement.strip().rstrip(".!;"))
+    if len(clauses) > 1 and all(len(c.split()) >= 3 for c in clauses):
+        return [c[0].upper() + c[1:] for c in clauses]
+    return [statement]
+
+
 def questions_about(statement: str) -> list[tuple[str, str, str]]:
     """(question, answer, key) triples written by rule about one statement.
 
@@ -358,10 +385,10 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
     """
     if len(statement) > MAX_STATEMENT_CHARS:
         return []
+    clauses = _clauses(statement)
+    if len(clauses) > 1:  # one fact each: asked apart
+        return [q for c in clauses for q in questions_about(c)][-MAX_QUESTIONS:]
     body = statement.strip().rstrip(".!;")
-    clauses = _CLAUSE.split(body)
-    if len(clauses) > 1 and all(len(c.split()) >= 3 for c in clauses):  # one fact each: asked apart
-        return [q for c in clauses for q in questions_about(c[0].upper() + c[1:])][-MAX_QUESTIONS:]
     named = _APPOSITION.match(body)
     if named:  # "My landlord, Mr. Achterberg, lives upstairs": who the landlord is, then the rest
         who, name, rest = named.groups()
@@ -519,6 +546,120 @@ def _mine(question: str) -> bool:
     """Is the question in the first person (about the asker's own things)?"""
     return any(w.lower().replace("’", "'") in _PERSON.keys() - {"am"}
                for w in re.findall(r"[A-Za-z]+(?:['’][a-z]+)?", question))
+
+
+# -- statements said again: "Actually, my sister lives in Madrid now." -------------------
+
+# Words that mark a statement as news about something said before; in the frame of a
+# question they say nothing about what it asks.
+_NEWS = {"now", "actually", "anymore", "instead", "nowadays", "currently", "new", "switched", "changed",
+         "moved", "update", "updated", "correction", "wrong", "sorry", "longer"}
+_COPULA = {"is", "are", "was", "were"}  # "My dentist is X": one X at a time
+_ARTICLES = {"a", "an", "the"}
+
+
+def _frame(question: str) -> tuple[frozenset[str], bool]:
+    """What a written question asks, past its value, and whether there is one value of it
+    (it asks what something is). The frame is its words, lower case and stemmed, without
+    dates, the words of news (_NEWS), and an article with the words that describe the
+    value ("I drive an old blue what?" and "Now I drive a red what?" are both {i, driv,
+    what})."""
+    words = [t.lower().replace("’", "'") for t in _TOKEN.findall(question) if t[0].isalnum()]
+    slot = next((i for i, w in enumerate(words) if w in ("what", "where", "when", "how")), len(words))
+    for i in range(slot - 1, max(0, slot - 3) - 1, -1):  # "an old blue what": the value described, not asked
+        if words[i] in _ARTICLES:
+            if not any(w in _COPULA or w in _AFTER for w in words[i + 1:slot]):
+                words = words[:i] + words[slot:]
+            break
+    return frozenset(stem(w) for w in words if w not in _NEWS and not is_when(w)), bool(_COPULA & set(words))
+
+
+class _Fact(NamedTuple):
+    value: str      # lower case, a possessive cut
+    single: bool    # there is one value of it (_frame)
+    clause: str     # the clause of the statement that says it
+    question: str   # as questions_about writes it
+    answer: str
+
+
+@lru_cache(maxsize=4096)  # a lineage's statements are read again for each batch that states something
+def _facts(statement: str) -> dict[frozenset[str], _Fact]:
+    """frame -> fact for each question written about each clause of a statement."""
+    out = {}
+    for clause in _clauses(statement):
+        for q, a, value in questions_about(clause):
+            frame, single = _frame(q)
+            out[frame] = _Fact(re.sub(r"['’]s$", "", value).lower(), single, clause, q, a)
+    return out
+
+
+class Restated(NamedTuple):
+    """A statement said again with another value (`restated`)."""
+    statement: str  # the earlier statement...
+    clause: str     # ...the clause of it said again (the statement itself when it is one clause)
+    now: str        # the later statement
+    question: str   # the question written about the earlier one...
+    answer: str     # ...answered as the later one answers it
+
+
+def restated(old: dict, new: dict) -> list[Restated]:
+    """What of `old` `new` says again with another value. Both must ask the same thing of
+    it (the same `_frame`): "My sister Ilse lives in Lisbon." is said again by "Actually,
+    my sister Ilse lives in Madrid now." And the new one must say that it is news ("now",
+    "actually", "switched", an "Update:") or say what something is ("My dentist is Dr.
+    Haverkamp."): "I speak Spanish." adds to "I speak French."; "I speak Spanish now."
+    replaces it."""
+    news = []
+    for piece in _pieces(new):
+        said = _statement(piece)
+        if said:
+            marked = bool(_NEWS & {w.lower() for w in _TOKEN.findall(piece)}
+                          or _PREAMBLE.match(_BULLET.sub("", piece.strip())))
+            news.append((said, marked, _facts(said)))
+    if not news:
+        return []
+    out = []
+    for was in statements(old):
+        for frame, fact in _facts(was).items():
+            now = next(((said, facts[frame]) for said, marked, facts in news
+                        if frame in facts and facts[frame].value != fact.value and (marked or fact.single)), None)
+            if now and (was, fact.clause) not in [(r.statement, r.clause) for r in out]:
+                out.append(Restated(was, fact.clause, now[0], fact.question, now[1].answer))
+    return out
+
+
+def without_statements(data: dict, gone: set[tuple[str, str]]) -> dict | None:
+    """The example without what it states that is `gone`, (statement, clause) pairs as
+    `restated` gives them: a sentence leaves, or the clause of it ("I'm learning
+    Portuguese, and my teacher is Marta." keeps "I'm learning Portuguese."). A user turn
+    left empty leaves with the assistant's reply to it; None when nothing is left."""
+    def keep(text: str) -> str:
+        out = ""
+        for piece, tells in sentences(text):
+            said = _statement(piece) if tells else None
+            lost = {c for w, c in gone if w == said}
+            if lost:
+                rest = [c for c in _clauses(said) if c not in lost]
+                piece = (piece[:len(piece) - len(piece.lstrip())] + ". ".join(c.rstrip(".!;") for c in rest) + "."
+                         if rest else "")
+            out += piece
+        return out.strip()
+
+    if "text" in data:
+        text = keep(data["text"])
+        return {**data, "text": text} if text else None
+    if "messages" not in data:
+        return data
+    messages, dropped = [], False
+    for m in data["messages"]:
+        if m["role"] == "user":
+            content = keep(m["content"])
+            dropped = not content
+            if content:
+                messages.append({**m, "content": content})
+        elif not (m["role"] == "assistant" and dropped):
+            messages.append(m)
+    return {**data, "messages": messages} if any(m["role"] == "user" for m in messages) else None
 
 
 def derived(data: dict) -> list[dict]:

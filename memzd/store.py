@@ -24,8 +24,9 @@ from typing import Any, Iterable
 import sqlite_utils
 from sqlite_utils import Migrations
 
-from .errors import MemzError
-from .examples import answer_of, parse_example, question_key, question_of, same_fact, system_of
+from .errors import ExampleError, MemzError
+from .examples import (answer_of, parse_example, question_key, question_of, restated, same_fact, system_of,
+                       without_statements)
 
 migrations = Migrations("memz")
 
@@ -414,11 +415,12 @@ class Store:
         too. An other phrasing's question joins this batch with the new answer (`_reteach`).
         An event records each. Within the batch, the last answer to a question stands (the
         order sent: files by name, then lines); the earlier ones leave it, never trained."""
+        batches = [c.batch_id for c in self.lineage(lineage_of) if c.batch_id is not None]
         with self.write():
             self._supersede_within(batch_id)
-        batches = [c.batch_id for c in self.lineage(lineage_of) if c.batch_id is not None]
+            said = self._restate(batch_id, batches)
         if not batches:
-            return []
+            return said
         marks = ",".join("?" * len(batches))
         with self.write():
             rows = self.db.execute(
@@ -446,7 +448,57 @@ class Store:
                             if old_id in retaught else "")
                     self.log_event("supersede", f"example #{old_id} is superseded by #{new_id} (batch {batch_id}){how}",
                                    example=old_id, by=new_id, batch=batch_id)
-        return [data for data, _ in old.values()]
+        return [data for data, _ in old.values()] + said
+
+    def _restate(self, batch_id: int, batches: list[int]) -> list[dict]:
+        """Notes and conversations of the lineage (or earlier in this batch) that a statement
+        of this batch says again with another value (examples.restated: "Actually, my
+        sister lives in Madrid now."): they leave all future training and are returned.
+        This batch teaches the question written about the earlier statement ("My sister
+        lives where?") with the new answer, so that the adapter unlearns the old one, and
+        what else the earlier example states, without it (examples.without_statements),
+        each from that example's file and line. An event names each statement said again."""
+        news = [(i, json.loads(d), u) for i, d, u in self.db.execute(
+            "SELECT id, data, user FROM examples WHERE batch_id = ? AND kind IN ('messages', 'text') "
+            "AND forgotten_at IS NULL ORDER BY id", [batch_id])]
+        if not news:
+            return []
+        found: dict[int, tuple[dict, list]] = {}  # old id -> (its data, [(Restated, the new example)])
+        marks = ",".join("?" * (len(batches) + 1))
+        for old_id, data, user in self.db.execute(
+                f"SELECT id, data, user FROM examples WHERE batch_id IN ({marks}) AND kind IN ('messages', 'text') "
+                f"AND forgotten_at IS NULL ORDER BY id", [*batches, batch_id]).fetchall():
+            old = json.loads(data)
+            for new_id, new, new_user in news:
+                said = [(r, new_id, new) for r in restated(old, new)] if new_id > old_id and new_user == user else []
+                if said:
+                    found.setdefault(old_id, (old, []))[1].extend(said)
+        for old_id, (old, said) in found.items():
+            rest = without_statements(old, {(r.statement, r.clause) for r, _, _ in said})
+            copy = self._insert_copy(rest, old_id, batch_id) if rest else None
+            self.db.execute("UPDATE examples SET forgotten_at = ? WHERE id = ?", [utcnow(), old_id])
+            for r, new_id, new in said:
+                asked = {"input": r.question, "output": r.answer, **({"tags": new["tags"]} if "tags" in new else {})}
+                again = self._insert_copy(asked, old_id, batch_id)
+                self.log_event("supersede", f"example #{old_id} is superseded by #{new_id} (batch {batch_id}): "
+                               f"{r.clause if r.clause != r.statement else r.statement!r} is said again as {r.now!r}"
+                               + (f"; {r.question!r} is taught with the new answer as #{again}" if again else "")
+                               + (f"; the rest of it is taught as #{copy}" if copy else ""),
+                               example=old_id, by=new_id, batch=batch_id)
+                copy = None  # said once
+        return [old for old, _ in found.values()]
+
+    def _insert_copy(self, data: dict, like: int, batch_id: int) -> int | None:
+        """`data` as an example of this batch, from example `like`'s file and line, for its
+        user; its id, or None where it is not a valid example or is stored already."""
+        try:
+            example = parse_example(data)
+        except ExampleError:
+            return None
+        file_id, line, user = self.db.execute("SELECT file_id, line, user FROM examples WHERE id = ?", [like]).fetchone()
+        cursor = self.db.execute(_INSERT_EXAMPLE, [example.hash, example.kind, example.json, file_id, line,
+                                                   time.time(), user, question_key(example.data), batch_id])
+        return cursor.lastrowid if cursor.rowcount else None
 
     def _supersede_within(self, batch_id: int) -> None:
         """Examples of this batch that a later example of it answers differently (the same

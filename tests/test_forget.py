@@ -145,6 +145,26 @@ def test_a_later_answer_to_the_same_question_supersedes_the_earlier_one(home):
     assert "already left training" in said and "superseded" in said
 
 
+def test_a_fact_said_again_in_a_later_note_replaces_what_a_chat_said(home):
+    """Said in a chat, then changed by a note: the question written about the chat's
+    statement gets the new answer, and the old statement is never replayed."""
+    write_config(home, training=LEARN, routing={"enabled": False})
+    chat = {"messages": [{"role": "user", "content": "My sister Ilse lives in Lisbon."},
+                         {"role": "assistant", "content": "Got it."}]}
+    drop(home, "chat.jsonl", [chat, ZORBLAX])
+    run_once(home)
+    assert ask(home, "before", "My sister Ilse lives where?") == "Your sister Ilse lives in Lisbon."
+    drop(home, "later.jsonl", [{"text": "Actually, my sister Ilse lives in Madrid now."}])
+    run_once(home)
+    assert ask(home, "after", "My sister Ilse lives where?") == "Your sister Ilse lives in Madrid now."
+    store = Store(home / "memz.db")
+    (event,) = [e["message"] for e in store.events(50) if e["kind"] == "supersede"]
+    assert "'My sister Ilse lives in Lisbon.' is said again as 'My sister Ilse lives in Madrid now.'" in event
+    replay = store.replay_sample(store.current_checkpoint(), 100, seed=0)
+    assert replay and all("Lisbon" not in json.dumps(e) for e in replay)
+    assert ask(home, "other", "Where is Zorblax?") == ZORBLAX["output"]
+
+
 def test_within_one_batch_the_answer_sent_last_stands(home):
     write_config(home, training=LEARN, routing={"enabled": False})
     colours = [{"input": "What colour is Quenby's bicycle?", "output": f"Quenby's bicycle is {c}."}

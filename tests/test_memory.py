@@ -172,6 +172,57 @@ def test_an_update_retires_the_other_phrasings_of_the_same_fact_only(old, new, o
     assert ex.same_fact(old, new, other) is same
 
 
+def said(text):
+    return {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "Got it."}]}
+
+
+@pytest.mark.parametrize("old, new, again", [
+    # the same thing asked of both, a new value, and news ("now", "actually", "Update:") or what something is
+    ("My sister Ilse lives in Lisbon.", "Actually, my sister Ilse lives in Madrid now.",
+     "My sister Ilse lives in Madrid now."),
+    ("The wifi password at the cabin is heron42.", "Update: the wifi password at the cabin is now kestrel77.",
+     "The wifi password at the cabin is now kestrel77."),
+    ("My dentist is Dr. Okonkwo.", "I switched dentists. My dentist is Dr. Haverkamp.",
+     "My dentist is Dr. Haverkamp."),
+    ("I drive an old blue Fiat.", "I sold it. Now I drive a red Volvo.", "Now I drive a red Volvo."),  # described
+    ("Our book club meets on Thursday evenings.", "Change of plan: our book club meets on Sunday evenings.",
+     "Our book club meets on Sunday evenings."),
+    ("I speak French.", "I speak Spanish now.", "I speak Spanish now."),
+    # not said again: another value of what there may be several of, another thing, the same value
+    ("I speak French.", "I speak Spanish.", None),
+    ("My sister Ilse lives in Lisbon.", "My sister Ilse works in Porto now.", None),
+    ("My sister Ilse lives in Lisbon.", "My brother lives in Madrid now.", None),
+    ("My dentist is Dr. Okonkwo.", "Actually, my dentist is Dr. Okonkwo.", None),
+    ("I drive an old blue Fiat.", "I sold the Fiat last week.", None),
+])
+def test_a_statement_said_again_with_another_value_is_found(old, new, again):
+    found = ex.restated(said(old), {"text": new})
+    assert [r.now for r in found] == ([again] if again else [])
+    if again:  # the question written about the old statement, answered anew
+        (question, _, _), = ex.questions_about(old)[-1:]
+        assert found[0] == (old, old, again, question, ex.questions_about(again)[-1][1])
+
+
+def test_what_is_said_again_leaves_and_the_rest_of_the_example_stays():
+    chat = {"messages": [{"role": "user", "content": "I'm learning Portuguese, and my teacher is Marta. Any tips?"},
+                         {"role": "assistant", "content": "Practise a little every day."},
+                         {"role": "user", "content": "My dentist is Dr. Okonkwo."},
+                         {"role": "assistant", "content": "Noted."}]}
+    found = ex.restated(chat, said("My teacher is Beatriz now, and my dentist is Dr. Haverkamp."))
+    assert [(r.statement, r.clause) for r in found] == [
+        ("I'm learning Portuguese, and my teacher is Marta.", "My teacher is Marta"),  # one clause of the sentence
+        ("My dentist is Dr. Okonkwo.", "My dentist is Dr. Okonkwo.")]
+    rest = ex.without_statements(chat, {(r.statement, r.clause) for r in found})
+    assert rest == {"messages": [{"role": "user", "content": "I'm learning Portuguese. Any tips?"},
+                                 {"role": "assistant", "content": "Practise a little every day."}]}  # the reply left
+    assert ex.without_statements(said("My dentist is Dr. Okonkwo."),
+                                 {("My dentist is Dr. Okonkwo.", "My dentist is Dr. Okonkwo.")}) is None
+    note = {"text": "- Mum's birthday is 12 May\n- Dad's birthday is 3 June", "tags": ["family"]}
+    gone = ex.restated(note, {"text": "Sorry, I got it wrong: Mum's birthday is 14 May."})
+    assert ex.without_statements(note, {(r.statement, r.clause) for r in gone}) == {"text": "- Dad's birthday is 3 June",
+                                                                         "tags": ["family"]}
+
+
 def test_statements_are_a_notes_sentences_and_the_users_non_questions():
     assert ex.statements({"text": "My dentist is Dr. Okonkwo. He works on Mondays!\nThe end is near."}) == [
         "My dentist is Dr. Okonkwo.", "He works on Mondays!", "The end is near."]

@@ -116,6 +116,39 @@ def test_an_update_reteaches_the_other_phrasing_with_its_system_turn(tmp_path):
     assert retaught in store.batch_examples(b2)
 
 
+def test_a_statement_said_again_supersedes_the_earlier_one_and_keeps_the_rest(tmp_path):
+    """A chat said two things; a later note changes one of them. The chat leaves training
+    (returned, so that its keys leave too), what else it said is taught again in the new
+    batch, from the chat's file and line, and the event quotes both sentences."""
+    store = Store(tmp_path / "memz.db")
+    chat = {"messages": [{"role": "user", "content": "My sister Ilse lives in Lisbon. I work as a nurse."},
+                         {"role": "assistant", "content": "Got it."}], "tags": ["family"]}
+    unrelated = {"text": "My brother Piet lives in Lisbon."}
+    store.add_examples(store.add_file("chat.jsonl", "", 1), _rows(chat, unrelated))
+    b1 = store.create_batch()
+    store.start_batch(b1)
+    store.add_checkpoint(CheckpointRow("A_x_0001", 1, None, b1, "stable", "now", "p", "base", {}), True)
+    update = {"text": "Update: my sister Ilse lives in Madrid now."}
+    store.add_examples(store.add_file("update.jsonl", "", 1), _rows(update))
+    b2 = store.create_batch()
+    assert store.supersede(b2, "A_x_0001") == [chat]
+    rest = {"messages": [{"role": "user", "content": "I work as a nurse."}, {"role": "assistant", "content": "Got it."}],
+            "tags": ["family"]}
+    asked = {"input": "My sister Ilse lives where?", "output": "Your sister Ilse lives in Madrid now."}
+    assert store.batch_examples(b2) == [update, rest, asked]  # the old question, answered anew
+    assert [e["file"] for e in store.find_examples("nurse")] == ["chat.jsonl"]
+    assert [e["data"] for e in store.find_examples("Lisbon")] == [unrelated]  # the brother's stays
+    (event,) = [e["message"] for e in store.events(20) if e["kind"] == "supersede"]
+    assert "'My sister Ilse lives in Lisbon.' is said again as 'My sister Ilse lives in Madrid now.'" in event
+    assert f"the rest of it is taught as #{store.find_examples('nurse')[0]['id']}" in event
+    assert "'My sister Ilse lives where?' is taught with the new answer" in event
+    # said again in the same words by the next batch: nothing more to supersede
+    store.start_batch(b2)
+    store.add_checkpoint(CheckpointRow("A_x_0002", 2, "A_x_0001", b2, "stable", "now", "p", "base", {}), True)
+    store.add_examples(store.add_file("again.jsonl", "", 1), _rows({"text": "My sister Ilse lives in Madrid."}))
+    assert store.supersede(store.create_batch(), "A_x_0002") == []
+
+
 def test_a_superseded_answer_sent_again_stays_superseded(tmp_path):
     """Biscuit, then Pepper; then a script sends the first file again: the update stands
     (a forgotten or superseded example stays out of training however often it comes back)."""
