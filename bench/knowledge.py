@@ -247,7 +247,8 @@ CATEGORIES = {
                     "targets": {"efficacy": 0.95, "paraphrase": 0.80, "neighbours": 0.90, "locality": 0.95}},
     "updates": {"data": "updates.jsonl", "what": "a later batch changes an earlier fact",
                 "targets": {"efficacy": 0.90, "old_gone": 0.90, "paraphrase": 0.80, "old_gone_paraphrase": 0.80}},
-    "said_updates": {"data": "said_updates.jsonl", "what": "a later chat turn or note changes a fact stated earlier",
+    "said_updates": {"data": "said_updates.jsonl", "what": "a later chat turn or note changes a fact stated earlier "
+                     "(or a Q&A answered by a statement, either way)",
                      "targets": {"efficacy": 0.90, "old_gone": 0.90, "paraphrase": 0.80, "old_gone_paraphrase": 0.80}},
     "behaviours": {"data": "behaviours.jsonl", "what": "a reply format over unseen inputs",
                    "targets": {"unseen": 0.80, "locality": 0.95}},

@@ -237,8 +237,9 @@ _OPENERS = _PLACE | _DETERMINERS | _PERSON.keys() | {"on", "by", "with", "for", 
                                                       "he", "they", "we", "there", "here", "now", "today"}
 _SENTENCE = re.compile(r"(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bSt\.)(?<!\bMrs\.)(?<=[.!;?])\s+|\n+")
 _TOKEN = re.compile(r"(?:Dr|Mr|Ms|Mrs|St)\.|\+?[A-Za-z0-9][\w'’:\-]*|[^\sA-Za-z0-9]")  # "+44": a number
-# "I've lived in Kyoto since 2019, and I'm learning Japanese": two facts, asked apart.
-_CLAUSE = re.compile(r",\s+(?:and|but|so)\s+|;\s+")
+# "I've lived in Kyoto since 2019, and I'm learning Japanese": two facts, asked apart; so are
+# "I switched dentists: my dentist is Dr. Haverkamp." (not "Wifi: heron42", a clause too short).
+_CLAUSE = re.compile(r",\s+(?:and|but|so)\s+|[;:]\s+")
 # "My landlord, Mr. Achterberg, lives upstairs": a name set beside what it names.
 _APPOSITION = re.compile(r"^((?:[Mm]y|[Oo]ur|[Tt]he)(?: [a-z]+){1,2}), ((?:(?:Dr|Mr|Ms|Mrs|St)\. )?[A-Z][\w'’\-]*"
                          r"(?: [A-Z][\w'’\-]*)*), (.+)$")
@@ -365,7 +366,7 @@ def _join(tokens: list[str]) -> str:
 
 def _clauses(statement: str) -> list[str]:
     """A statement's clauses when it joins facts of three words or more each (", and",
-    ", but", ", so", ";"), else the statement itself."""
+    ", but", ", so", ";", ":"), else the statement itself."""
     clauses = _CLAUSE.split(statement.strip().rstrip(".!;"))
     if len(clauses) > 1 and all(len(c.split()) >= 3 for c in clauses):
         return [c[0].upper() + c[1:] for c in clauses]
@@ -380,7 +381,7 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
     for it in the statement's own words: 'My sister lives in Lisbon.' -> 'My
     sister lives where?', answered 'Your sister lives in Lisbon.' The echo form
     keeps the statement's words, which is what the routing keys and a person's
-    later question share. Clauses joined by ', and', ', but' or ';' are asked
+    later question share. Clauses joined by ', and', ', but', ';' or ':' are asked
     one at a time, each answered by its own clause.
     """
     if len(statement) > MAX_STATEMENT_CHARS:
@@ -554,6 +555,8 @@ def _mine(question: str) -> bool:
 # question they say nothing about what it asks.
 _NEWS = {"now", "actually", "anymore", "instead", "nowadays", "currently", "new", "switched", "changed",
          "moved", "update", "updated", "correction", "wrong", "sorry", "longer"}
+_MINE = {"your": "my", "yours": "mine", "yourself": "myself", "you're": "I'm", "you've": "I've", "you'll": "I'll",
+         "you'd": "I'd"}  # the assistant's words for the asker's, as the asker says them
 _COPULA = {"is", "are", "was", "were"}  # "My dentist is X": one X at a time
 _ARTICLES = {"a", "an", "the"}
 
@@ -602,29 +605,67 @@ class Restated(NamedTuple):
     answer: str     # ...answered as the later one answers it
 
 
+def first_person(text: str) -> str:
+    """'Your dentist is Dr. Okonkwo.' -> 'My dentist is Dr. Okonkwo.': an answer as the asker
+    would have said it ("you" is "I" where it opens a sentence or a clause, else "me")."""
+    text = re.sub(r"\b[Yy]ou (are|were)\b", lambda m: "I am" if m.group(1) == "are" else "I was", text)
+
+    def swap(m: re.Match) -> str:
+        word = m.group(0)
+        lower = word.lower().replace("’", "'")
+        if lower == "you":
+            before = m.string[:m.start()].rstrip()
+            opens = not before or before[-1] in ".,;:!?" or before.split()[-1].lower() in ("and", "but", "so", "that")
+            return "I" if opens else "me"
+        new = _MINE.get(lower)
+        return word if new is None else new[0].upper() + new[1:] if word[0].isupper() else new
+    return re.sub(r"\b[A-Za-z]+(?:['’][a-z]+)?\b", swap, text)
+
+
+def _answered(data: dict) -> bool:
+    """Is the example a question and its answer (it states nothing of its own)?"""
+    chat = to_chat(data)
+    return bool(chat) and chat[-1]["role"] == "assistant" and not statements(data)
+
+
+@lru_cache(maxsize=4096)
+def _told(blob: str) -> tuple[tuple[str, bool], ...]:
+    """What an example (as JSON) says, each statement with whether it says it is news: its
+    statements, or a question-and-answer's answer in the asker's words."""
+    data = json.loads(blob)
+    pieces = _pieces(data) or (_pieces({"text": first_person(answer_of(data))}) if _answered(data) else [])
+    out = []
+    for piece in pieces:
+        said = _statement(piece)
+        if said:
+            out.append((said, bool(_NEWS & {w.lower() for w in _TOKEN.findall(piece)}
+                                   or _PREAMBLE.match(_BULLET.sub("", piece.strip())))))
+    return tuple(out)
+
+
 def restated(old: dict, new: dict) -> list[Restated]:
     """What of `old` `new` says again with another value. Both must ask the same thing of
     it (the same `_frame`): "My sister Ilse lives in Lisbon." is said again by "Actually,
     my sister Ilse lives in Madrid now." And the new one must say that it is news ("now",
     "actually", "switched", an "Update:") or say what something is ("My dentist is Dr.
     Haverkamp."): "I speak Spanish." adds to "I speak French."; "I speak Spanish now."
-    replaces it."""
-    news = []
-    for piece in _pieces(new):
-        said = _statement(piece)
-        if said:
-            marked = bool(_NEWS & {w.lower() for w in _TOKEN.findall(piece)}
-                          or _PREAMBLE.match(_BULLET.sub("", piece.strip())))
-            news.append((said, marked, _facts(said)))
+    replaces it. A question and answer says what its answer says in the asker's words
+    ("Who is my dentist?" -> "Your dentist is Dr. Okonkwo." says "My dentist is Dr.
+    Okonkwo."), and is said again as a whole: its own question is asked anew. Two
+    questions and answers are left to `question_key` and `same_fact`."""
+    if _answered(old) and _answered(new):
+        return []
+    news = [(said, marked, _facts(said)) for said, marked in _told(json.dumps(new, sort_keys=True))]
     if not news:
         return []
+    asked = question_of(old) if _answered(old) else None
     out = []
-    for was in statements(old):
+    for was, _ in _told(json.dumps(old, sort_keys=True)):
         for frame, fact in _facts(was).items():
             now = next(((said, facts[frame]) for said, marked, facts in news
                         if frame in facts and facts[frame].value != fact.value and (marked or fact.single)), None)
             if now and (was, fact.clause) not in [(r.statement, r.clause) for r in out]:
-                out.append(Restated(was, fact.clause, now[0], fact.question, now[1].answer))
+                out.append(Restated(was, fact.clause, now[0], asked or fact.question, now[1].answer))
     return out
 
 
@@ -633,6 +674,9 @@ def without_statements(data: dict, gone: set[tuple[str, str]]) -> dict | None:
     `restated` gives them: a sentence leaves, or the clause of it ("I'm learning
     Portuguese, and my teacher is Marta." keeps "I'm learning Portuguese."). A user turn
     left empty leaves with the assistant's reply to it; None when nothing is left."""
+    if _answered(data):  # its answer is what was said again
+        return None
+
     def keep(text: str) -> str:
         out = ""
         for piece, tells in sentences(text):

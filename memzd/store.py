@@ -451,23 +451,24 @@ class Store:
         return [data for data, _ in old.values()] + said
 
     def _restate(self, batch_id: int, batches: list[int]) -> list[dict]:
-        """Notes and conversations of the lineage (or earlier in this batch) that a statement
-        of this batch says again with another value (examples.restated: "Actually, my
-        sister lives in Madrid now."): they leave all future training and are returned.
-        This batch teaches the question written about the earlier statement ("My sister
-        lives where?") with the new answer, so that the adapter unlearns the old one, and
-        what else the earlier example states, without it (examples.without_statements),
-        each from that example's file and line. An event names each statement said again."""
+        """Examples of the lineage (or earlier in this batch) that one of this batch says
+        again with another value, where either states it in a note or a chat
+        (examples.restated: "Actually, my sister lives in Madrid now."; a question and
+        answer says what its answer says): they leave all future training and are
+        returned. This batch teaches the earlier question ("My sister lives where?", as
+        memz wrote it about the earlier statement) with the new answer, so that the adapter
+        unlearns the old one, and what else the earlier example states, without it
+        (examples.without_statements), each from that example's file and line. An event
+        names each statement said again."""
         news = [(i, json.loads(d), u) for i, d, u in self.db.execute(
-            "SELECT id, data, user FROM examples WHERE batch_id = ? AND kind IN ('messages', 'text') "
-            "AND forgotten_at IS NULL ORDER BY id", [batch_id])]
+            "SELECT id, data, user FROM examples WHERE batch_id = ? AND forgotten_at IS NULL ORDER BY id", [batch_id])]
         if not news:
             return []
         found: dict[int, tuple[dict, list]] = {}  # old id -> (its data, [(Restated, the new example)])
         marks = ",".join("?" * (len(batches) + 1))
         for old_id, data, user in self.db.execute(
-                f"SELECT id, data, user FROM examples WHERE batch_id IN ({marks}) AND kind IN ('messages', 'text') "
-                f"AND forgotten_at IS NULL ORDER BY id", [*batches, batch_id]).fetchall():
+                f"SELECT id, data, user FROM examples WHERE batch_id IN ({marks}) AND forgotten_at IS NULL "
+                f"ORDER BY id", [*batches, batch_id]).fetchall():
             old = json.loads(data)
             for new_id, new, new_user in news:
                 said = [(r, new_id, new) for r in restated(old, new)] if new_id > old_id and new_user == user else []
@@ -478,7 +479,8 @@ class Store:
             copy = self._insert_copy(rest, old_id, batch_id) if rest else None
             self.db.execute("UPDATE examples SET forgotten_at = ? WHERE id = ?", [utcnow(), old_id])
             for r, new_id, new in said:
-                asked = {"input": r.question, "output": r.answer, **({"tags": new["tags"]} if "tags" in new else {})}
+                asked = {"input": r.question, "output": r.answer,
+                         **{k: v for k, v in (("system", system_of(old)), ("tags", new.get("tags"))) if v}}
                 again = self._insert_copy(asked, old_id, batch_id)
                 self.log_event("supersede", f"example #{old_id} is superseded by #{new_id} (batch {batch_id}): "
                                f"{r.clause if r.clause != r.statement else r.statement!r} is said again as {r.now!r}"

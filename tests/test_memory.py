@@ -203,6 +203,19 @@ def test_a_statement_said_again_with_another_value_is_found(old, new, again):
         assert found[0] == (old, old, again, question, ex.questions_about(again)[-1][1])
 
 
+def test_a_question_and_answer_says_what_its_answer_says_in_the_askers_words():
+    assert ex.first_person("Your dentist is Dr. Okonkwo.") == "My dentist is Dr. Okonkwo."
+    assert ex.first_person("You drive a Fiat, and you're happy with it.") == "I drive a Fiat, and I'm happy with it."
+    asked = {"input": "Who is my dentist?", "output": "Your dentist is Dr. Okonkwo."}
+    (r,) = ex.restated(asked, said("My dentist is Dr. Haverkamp now."))
+    assert (r.question, r.answer) == ("Who is my dentist?", "Your dentist is Dr. Haverkamp now.")  # asked anew
+    assert ex.without_statements(asked, {(r.statement, r.clause)}) is None  # it leaves as a whole
+    (r,) = ex.restated(said("My dentist is Dr. Okonkwo."), {**asked, "output": "Your dentist is Dr. Haverkamp."})
+    assert (r.question, r.answer) == ("My dentist is what?", "Your dentist is Dr. Haverkamp.")
+    # two questions and answers are the question key's to supersede (the same question)
+    assert ex.restated(asked, {"input": "What's my dentist called?", "output": "Your dentist is Dr. Haverkamp."}) == []
+
+
 def test_what_is_said_again_leaves_and_the_rest_of_the_example_stays():
     chat = {"messages": [{"role": "user", "content": "I'm learning Portuguese, and my teacher is Marta. Any tips?"},
                          {"role": "assistant", "content": "Practise a little every day."},

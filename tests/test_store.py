@@ -149,6 +149,22 @@ def test_a_statement_said_again_supersedes_the_earlier_one_and_keeps_the_rest(tm
     assert store.supersede(store.create_batch(), "A_x_0002") == []
 
 
+def test_a_note_said_again_supersedes_a_question_and_answer_and_asks_its_question_anew(tmp_path):
+    store = Store(tmp_path / "memz.db")
+    asked = {"system": "You are my assistant.", "input": "Who is my dentist?", "output": "Your dentist is Dr. Okonkwo."}
+    store.add_examples(store.add_file("qa.jsonl", "", 1), _rows(asked))
+    b1 = store.create_batch()
+    store.start_batch(b1)
+    store.add_checkpoint(CheckpointRow("A_x_0001", 1, None, b1, "stable", "now", "p", "base", {}), True)
+    note = {"text": "I switched dentists: my dentist is Dr. Haverkamp.", "tags": ["health"]}
+    store.add_examples(store.add_file("note.jsonl", "", 1), _rows(note))
+    b2 = store.create_batch()
+    assert store.supersede(b2, "A_x_0001") == [asked]
+    again = {"system": "You are my assistant.", "input": "Who is my dentist?",
+             "output": "Your dentist is Dr. Haverkamp.", "tags": ["health"]}
+    assert store.batch_examples(b2) == [note, again]
+
+
 def test_a_superseded_answer_sent_again_stays_superseded(tmp_path):
     """Biscuit, then Pepper; then a script sends the first file again: the update stands
     (a forgotten or superseded example stays out of training however often it comes back)."""

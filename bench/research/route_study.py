@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.join(ROOT, "bench", "research"))
 from gate_eval import HARD_NEGATIVES  # noqa: E402  (look-alikes of the taught facts)
 
 DATA = os.path.join(ROOT, "bench", "data")
-CATEGORIES = ["facts", "conversation", "chat", "notes", "personal", "corrections", "updates", "behaviours"]
+CATEGORIES = ["facts", "conversation", "chat", "notes", "personal", "corrections", "updates", "said_updates",
+              "behaviours"]
 # General questions in the first person: a personal key must not take them.
 FIRST_PERSON_GENERAL = [
     "How do I boil an egg?", "How do I make a cup of tea?", "What should I cook for dinner tonight?",
@@ -43,6 +44,19 @@ def read(name):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def said_again(old: list[dict], new: list[dict]) -> list[dict]:
+    """What the lineage trains once `new` follows `old`: a statement said again leaves with
+    its question asked anew (as memzd.store supersedes it; two Q&As with the same question
+    are kept both here)."""
+    out, again = [], []
+    for o in old:
+        found = [r for n in new for r in examples.restated(o, n)]
+        rest = examples.without_statements(o, {(r.statement, r.clause) for r in found}) if found else o
+        out += [rest] if rest else []
+        again += [{"input": r.question, "output": r.answer} for r in found]
+    return out + new + again
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-v", action="store_true", help="print every wrong decision")
@@ -54,7 +68,7 @@ def main():
     totals = {}
     for cat in CATEGORIES:
         rows = read(cat)[:10] if cat == "facts" else read(cat)
-        teach = [t for r in rows for t in r.get("teach_old", []) + r.get("teach", [])]
+        teach = said_again([t for r in rows for t in r.get("teach_old", [])], [t for r in rows for t in r.get("teach", [])])
         taught = examples.expand(teach)
         keys = [gate.question_text(c[:-1]) if c else e["text"] for e in taught for c in [examples.to_chat(e)]]
         memory = empty.extend(model, tok, keys, dev)
