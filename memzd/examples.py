@@ -585,14 +585,25 @@ class _Fact(NamedTuple):
     answer: str
 
 
+def _asks_subject(question: str) -> bool:
+    """Does a written question ask who or what the statement is about ("My sister what
+    lives in Oslo?": two more words say what it does), not a value of it? Two sisters
+    may live in Oslo; one sister lives in one city."""
+    words = [t.lower() for t in _TOKEN.findall(question) if t[0].isalnum()]
+    slot = next((i for i, w in enumerate(words) if w in ("what", "where", "when", "how")), len(words))
+    return sum(w not in _NEWS and not is_when(w) for w in words[slot + 1:]) >= 2
+
+
 @lru_cache(maxsize=4096)  # a lineage's statements are read again for each batch that states something
 def _facts(statement: str) -> dict[frozenset[str], _Fact]:
-    """frame -> fact for each question written about each clause of a statement."""
+    """frame -> fact for each question written about each clause of a statement that asks
+    for a value of what it is about (not `_asks_subject`)."""
     out = {}
     for clause in _clauses(statement):
         for q, a, value in questions_about(clause):
-            frame, single = _frame(q)
-            out[frame] = _Fact(re.sub(r"['’]s$", "", value).lower(), single, clause, q, a)
+            if not _asks_subject(q):
+                frame, single = _frame(q)
+                out[frame] = _Fact(re.sub(r"['’]s$", "", value).lower(), single, clause, q, a)
     return out
 
 
@@ -628,19 +639,21 @@ def _answered(data: dict) -> bool:
     return bool(chat) and chat[-1]["role"] == "assistant" and not statements(data)
 
 
-@lru_cache(maxsize=4096)
-def _told(blob: str) -> tuple[tuple[str, bool], ...]:
-    """What an example (as JSON) says, each statement with whether it says it is news: its
-    statements, or a question-and-answer's answer in the asker's words."""
+@lru_cache(maxsize=16384)  # the store reads each example of the lineage against each of a batch
+def _told(blob: str) -> tuple[bool, tuple[tuple[str, bool], ...]]:
+    """Whether an example (as JSON) is a question and its answer (`_answered`), and what it
+    says, each statement with whether it says it is news: its statements, or a
+    question-and-answer's answer in the asker's words."""
     data = json.loads(blob)
-    pieces = _pieces(data) or (_pieces({"text": first_person(answer_of(data))}) if _answered(data) else [])
+    answered = _answered(data)
+    pieces = _pieces({"text": first_person(answer_of(data))}) if answered else _pieces(data)
     out = []
     for piece in pieces:
         said = _statement(piece)
         if said:
             out.append((said, bool(_NEWS & {w.lower() for w in _TOKEN.findall(piece)}
                                    or _PREAMBLE.match(_BULLET.sub("", piece.strip())))))
-    return tuple(out)
+    return answered, tuple(out)
 
 
 def restated(old: dict, new: dict) -> list[Restated]:
@@ -653,14 +666,15 @@ def restated(old: dict, new: dict) -> list[Restated]:
     ("Who is my dentist?" -> "Your dentist is Dr. Okonkwo." says "My dentist is Dr.
     Okonkwo."), and is said again as a whole: its own question is asked anew. Two
     questions and answers are left to `question_key` and `same_fact`."""
-    if _answered(old) and _answered(new):
+    (qa_old, told_old), (qa_new, told_new) = (_told(json.dumps(d, sort_keys=True)) for d in (old, new))
+    if qa_old and qa_new:
         return []
-    news = [(said, marked, _facts(said)) for said, marked in _told(json.dumps(new, sort_keys=True))]
+    news = [(said, marked, _facts(said)) for said, marked in told_new]
     if not news:
         return []
-    asked = question_of(old) if _answered(old) else None
+    asked = question_of(old) if qa_old else None
     out = []
-    for was, _ in _told(json.dumps(old, sort_keys=True)):
+    for was, _ in told_old:
         for frame, fact in _facts(was).items():
             now = next(((said, facts[frame]) for said, marked, facts in news
                         if frame in facts and facts[frame].value != fact.value and (marked or fact.single)), None)

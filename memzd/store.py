@@ -413,8 +413,9 @@ class Store:
         again, differently, and their other phrasings (examples.same_fact): they leave all
         future training (replay) and are returned, so that their keys leave the key memory
         too. An other phrasing's question joins this batch with the new answer (`_reteach`).
-        An event records each. Within the batch, the last answer to a question stands (the
-        order sent: files by name, then lines); the earlier ones leave it, never trained."""
+        So do the notes and chats this batch says again (`_restate`). An event records each.
+        Within the batch, the last answer to a question stands (the order sent: files by
+        name, then lines); the earlier ones leave it, never trained."""
         batches = [c.batch_id for c in self.lineage(lineage_of) if c.batch_id is not None]
         with self.write():
             self._supersede_within(batch_id)
@@ -460,34 +461,37 @@ class Store:
         unlearns the old one, and what else the earlier example states, without it
         (examples.without_statements), each from that example's file and line. An event
         names each statement said again."""
-        news = [(i, json.loads(d), u) for i, d, u in self.db.execute(
-            "SELECT id, data, user FROM examples WHERE batch_id = ? AND forgotten_at IS NULL ORDER BY id", [batch_id])]
+        news = [(i, json.loads(d), u, k) for i, d, u, k in self.db.execute(
+            "SELECT id, data, user, kind FROM examples WHERE batch_id = ? AND forgotten_at IS NULL ORDER BY id",
+            [batch_id])]
         if not news:
             return []
+        # two questions and answers are the question key's (below); a statement is a note's or a chat's
+        shapes = "" if any(k in ("messages", "text") for *_, k in news) else "AND kind IN ('messages', 'text') "
         found: dict[int, tuple[dict, list]] = {}  # old id -> (its data, [(Restated, the new example)])
         marks = ",".join("?" * (len(batches) + 1))
         for old_id, data, user in self.db.execute(
                 f"SELECT id, data, user FROM examples WHERE batch_id IN ({marks}) AND forgotten_at IS NULL "
-                f"ORDER BY id", [*batches, batch_id]).fetchall():
+                f"{shapes}ORDER BY id", [*batches, batch_id]).fetchall():
             old = json.loads(data)
-            for new_id, new, new_user in news:
-                said = [(r, new_id, new) for r in restated(old, new)] if new_id > old_id and new_user == user else []
-                if said:
-                    found.setdefault(old_id, (old, []))[1].extend(said)
-        for old_id, (old, said) in found.items():
-            rest = without_statements(old, {(r.statement, r.clause) for r, _, _ in said})
+            for new_id, new, new_user, _ in news:
+                if new_id > old_id and new_user == user:
+                    again = [(r, new_id, new) for r in restated(old, new)]
+                    if again:
+                        found.setdefault(old_id, (old, []))[1].extend(again)
+        for old_id, (old, again) in found.items():
+            rest = without_statements(old, {(r.statement, r.clause) for r, _, _ in again})
             copy = self._insert_copy(rest, old_id, batch_id) if rest else None
             self.db.execute("UPDATE examples SET forgotten_at = ? WHERE id = ?", [utcnow(), old_id])
-            for r, new_id, new in said:
+            for n, (r, new_id, new) in enumerate(again):
                 asked = {"input": r.question, "output": r.answer,
                          **{k: v for k, v in (("system", system_of(old)), ("tags", new.get("tags"))) if v}}
-                again = self._insert_copy(asked, old_id, batch_id)
+                taught = self._insert_copy(asked, old_id, batch_id)
                 self.log_event("supersede", f"example #{old_id} is superseded by #{new_id} (batch {batch_id}): "
                                f"{r.clause if r.clause != r.statement else r.statement!r} is said again as {r.now!r}"
-                               + (f"; {r.question!r} is taught with the new answer as #{again}" if again else "")
-                               + (f"; the rest of it is taught as #{copy}" if copy else ""),
+                               + (f"; {r.question!r} is taught with the new answer as #{taught}" if taught else "")
+                               + (f"; the rest of it is taught as #{copy}" if copy and n == 0 else ""),
                                example=old_id, by=new_id, batch=batch_id)
-                copy = None  # said once
         return [old for old, _ in found.values()]
 
     def _insert_copy(self, data: dict, like: int, batch_id: int) -> int | None:

@@ -192,6 +192,7 @@ def said(text):
     ("I speak French.", "I speak Spanish.", None),
     ("My sister Ilse lives in Lisbon.", "My sister Ilse works in Porto now.", None),
     ("My sister Ilse lives in Lisbon.", "My brother lives in Madrid now.", None),
+    ("My sister Priya lives in Oslo.", "My sister Ilse lives in Oslo now.", None),  # another sister
     ("My dentist is Dr. Okonkwo.", "Actually, my dentist is Dr. Okonkwo.", None),
     ("I drive an old blue Fiat.", "I sold the Fiat last week.", None),
 ])
