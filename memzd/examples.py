@@ -139,7 +139,7 @@ def _messages(messages: Any) -> list[dict]:
 def _said(messages: list[dict]) -> str:
     """What the user states in a conversation with no assistant turn, as one note (the
     sentences of their turns that tell, of three words or more); refused when there is none."""
-    said = [t.strip() for t in _stated(messages) if len(t.split()) >= 3]
+    said = [t.strip() for t in _pieces({"messages": messages}) if len(t.split()) >= 3]
     if not said:
         raise ExampleError("'messages' has no assistant turn to learn from, and the user states nothing "
                            "(a statement of three words or more) to remember")
@@ -267,12 +267,6 @@ def sentences(text: str) -> list[tuple[str, bool]]:
 def is_statement(text: str) -> bool:
     """A user turn that tells something (a sentence of it does not end in a question mark)."""
     return any(tells and piece.strip() for piece, tells in sentences(text))
-
-
-def _stated(messages: list[dict]) -> list[str]:
-    """The sentences of a conversation's user turns that tell rather than ask."""
-    return [piece.strip() for m in messages if m["role"] == "user"
-            for piece, tells in sentences(m["content"]) if tells and piece.strip()]
 
 
 def _statement(piece: str) -> str | None:
@@ -561,14 +555,18 @@ _COPULA = {"is", "are", "was", "were"}  # "My dentist is X": one X at a time
 _ARTICLES = {"a", "an", "the"}
 
 
-def _frame(question: str) -> tuple[frozenset[str], bool]:
+def _frame(question: str) -> tuple[frozenset[str], bool] | None:
     """What a written question asks, past its value, and whether there is one value of it
-    (it asks what something is). The frame is its words, lower case and stemmed, without
-    dates, the words of news (_NEWS), and an article with the words that describe the
-    value ("I drive an old blue what?" and "Now I drive a red what?" are both {i, driv,
-    what})."""
+    (it asks what something is); None where it asks who or what the statement is about
+    ("My sister what lives in Oslo?": two more words say what it does): two sisters may
+    live in Oslo, one sister lives in one city. The frame is its words, lower case and
+    stemmed, without dates, the words of news (_NEWS), and an article with the words that
+    describe the value ("I drive an old blue what?" and "Now I drive a red what?" are both
+    {i, driv, what})."""
     words = [t.lower().replace("’", "'") for t in _TOKEN.findall(question) if t[0].isalnum()]
     slot = next((i for i, w in enumerate(words) if w in ("what", "where", "when", "how")), len(words))
+    if sum(w not in _NEWS and not is_when(w) for w in words[slot + 1:]) >= 2:
+        return None
     for i in range(slot - 1, max(0, slot - 3) - 1, -1):  # "an old blue what": the value described, not asked
         if words[i] in _ARTICLES:
             if not any(w in _COPULA or w in _AFTER for w in words[i + 1:slot]):
@@ -585,25 +583,16 @@ class _Fact(NamedTuple):
     answer: str
 
 
-def _asks_subject(question: str) -> bool:
-    """Does a written question ask who or what the statement is about ("My sister what
-    lives in Oslo?": two more words say what it does), not a value of it? Two sisters
-    may live in Oslo; one sister lives in one city."""
-    words = [t.lower() for t in _TOKEN.findall(question) if t[0].isalnum()]
-    slot = next((i for i, w in enumerate(words) if w in ("what", "where", "when", "how")), len(words))
-    return sum(w not in _NEWS and not is_when(w) for w in words[slot + 1:]) >= 2
-
-
 @lru_cache(maxsize=4096)  # a lineage's statements are read again for each batch that states something
 def _facts(statement: str) -> dict[frozenset[str], _Fact]:
     """frame -> fact for each question written about each clause of a statement that asks
-    for a value of what it is about (not `_asks_subject`)."""
+    for a value of what it is about (`_frame`)."""
     out = {}
     for clause in _clauses(statement):
         for q, a, value in questions_about(clause):
-            if not _asks_subject(q):
-                frame, single = _frame(q)
-                out[frame] = _Fact(re.sub(r"['’]s$", "", value).lower(), single, clause, q, a)
+            framed = _frame(q)
+            if framed:
+                out[framed[0]] = _Fact(re.sub(r"['’]s$", "", value).lower(), framed[1], clause, q, a)
     return out
 
 

@@ -122,6 +122,13 @@ _INSERT_EXAMPLE = (
     "WHERE checkpoints.status = 'rolled_back')")
 
 
+def _asked(question: str, answer: str, asked_in: dict, tagged_as: dict) -> dict:
+    """A question taught anew with a later answer: with the system turn it was asked under,
+    and the tags of the example that gave the answer."""
+    return {"input": question, "output": answer,
+            **{k: v for k, v in (("system", system_of(asked_in)), ("tags", tagged_as.get("tags"))) if v}}
+
+
 def utcnow() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -484,9 +491,7 @@ class Store:
             copy = self._insert_copy(rest, old_id, batch_id) if rest else None
             self.db.execute("UPDATE examples SET forgotten_at = ? WHERE id = ?", [utcnow(), old_id])
             for n, (r, new_id, new) in enumerate(again):
-                asked = {"input": r.question, "output": r.answer,
-                         **{k: v for k, v in (("system", system_of(old)), ("tags", new.get("tags"))) if v}}
-                taught = self._insert_copy(asked, old_id, batch_id)
+                taught = self._insert_copy(_asked(r.question, r.answer, old, new), old_id, batch_id)
                 self.log_event("supersede", f"example #{old_id} is superseded by #{new_id} (batch {batch_id}): "
                                f"{r.clause if r.clause != r.statement else r.statement!r} is said again as {r.now!r}"
                                + (f"; {r.question!r} is taught with the new answer as #{taught}" if taught else "")
@@ -495,15 +500,15 @@ class Store:
         return [old for old, _ in found.values()]
 
     def _insert_copy(self, data: dict, like: int, batch_id: int) -> int | None:
-        """`data` as an example of this batch, from example `like`'s file and line, for its
-        user; its id, or None where it is not a valid example or is stored already."""
+        """`data` as an example of this batch, from example `like`'s file and line; its id,
+        or None where it is not a valid example or is stored already."""
         try:
             example = parse_example(data)
         except ExampleError:
             return None
-        file_id, line, user = self.db.execute("SELECT file_id, line, user FROM examples WHERE id = ?", [like]).fetchone()
+        file_id, line = self.db.execute("SELECT file_id, line FROM examples WHERE id = ?", [like]).fetchone()
         cursor = self.db.execute(_INSERT_EXAMPLE, [example.hash, example.kind, example.json, file_id, line,
-                                                   time.time(), user, question_key(example.data), batch_id])
+                                                   time.time(), example.user, question_key(example.data), batch_id])
         return cursor.lastrowid if cursor.rowcount else None
 
     def _supersede_within(self, batch_id: int) -> None:
@@ -531,15 +536,10 @@ class Store:
         over. Returns {sibling id: the new example's id} (none where that example exists)."""
         out = {}
         for old_id, (other, new_id) in siblings.items():
-            new = news[new_id]
-            data = {"input": question_of(other), "output": answer_of(new),
-                    **{k: v for k, v in (("system", system_of(other)), ("tags", new.get("tags"))) if v}}
-            example = parse_example(data)
-            file_id, line = self.db.execute("SELECT file_id, line FROM examples WHERE id = ?", [new_id]).fetchone()
-            cursor = self.db.execute(_INSERT_EXAMPLE, [example.hash, example.kind, example.json, file_id, line,
-                                                       time.time(), example.user, question_key(example.data), batch_id])
-            if cursor.rowcount:
-                out[old_id] = cursor.lastrowid
+            taught = self._insert_copy(_asked(question_of(other), answer_of(news[new_id]), other, news[new_id]),
+                                       new_id, batch_id)
+            if taught:
+                out[old_id] = taught
         return out
 
     def _same_facts(self, batches: list[int], user: str | None, old: dict, changes: list) -> dict:
