@@ -247,7 +247,9 @@ _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")  # "- Mum's birthday is 
 # An opening that says a sentence is news, not what it is about: "Update: the wifi password
 # is ...", "Change of plan: ...", "Sorry, I got that wrong: ...", "Actually, ...".
 _PREAMBLE = re.compile(r"^(?:(?:update|correction|change|note|fyi|edit|ps|sorry|oops|actually)\b[^:.!?]{0,40}:\s+"
-                       r"|(?:actually|oh|ok|okay|so|well|also|btw|anyway|sorry|oops)\s*,\s+)+", re.I)
+                       r"|(?:actually|no|oh|ok|okay|so|well|also|btw|anyway|sorry|oops)\s*,\s+)+", re.I)
+# An opening that answers the other side, no news: "Thanks, but we already called our dog Biscuit."
+_REPLY = re.compile(r"^(?:(?:thanks|thank you|yes|yeah|sure|great|cool|nice|hi|hello|hey)\s*,\s+(?:but\s+)?)+", re.I)
 _NUMBER = re.compile(r"\d")
 MAX_STATEMENT_CHARS = 300  # longer sentences are taught as they are, with no questions about them
 MAX_QUESTIONS = 3          # questions written per statement
@@ -269,11 +271,17 @@ def is_statement(text: str) -> bool:
     return any(tells and piece.strip() for piece, tells in sentences(text))
 
 
+def _opened(piece: str) -> str:
+    """A sentence without a list's bullet or an opening that answers the other side."""
+    return _REPLY.sub("", _BULLET.sub("", piece.strip()))
+
+
 def _statement(piece: str) -> str | None:
     """The fact a telling sentence states: without a list's bullet ("- Mum's birthday is 12
-    May") or an opening that only says it is news ("Update:", "Actually,", "Sorry, I got
-    that wrong:"); None when under three words are left."""
-    said = _PREAMBLE.sub("", _BULLET.sub("", piece.strip()))
+    May"), an opening that answers the other side ("Thanks, but") or one that only says it
+    is news ("Update:", "Actually,", "Sorry, I got that wrong:"); None when under three
+    words are left."""
+    said = _PREAMBLE.sub("", _opened(piece))
     said = said[:1].upper() + said[1:]
     return said if len(said.split()) >= 3 else None
 
@@ -548,36 +556,92 @@ def _mine(question: str) -> bool:
 # Words that mark a statement as news about something said before; in the frame of a
 # question they say nothing about what it asks.
 _NEWS = {"now", "actually", "anymore", "instead", "nowadays", "currently", "new", "switched", "changed",
-         "moved", "update", "updated", "correction", "wrong", "sorry", "longer"}
+         "moved", "moving", "relocated", "relocating", "update", "updated", "correction", "wrong", "sorry", "longer"}
 _MINE = {"your": "my", "yours": "mine", "yourself": "myself", "you're": "I'm", "you've": "I've", "you'll": "I'll",
          "you'd": "I'd"}  # the assistant's words for the asker's, as the asker says them
 _COPULA = {"is", "are", "was", "were"}  # "My dentist is X": one X at a time
 _ARTICLES = {"a", "an", "the"}
+# Someone who moved somewhere lives there now: "My sister moved to Madrid." says again
+# where "My sister lives in Lisbon." said she lives ("moved back" as well).
+_MOVED = {"move", "moved", "moves", "moving", "relocate", "relocated", "relocates", "relocating"}
+# After the value, words that say when (with the dates): "I moved to Madrid last month."
+_TIME = {"since", "until", "ago", "last", "next", "this", "today", "yesterday", "recently", "lately", "week",
+         "weeks", "month", "months", "year", "years", "weekend", "summer", "winter", "spring", "autumn"}
+_CONTRACTED = {"i've": ["i", "have"], "i'm": ["i", "am"], "we've": ["we", "have"], "we're": ["we", "are"],
+               "i'd": ["i", "had"], "we'd": ["we", "had"]}
 
 
-def _frame(question: str) -> tuple[frozenset[str], bool] | None:
-    """What a written question asks, past its value, and whether there is one value of it
-    (it asks what something is); None where it asks who or what the statement is about
-    ("My sister what lives in Oslo?": two more words say what it does): two sisters may
-    live in Oslo, one sister lives in one city. The frame is its words, lower case and
-    stemmed, without dates, the words of news (_NEWS), and an article with the words that
-    describe the value ("I drive an old blue what?" and "Now I drive a red what?" are both
-    {i, driv, what})."""
+_NOT = {"can't": "can", "won't": "will", "cannot": "can"}
+
+
+def _plain(words: list[str], slot: int) -> tuple[list[str], bool]:
+    """A question's words in one tense and one verb for living somewhere, and whether it
+    says the opposite: "I've lived where since 2019?", "I'm moving where?" and "I live
+    where now?" all ask {i, live, where}, and "I don't live where anymore?" asks it
+    negated: contractions opened, a negation ("not", "n't", "never", "no longer") and the
+    auxiliary before another verb ("have lived", "am moving", "don't live") left out,
+    moving somewhere read as living there, and the words after the value that say when
+    left out."""
+    asked, negated = words[slot], False
+    opened = []
+    for i, w in enumerate(words[:slot] + ["?"] + words[slot + 1:]):
+        if w in ("not", "never") or (w == "no" and words[i + 1:i + 2] == ["longer"]):
+            negated = True
+        elif w.endswith("n't") or w in _NOT:
+            negated = True
+            opened.append(_NOT.get(w, w[:-3]))
+        else:
+            opened += _CONTRACTED.get(w, [w]) if i < slot else [w]
+    slot = opened.index("?")
+    out = []
+    for i, w in enumerate(opened):
+        after = opened[i + 1] if i + 1 < len(opened) else "?"
+        if i < slot and after != "?" and ((w in ("have", "has", "had") and after not in _DETERMINERS)
+                                          or w in ("do", "does", "did")
+                                          or (w in ("am", "is", "are", "was", "were") and after.endswith("ing"))):
+            continue  # the auxiliary of a verb ("have lived", "don't live"), not the verb ("have a dog")
+        if w == "back" and out and out[-1] == "lives":
+            continue
+        if i > slot and (w in _TIME or (w in _AFTER and (is_when(after) or after in _TIME))):  # "since 2019", "in March"
+            continue
+        out.append("lives" if w in _MOVED and after in ("?", "to", "back") else asked if w == "?" else w)
+    return out, negated
+
+
+class _Frame(NamedTuple):
+    words: frozenset[str]  # what it asks, past its value
+    single: bool           # there is one value of it: it asks what something is
+    negated: bool          # it says the opposite ("I don't live in Lisbon anymore.")
+
+
+def _frame(question: str) -> _Frame | None:
+    """What a written question asks, past its value (`_Frame`); None where it asks who or
+    what the statement is about ("My sister what lives in Oslo?": two more words say what
+    it does): two sisters may live in Oslo, one sister lives in one city. Its words are
+    lower case and stemmed, in one tense (`_plain`), without dates, the words of news
+    (_NEWS), and an article with the words that describe the value ("I drive an old blue
+    what?" and "Now I drive a red what?" are both {i, driv, what})."""
     words = [t.lower().replace("’", "'") for t in _TOKEN.findall(question) if t[0].isalnum()]
-    slot = next((i for i, w in enumerate(words) if w in ("what", "where", "when", "how")), len(words))
-    if sum(w not in _NEWS and not is_when(w) for w in words[slot + 1:]) >= 2:
+    slot = next((i for i, w in enumerate(words) if w in ("what", "where", "when", "how")), None)
+    if slot is None:
         return None
+    if sum(w not in _NEWS and w not in _TIME and not is_when(w) for w in words[slot + 1:]) >= 2:
+        return None
+    words, negated = _plain(words, slot)
+    slot = words.index(next(w for w in words if w in ("what", "where", "when", "how")))
     for i in range(slot - 1, max(0, slot - 3) - 1, -1):  # "an old blue what": the value described, not asked
         if words[i] in _ARTICLES:
             if not any(w in _COPULA or w in _AFTER for w in words[i + 1:slot]):
                 words = words[:i] + words[slot:]
             break
-    return frozenset(stem(w) for w in words if w not in _NEWS and not is_when(w)), bool(_COPULA & set(words))
+    return _Frame(frozenset(stem(w) for w in words if w not in _NEWS and not is_when(w)),
+                  bool(_COPULA & set(words)), negated)
 
 
 class _Fact(NamedTuple):
     value: str      # lower case, a possessive cut
     single: bool    # there is one value of it (_frame)
+    negated: bool   # it says the value is not so (_frame)
     clause: str     # the clause of the statement that says it
     question: str   # as questions_about writes it
     answer: str
@@ -592,7 +656,8 @@ def _facts(statement: str) -> dict[frozenset[str], _Fact]:
         for q, a, value in questions_about(clause):
             framed = _frame(q)
             if framed:
-                out[framed[0]] = _Fact(re.sub(r"['’]s$", "", value).lower(), framed[1], clause, q, a)
+                out[framed.words] = _Fact(re.sub(r"['’]s$", "", value).lower(), framed.single, framed.negated,
+                                          clause, q, a)
     return out
 
 
@@ -641,8 +706,18 @@ def _told(blob: str) -> tuple[bool, tuple[tuple[str, bool], ...]]:
         said = _statement(piece)
         if said:
             out.append((said, bool(_NEWS & {w.lower() for w in _TOKEN.findall(piece)}
-                                   or _PREAMBLE.match(_BULLET.sub("", piece.strip())))))
+                                   or _PREAMBLE.match(_opened(piece)))))
     return answered, tuple(out)
+
+
+def _contradicts(was: _Fact, now: _Fact, news: bool) -> bool:
+    """Does `now` (of the same frame, said later, `news` when it says so) take back `was`?
+    The same value said the other way ("I don't live in Lisbon anymore." after "I live in
+    Lisbon."), or another value of what there is one of, or said as news; what is not
+    so adds to what is not ("I don't eat pork." and "I don't eat beef.")."""
+    if was.negated != now.negated:
+        return now.value == was.value
+    return not was.negated and now.value != was.value and (news or was.single)
 
 
 def restated(old: dict, new: dict) -> list[Restated]:
@@ -651,7 +726,8 @@ def restated(old: dict, new: dict) -> list[Restated]:
     my sister Ilse lives in Madrid now." And the new one must say that it is news ("now",
     "actually", "switched", an "Update:") or say what something is ("My dentist is Dr.
     Haverkamp."): "I speak Spanish." adds to "I speak French."; "I speak Spanish now."
-    replaces it. A question and answer says what its answer says in the asker's words
+    replaces it. The same value said the other way takes it back too ("I don't live in
+    Lisbon anymore."). A question and answer says what its answer says in the asker's words
     ("Who is my dentist?" -> "Your dentist is Dr. Okonkwo." says "My dentist is Dr.
     Okonkwo."), and is said again as a whole: its own question is asked anew. Two
     questions and answers are left to `question_key` and `same_fact`."""
@@ -666,7 +742,7 @@ def restated(old: dict, new: dict) -> list[Restated]:
     for was, _ in told_old:
         for frame, fact in _facts(was).items():
             now = next(((said, facts[frame]) for said, marked, facts in news
-                        if frame in facts and facts[frame].value != fact.value and (marked or fact.single)), None)
+                        if frame in facts and _contradicts(fact, facts[frame], marked)), None)
             if now and (was, fact.clause) not in [(r.statement, r.clause) for r in out]:
                 out.append(Restated(was, fact.clause, now[0], asked or fact.question, now[1].answer))
     return out

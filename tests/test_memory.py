@@ -188,6 +188,16 @@ def said(text):
     ("Our book club meets on Thursday evenings.", "Change of plan: our book club meets on Sunday evenings.",
      "Our book club meets on Sunday evenings."),
     ("I speak French.", "I speak Spanish now.", "I speak Spanish now."),
+    # moving somewhere says where one lives now, in another tense, with when it happened
+    ("My brother Tomas lives in Ghent.", "My brother Tomas moved to Antwerp last month.",
+     "My brother Tomas moved to Antwerp last month."),
+    ("I've lived in Utrecht since 2018.", "I moved to Rotterdam in March.", "I moved to Rotterdam in March."),
+    ("I live in Utrecht.", "I'm moving to Rotterdam.", "I'm moving to Rotterdam."),
+    ("We lived in Porto for years.", "We moved back to Lisbon.", "We moved back to Lisbon."),
+    # the same value said the other way takes it back
+    ("I live in Lisbon.", "I don't live in Lisbon anymore.", "I don't live in Lisbon anymore."),
+    ("I work at Fenwick.", "I no longer work at Fenwick.", "I no longer work at Fenwick."),
+    ("My dentist is Dr. Okonkwo.", "My dentist isn't Dr. Okonkwo anymore.", "My dentist isn't Dr. Okonkwo anymore."),
     # not said again: another value of what there may be several of, another thing, the same value
     ("I speak French.", "I speak Spanish.", None),
     ("My sister Ilse lives in Lisbon.", "My sister Ilse works in Porto now.", None),
@@ -195,12 +205,18 @@ def said(text):
     ("My sister Priya lives in Oslo.", "My sister Ilse lives in Oslo now.", None),  # another sister
     ("My dentist is Dr. Okonkwo.", "Actually, my dentist is Dr. Okonkwo.", None),
     ("I drive an old blue Fiat.", "I sold the Fiat last week.", None),
+    ("My brother Tomas lives in Ghent.", "My sister moved to Antwerp.", None),
+    ("I live in Utrecht.", "I moved the piano to the attic.", None),  # moved a thing, not oneself
+    ("I have a red Volvo.", "I have lived in Rotterdam since May.", None),  # "have" the verb, then the auxiliary
+    ("I live in Lisbon.", "I don't live in Madrid.", None),  # not so of another value
+    ("I don't live in Lisbon.", "I don't live in Madrid now.", None),
 ])
 def test_a_statement_said_again_with_another_value_is_found(old, new, again):
     found = ex.restated(said(old), {"text": new})
     assert [r.now for r in found] == ([again] if again else [])
-    if again:  # the question written about the old statement, answered anew
-        (question, _, _), = ex.questions_about(old)[-1:]
+    if again:  # the question written about the old statement that asks for its value, answered anew
+        written = ex.questions_about(old)
+        (question, _, _), = ([w for w in written if not ex.is_when(w[2])] or written)[-1:]  # not "since when?"
         assert found[0] == (old, old, again, question, ex.questions_about(again)[-1][1])
 
 
@@ -240,6 +256,11 @@ def test_what_is_said_again_leaves_and_the_rest_of_the_example_stays():
 def test_statements_are_a_notes_sentences_and_the_users_non_questions():
     assert ex.statements({"text": "My dentist is Dr. Okonkwo. He works on Mondays!\nThe end is near."}) == [
         "My dentist is Dr. Okonkwo.", "He works on Mondays!", "The end is near."]
+    # what opens a sentence without being the fact: a bullet, a reply to the assistant, news
+    assert ex.statements({"text": "- Thanks, but we already called our dog Biscuit.\nNo, my sister lives in Madrid."}) \
+        == ["We already called our dog Biscuit.", "My sister lives in Madrid."]
+    assert ex.questions_about("We already called our dog Biscuit.")[-1][:2] == (
+        "We already called our dog what?", "You already called your dog Biscuit.")
     assert ex.statements(KITTEN) == ["I just adopted a kitten, her name is Mochi."]
     assert ex.statements({"input": "My cat is Tom.", "output": "Noted."}) == []
 

@@ -149,6 +149,22 @@ def test_a_statement_said_again_supersedes_the_earlier_one_and_keeps_the_rest(tm
     assert store.supersede(store.create_batch(), "A_x_0002") == []
 
 
+def test_a_statement_taken_back_leaves_training_and_its_question_gets_the_new_answer(tmp_path):
+    store = Store(tmp_path / "memz.db")
+    chat = {"messages": [{"role": "user", "content": "I work at Fenwick & Co."}, {"role": "assistant", "content": "Noted."}]}
+    store.add_examples(store.add_file("chat.jsonl", "", 1), _rows(chat))
+    b1 = store.create_batch()
+    store.start_batch(b1)
+    store.add_checkpoint(CheckpointRow("A_x_0001", 1, None, b1, "stable", "now", "p", "base", {}), True)
+    note = {"text": "I no longer work at Fenwick & Co."}
+    store.add_examples(store.add_file("note.jsonl", "", 1), _rows(note))
+    b2 = store.create_batch()
+    assert store.supersede(b2, "A_x_0001") == [chat]
+    assert store.batch_examples(b2) == [note, {"input": "I work where?", "output": "You no longer work at Fenwick & Co."}]
+    (event,) = [e["message"] for e in store.events(20) if e["kind"] == "supersede"]
+    assert "'I work at Fenwick & Co.' is said again as 'I no longer work at Fenwick & Co.'" in event
+
+
 def test_a_note_said_again_supersedes_a_question_and_answer_and_asks_its_question_anew(tmp_path):
     store = Store(tmp_path / "memz.db")
     asked = {"system": "You are my assistant.", "input": "Who is my dentist?", "output": "Your dentist is Dr. Okonkwo."}
