@@ -248,8 +248,6 @@ _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")  # "- Mum's birthday is 
 # is ...", "Change of plan: ...", "Sorry, I got that wrong: ...", "Actually, ...".
 _PREAMBLE = re.compile(r"^(?:(?:update|correction|change|note|fyi|edit|ps|sorry|oops|actually)\b[^:.!?]{0,40}:\s+"
                        r"|(?:actually|no|oh|ok|okay|so|well|also|btw|anyway|sorry|oops)\s*,\s+)+", re.I)
-# An opening that answers the other side, no news: "Thanks, but we already called our dog Biscuit."
-_REPLY = re.compile(r"^(?:(?:thanks|thank you|yes|yeah|sure|great|cool|nice|hi|hello|hey)\s*,\s+(?:but\s+)?)+", re.I)
 _NUMBER = re.compile(r"\d")
 MAX_STATEMENT_CHARS = 300  # longer sentences are taught as they are, with no questions about them
 MAX_QUESTIONS = 3          # questions written per statement
@@ -271,17 +269,11 @@ def is_statement(text: str) -> bool:
     return any(tells and piece.strip() for piece, tells in sentences(text))
 
 
-def _opened(piece: str) -> str:
-    """A sentence without a list's bullet or an opening that answers the other side."""
-    return _REPLY.sub("", _BULLET.sub("", piece.strip()))
-
-
 def _statement(piece: str) -> str | None:
     """The fact a telling sentence states: without a list's bullet ("- Mum's birthday is 12
-    May"), an opening that answers the other side ("Thanks, but") or one that only says it
-    is news ("Update:", "Actually,", "Sorry, I got that wrong:"); None when under three
-    words are left."""
-    said = _PREAMBLE.sub("", _opened(piece))
+    May") or an opening that only says it is news ("Update:", "Actually,", "No,", "Sorry, I
+    got that wrong:"); None when under three words are left."""
+    said = _PREAMBLE.sub("", _BULLET.sub("", piece.strip()))
     said = said[:1].upper() + said[1:]
     return said if len(said.split()) >= 3 else None
 
@@ -706,7 +698,7 @@ def _told(blob: str) -> tuple[bool, tuple[tuple[str, bool], ...]]:
         said = _statement(piece)
         if said:
             out.append((said, bool(_NEWS & {w.lower() for w in _TOKEN.findall(piece)}
-                                   or _PREAMBLE.match(_opened(piece)))))
+                                   or _PREAMBLE.match(_BULLET.sub("", piece.strip())))))
     return answered, tuple(out)
 
 
