@@ -561,9 +561,8 @@ _TIME = {"since", "until", "ago", "last", "next", "this", "today", "yesterday", 
          "weeks", "month", "months", "year", "years", "weekend", "summer", "winter", "spring", "autumn"}
 _CONTRACTED = {"i've": ["i", "have"], "i'm": ["i", "am"], "we've": ["we", "have"], "we're": ["we", "are"],
                "i'd": ["i", "had"], "we'd": ["we", "had"]}
-
-
-_NOT = {"can't": "can", "won't": "will", "cannot": "can"}
+_NOT = {"can't": "can", "won't": "will", "cannot": "can"}  # the rest drop their "n't": "don't" -> "do"
+_ASKED = ("what", "where", "when", "how")  # the words questions_about puts in place of a value
 
 
 def _plain(words: list[str], slot: int) -> tuple[list[str], bool]:
@@ -614,13 +613,11 @@ def _frame(question: str) -> _Frame | None:
     (_NEWS), and an article with the words that describe the value ("I drive an old blue
     what?" and "Now I drive a red what?" are both {i, driv, what})."""
     words = [t.lower().replace("’", "'") for t in _TOKEN.findall(question) if t[0].isalnum()]
-    slot = next((i for i, w in enumerate(words) if w in ("what", "where", "when", "how")), None)
-    if slot is None:
-        return None
-    if sum(w not in _NEWS and w not in _TIME and not is_when(w) for w in words[slot + 1:]) >= 2:
+    slot = next((i for i, w in enumerate(words) if w in _ASKED), None)
+    if slot is None or sum(w not in _NEWS and w not in _TIME and not is_when(w) for w in words[slot + 1:]) >= 2:
         return None
     words, negated = _plain(words, slot)
-    slot = words.index(next(w for w in words if w in ("what", "where", "when", "how")))
+    slot = next(i for i, w in enumerate(words) if w in _ASKED)
     for i in range(slot - 1, max(0, slot - 3) - 1, -1):  # "an old blue what": the value described, not asked
         if words[i] in _ARTICLES:
             if not any(w in _COPULA or w in _AFTER for w in words[i + 1:slot]):
