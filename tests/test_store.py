@@ -15,6 +15,14 @@ def _rows(*examples):
     return out
 
 
+def _taught(store, file, *examples):
+    """A first batch of `examples` from `file`, trained into the stable checkpoint A_x_0001."""
+    store.add_examples(store.add_file(file, "", 1), _rows(*examples))
+    batch = store.create_batch()
+    store.start_batch(batch)
+    store.add_checkpoint(CheckpointRow("A_x_0001", 1, None, batch, "stable", "now", "p", "base", {}), True)
+
+
 def test_fresh_db_is_migrated_and_wal(tmp_path):
     store = Store(tmp_path / "memz.db")
     names = {m.name for m in migrations.applied(store.db)}
@@ -102,10 +110,7 @@ def test_an_update_reteaches_the_other_phrasing_with_its_system_turn(tmp_path):
     other_way = {"messages": [{"role": "system", "content": system},
                               {"role": "user", "content": "What did Orla name her cat?"},
                               {"role": "assistant", "content": "She named her cat Biscuit."}]}
-    store.add_examples(store.add_file("first.jsonl", "", 1), _rows(cat, other_way))
-    b1 = store.create_batch()
-    store.start_batch(b1)
-    store.add_checkpoint(CheckpointRow("A_x_0001", 1, None, b1, "stable", "now", "p", "base", {}), True)
+    _taught(store, "first.jsonl", cat, other_way)
     renamed = {"input": cat["input"], "output": "Orla's cat is now called Pepper.", "tags": ["pets"]}
     store.add_examples(store.add_file("update.jsonl", "", 1), _rows(renamed))
     b2 = store.create_batch()
@@ -124,10 +129,7 @@ def test_a_statement_said_again_supersedes_the_earlier_one_and_keeps_the_rest(tm
     chat = {"messages": [{"role": "user", "content": "My sister Ilse lives in Lisbon. I work as a nurse."},
                          {"role": "assistant", "content": "Got it."}], "tags": ["family"]}
     unrelated = {"text": "My brother Piet lives in Lisbon."}
-    store.add_examples(store.add_file("chat.jsonl", "", 1), _rows(chat, unrelated))
-    b1 = store.create_batch()
-    store.start_batch(b1)
-    store.add_checkpoint(CheckpointRow("A_x_0001", 1, None, b1, "stable", "now", "p", "base", {}), True)
+    _taught(store, "chat.jsonl", chat, unrelated)
     update = {"text": "Update: my sister Ilse lives in Madrid now."}
     store.add_examples(store.add_file("update.jsonl", "", 1), _rows(update))
     b2 = store.create_batch()
@@ -152,10 +154,7 @@ def test_a_statement_said_again_supersedes_the_earlier_one_and_keeps_the_rest(tm
 def test_a_statement_taken_back_leaves_training_and_its_question_gets_the_new_answer(tmp_path):
     store = Store(tmp_path / "memz.db")
     chat = {"messages": [{"role": "user", "content": "I work at Fenwick & Co."}, {"role": "assistant", "content": "Noted."}]}
-    store.add_examples(store.add_file("chat.jsonl", "", 1), _rows(chat))
-    b1 = store.create_batch()
-    store.start_batch(b1)
-    store.add_checkpoint(CheckpointRow("A_x_0001", 1, None, b1, "stable", "now", "p", "base", {}), True)
+    _taught(store, "chat.jsonl", chat)
     note = {"text": "I no longer work at Fenwick & Co."}
     store.add_examples(store.add_file("note.jsonl", "", 1), _rows(note))
     b2 = store.create_batch()
@@ -168,10 +167,7 @@ def test_a_statement_taken_back_leaves_training_and_its_question_gets_the_new_an
 def test_a_note_said_again_supersedes_a_question_and_answer_and_asks_its_question_anew(tmp_path):
     store = Store(tmp_path / "memz.db")
     asked = {"system": "You are my assistant.", "input": "Who is my dentist?", "output": "Your dentist is Dr. Okonkwo."}
-    store.add_examples(store.add_file("qa.jsonl", "", 1), _rows(asked))
-    b1 = store.create_batch()
-    store.start_batch(b1)
-    store.add_checkpoint(CheckpointRow("A_x_0001", 1, None, b1, "stable", "now", "p", "base", {}), True)
+    _taught(store, "qa.jsonl", asked)
     note = {"text": "I switched dentists: my dentist is Dr. Haverkamp.", "tags": ["health"]}
     store.add_examples(store.add_file("note.jsonl", "", 1), _rows(note))
     b2 = store.create_batch()
