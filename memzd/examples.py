@@ -561,7 +561,9 @@ _TIME = {"since", "until", "ago", "last", "next", "this", "today", "yesterday", 
          "weeks", "month", "months", "year", "years", "weekend", "summer", "winter", "spring", "autumn"}
 _CONTRACTED = {"i've": ["i", "have"], "i'm": ["i", "am"], "we've": ["we", "have"], "we're": ["we", "are"],
                "i'd": ["i", "had"], "we'd": ["we", "had"]}
-_NOT = {"can't": "can", "won't": "will", "cannot": "can"}  # the rest drop their "n't": "don't" -> "do"
+# Negations whose verb is not the word before "n't" (the rest drop it: "don't" -> "do");
+# the gate reads contractions with the same table.
+NEGATIONS = {"can't": "can", "won't": "will", "shan't": "shall", "ain't": "is", "cannot": "can"}
 _ASKED = ("what", "where", "when", "how")  # the words questions_about puts in place of a value
 
 
@@ -578,9 +580,9 @@ def _plain(words: list[str], slot: int) -> tuple[list[str], bool]:
     for i, w in enumerate(words[:slot] + ["?"] + words[slot + 1:]):
         if w in ("not", "never") or (w == "no" and words[i + 1:i + 2] == ["longer"]):
             negated = True
-        elif w.endswith("n't") or w in _NOT:
+        elif w.endswith("n't") or w in NEGATIONS:
             negated = True
-            opened.append(_NOT.get(w, w[:-3]))
+            opened.append(NEGATIONS.get(w, w[:-3]))
         else:
             opened += _CONTRACTED.get(w, [w]) if i < slot else [w]
     slot = opened.index("?")

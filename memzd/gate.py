@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .examples import is_when, stem
+from .examples import NEGATIONS, is_when, stem
 from .lora import using
 from .tokens import causal_lm
 
@@ -50,7 +50,6 @@ _POSSESSIVE = re.compile(r"(\w)'s?\b")
 # "I've", "you're", "don't": the word before the apostrophe is the word ("I" is the
 # first person, "do" a function word), not "Ive" (a capitalised rare word: a name).
 _CONTRACTION = re.compile(r"\b(\w+?)(?:n't|'m|'re|'ve|'ll|'d)\b", re.IGNORECASE)
-_NEGATIONS = {"can't": "can", "won't": "will", "shan't": "shall", "ain't": "is"}
 
 # The reference set: general prompts whose keys say what "general knowledge"
 # looks like. Kept apart from the anchors and the benchmark's questions, so
@@ -133,7 +132,7 @@ REFERENCE_PROMPTS = [
 
 def _words(text: str) -> list[str]:
     text = text.replace("\u2019", "'")
-    text = _CONTRACTION.sub(lambda m: _NEGATIONS.get(m.group(0).lower(), m.group(1)), text)
+    text = _CONTRACTION.sub(lambda m: NEGATIONS.get(m.group(0).lower(), m.group(1)), text)
     text = _POSSESSIVE.sub(r"\1", text)
     return [w.strip("-") for w in _WORD.findall(text) if w.strip("-")]
 
