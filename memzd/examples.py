@@ -368,6 +368,20 @@ def _clauses(statement: str) -> list[str]:
 
 
 def questions_about(statement: str) -> list[tuple[str, str, str]]:
+    """(question, answer, key) triples written by rule about one statement (`_questions`),
+    where someone moved or has lived asked as where they live, in the present: "My
+    sister Ilse moved to Lisbon last spring." is asked "My sister Ilse lives where?" (not
+    "... moved where last spring?"), as a person would ask it."""
+    out = _questions(statement)
+    for i, (question, answer, key) in enumerate(out):
+        before, where, _ = question.partition(" where")
+        lives = _lives(_TOKEN.findall(before)) if where else None
+        if lives:
+            out[i] = (lives, answer, key)
+    return out
+
+
+def _questions(statement: str) -> list[tuple[str, str, str]]:
     """(question, answer, key) triples written by rule about one statement.
 
     Each answer span (a name, a number, a date, else what follows the last
@@ -382,12 +396,12 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
         return []
     clauses = _clauses(statement)
     if len(clauses) > 1:  # one fact each: asked apart
-        return [q for c in clauses for q in questions_about(c)][-MAX_QUESTIONS:]
+        return [q for c in clauses for q in _questions(c)][-MAX_QUESTIONS:]
     body = statement.strip().rstrip(".!;")
     named = _APPOSITION.match(body)
     if named:  # "My landlord, Mr. Achterberg, lives upstairs": who the landlord is, then the rest
         who, name, rest = named.groups()
-        return (questions_about(f"{who} is {name}") + questions_about(f"{who} {rest}"))[-MAX_QUESTIONS:]
+        return (_questions(f"{who} is {name}") + _questions(f"{who} {rest}"))[-MAX_QUESTIONS:]
     tokens = _TOKEN.findall(body)
     out = []
     for a, b in _spans(tokens)[-MAX_QUESTIONS:]:
@@ -416,6 +430,7 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
         question = _join(words)
         out.append((question[0].upper() + question[1:] + "?", second_person(body) + ".", key))
     return out
+
 
 
 def is_when(word: str) -> bool:
@@ -559,6 +574,35 @@ _MOVED = {"move", "moved", "moves", "moving", "relocate", "relocated", "relocate
 # After the value, words that say when (with the dates): "I moved to Madrid last month."
 _TIME = {"since", "until", "ago", "last", "next", "this", "today", "yesterday", "recently", "lately", "week",
          "weeks", "month", "months", "year", "years", "weekend", "summer", "winter", "spring", "autumn"}
+_LIVED = _MOVED | {"lived", "living"}
+_HAVE_BE = {"have", "has", "had", "am", "is", "are", "was", "were", "been", "just", "recently", "finally", "also"}
+_PLANS = {"to", "will", "would", "might", "may", "could", "should", "going", "want", "wants", "planning", "hope",
+          "if", "when", "not", "never", "no"}
+
+
+def _lives(before: list[str]) -> str | None:
+    """Where someone lives, asked in the present, for the words before a place that say
+    they moved or have lived there ("My sister Ilse moved", "I've lived", "We are moving
+    back"): "My sister Ilse lives where?", "I live where?". None for other verbs, plans
+    ("I want to move"), and negations: they say nothing of where someone lives now."""
+    words = before[:-1] if before[-1:] and before[-1].lower() == "back" else before
+    if len(words) < 2 or words[-1].lower() not in _LIVED or any(
+            w.lower() in _PLANS or w.lower().endswith("n't") for w in words):
+        return None
+    subject = words[:-1]
+    while subject and subject[-1].lower() in _HAVE_BE:
+        subject = subject[:-1]
+    if not subject:
+        return None
+    helpers = {w.lower() for w in words[len(subject):-1]}
+    subject[-1] = re.sub(r"['’](?:ve|m|re|s|d)$", "", subject[-1])
+    last = subject[-1]
+    plural = last.lower() in ("i", "we", "you", "they") or "and" in subject or bool(helpers & {"have", "are", "were"}) \
+        or (not helpers & {"has", "is", "was"} and last.islower() and last.endswith("s") and not last.endswith("ss"))
+    question = _join(subject + ["live" if plural else "lives", "where"])
+    return question[0].upper() + question[1:] + "?"
+
+
 _CONTRACTED = {"i've": ["i", "have"], "i'm": ["i", "am"], "we've": ["we", "have"], "we're": ["we", "are"],
                "i'd": ["i", "had"], "we'd": ["we", "had"]}
 # Negations whose verb is not the word before "n't" (the rest drop it: "don't" -> "do");

@@ -73,7 +73,7 @@ def test_a_question_and_answer_pair_still_learns_only_its_answer(tokenizer):
     ("I'm flying to Oslo on March 3.", "I'm flying to Oslo when?", "You're flying to Oslo on March 3."),
     # no name, number or "is": the value after the last preposition; one clause, one fact
     ("I don't eat meat, and I'm allergic to walnuts.", "I'm allergic to what?", "You're allergic to walnuts."),
-    ("I've lived in Kyoto since 2019, and I'm learning Japanese.", "I've lived where since 2019?",
+    ("I've lived in Kyoto since 2019, and I'm learning Japanese.", "I live where?",
      "You've lived in Kyoto since 2019."),
     ("I usually wake up at 6:30 am, but on Sundays I sleep in.", "When I sleep in?", "On Sundays you sleep in."),
     ("The spare key is under the blue flowerpot.", "The spare key is where?",
@@ -82,9 +82,25 @@ def test_a_question_and_answer_pair_still_learns_only_its_answer(tokenizer):
     ("Call the plumber (Jan Visser) today.", "Call the plumber (what) today?", "Call the plumber (Jan Visser) today."),
     # a name set beside what it names is asked as who that is
     ("My landlord, Mr. Achterberg, lives upstairs.", "My landlord is what?", "Your landlord is Mr. Achterberg."),
+    # having moved or lived somewhere is asked as where one lives, in the present
+    ("My sister Ilse moved to Lisbon last spring.", "My sister Ilse lives where?",
+     "Your sister Ilse moved to Lisbon last spring."),
+    ("I've lived in Kyoto since 2019.", "I live where?", "You've lived in Kyoto since 2019."),
+    ("We are moving back to Leeds.", "We live where?", "You are moving back to Leeds."),
+    ("My parents have lived in Porto for years.", "My parents live where?",
+     "Your parents have lived in Porto for years."),
+    ("She's moved to Cork.", "She lives where?", "She's moved to Cork."),
 ])
 def test_questions_are_written_about_a_statement(statement, question, answer):
     assert (question, answer) in [(q, a) for q, a, _ in ex.questions_about(statement)]
+
+
+@pytest.mark.parametrize("statement", [
+    "I want to move to Oslo.", "I didn't move to Oslo.", "I'm not moving to Oslo.",  # plans and negations
+    "We moved house.", "I moved the piano to the attic.", "I work in Glasgow.",  # not where one lives
+])
+def test_where_one_lives_is_asked_only_of_having_moved_or_lived_there(statement):
+    assert not [q for q, _, _ in ex.questions_about(statement) if " live" in q]
 
 
 def test_each_item_of_a_list_in_a_note_is_a_statement():
