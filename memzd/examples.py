@@ -608,6 +608,7 @@ _CONTRACTED = {"i've": ["i", "have"], "i'm": ["i", "am"], "we've": ["we", "have"
 # Negations whose verb is not the word before "n't" (the rest drop it: "don't" -> "do");
 # the gate reads contractions with the same table.
 NEGATIONS = {"can't": "can", "won't": "will", "shan't": "shall", "ain't": "is", "cannot": "can"}
+_SELF = re.compile(r"\bI\b|\bI['’]|\b[Mm](?:e|y|ine|yself)\b")  # an answer's speaker: the assistant
 _ASKED = ("what", "where", "when", "how")  # the words questions_about puts in place of a value
 
 
@@ -735,7 +736,11 @@ def _told(blob: str) -> tuple[bool, tuple[tuple[str, bool], ...]]:
     question-and-answer's answer in the asker's words."""
     data = json.loads(blob)
     answered = _answered(data)
-    pieces = _pieces({"text": first_person(answer_of(data))}) if answered else _pieces(data)
+    if answered:  # what the assistant says of itself ("I live in your computer.") is not the asker's
+        told = "".join(piece for piece, _ in sentences(answer_of(data)) if not _SELF.search(piece))
+        pieces = _pieces({"text": first_person(told)})
+    else:
+        pieces = _pieces(data)
     out = []
     for piece in pieces:
         said = _statement(piece)

@@ -245,6 +245,8 @@ def test_a_question_and_answer_says_what_its_answer_says_in_the_askers_words():
     assert ex.without_statements(asked, {(r.statement, r.clause)}) is None  # it leaves as a whole
     (r,) = ex.restated(said("My dentist is Dr. Okonkwo."), {**asked, "output": "Your dentist is Dr. Haverkamp."})
     assert (r.question, r.answer) == ("My dentist is what?", "Your dentist is Dr. Haverkamp.")
+    # what the assistant says of itself is not the asker's to say again
+    assert ex.restated({"input": "Where are you?", "output": "I live in your computer."}, said("I live in Lisbon now.")) == []
     # two questions and answers are the question key's to supersede (the same question)
     assert ex.restated(asked, {"input": "What's my dentist called?", "output": "Your dentist is Dr. Haverkamp."}) == []
 
