@@ -704,6 +704,7 @@ class Restated(NamedTuple):
     now: str        # the later statement
     question: str   # the question written about the earlier one...
     answer: str     # ...answered as the later one answers it
+    taken_back: bool = False  # the later one says it is not so ("I don't live in Lisbon anymore.")
 
 
 def first_person(text: str) -> str:
@@ -784,7 +785,8 @@ def restated(old: dict, new: dict) -> list[Restated]:
             now = next(((said, facts[frame]) for said, marked, facts in news
                         if frame in facts and _contradicts(fact, facts[frame], marked)), None)
             if now and (was, fact.clause) not in [(r.statement, r.clause) for r in out]:
-                out.append(Restated(was, fact.clause, now[0], asked or fact.question, now[1].answer))
+                out.append(Restated(was, fact.clause, now[0], asked or fact.question, now[1].answer,
+                                    now[1].negated and not fact.negated))
     return out
 
 

@@ -493,7 +493,8 @@ class Store:
             for n, (r, new_id, new) in enumerate(again):
                 taught = self._insert_copy(_asked(r.question, r.answer, old, new), old_id, batch_id)
                 self.log_event("supersede", f"example #{old_id} is superseded by #{new_id} (batch {batch_id}): "
-                               f"{r.clause if r.clause != r.statement else r.statement!r} is said again as {r.now!r}"
+                               f"{r.clause if r.clause != r.statement else r.statement!r} "
+                               f"{'is taken back by' if r.taken_back else 'is said again as'} {r.now!r}"
                                + (f"; {r.question!r} is taught with the new answer as #{taught}" if taught else "")
                                + (f"; the rest of it is taught as #{copy}" if copy and n == 0 else ""),
                                example=old_id, by=new_id, batch=batch_id)

@@ -161,7 +161,7 @@ def test_a_statement_taken_back_leaves_training_and_its_question_gets_the_new_an
     assert store.supersede(b2, "A_x_0001") == [chat]
     assert store.batch_examples(b2) == [note, {"input": "I work where?", "output": "You no longer work at Fenwick & Co."}]
     (event,) = [e["message"] for e in store.events(20) if e["kind"] == "supersede"]
-    assert "'I work at Fenwick & Co.' is said again as 'I no longer work at Fenwick & Co.'" in event
+    assert "'I work at Fenwick & Co.' is taken back by 'I no longer work at Fenwick & Co.'" in event
 
 
 def test_a_note_said_again_supersedes_a_question_and_answer_and_asks_its_question_anew(tmp_path):
