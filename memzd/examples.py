@@ -432,7 +432,6 @@ def _questions(statement: str) -> list[tuple[str, str, str]]:
     return out
 
 
-
 def is_when(word: str) -> bool:
     """Is the word a date or a time ("2019", "June", "Sundays", "6:30")?"""
     return bool(_WHEN.match(word))
