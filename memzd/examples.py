@@ -368,20 +368,6 @@ def _clauses(statement: str) -> list[str]:
 
 
 def questions_about(statement: str) -> list[tuple[str, str, str]]:
-    """(question, answer, key) triples written by rule about one statement (`_questions`),
-    where someone moved or has lived asked as where they live, in the present: "My
-    sister Ilse moved to Lisbon last spring." is asked "My sister Ilse lives where?" (not
-    "... moved where last spring?"), as a person would ask it."""
-    out = _questions(statement)
-    for i, (question, answer, key) in enumerate(out):
-        before, where, _ = question.partition(" where")
-        lives = _lives(_TOKEN.findall(before)) if where else None
-        if lives:
-            out[i] = (lives, answer, key)
-    return out
-
-
-def _questions(statement: str) -> list[tuple[str, str, str]]:
     """(question, answer, key) triples written by rule about one statement.
 
     Each answer span (a name, a number, a date, else what follows the last
@@ -389,19 +375,21 @@ def _questions(statement: str) -> list[tuple[str, str, str]]:
     for it in the statement's own words: 'My sister lives in Lisbon.' -> 'My
     sister lives where?', answered 'Your sister lives in Lisbon.' The echo form
     keeps the statement's words, which is what the routing keys and a person's
-    later question share. Clauses joined by ', and', ', but', ';' or ':' are asked
-    one at a time, each answered by its own clause.
+    later question share. Where someone moved or has lived is asked as where they
+    live, in the present, as a person asks it: "My sister Ilse moved to Lisbon last
+    spring." -> "My sister Ilse lives where?" (`_lives`). Clauses joined by ', and',
+    ', but', ';' or ':' are asked one at a time, each answered by its own clause.
     """
     if len(statement) > MAX_STATEMENT_CHARS:
         return []
     clauses = _clauses(statement)
     if len(clauses) > 1:  # one fact each: asked apart
-        return [q for c in clauses for q in _questions(c)][-MAX_QUESTIONS:]
+        return [q for c in clauses for q in questions_about(c)][-MAX_QUESTIONS:]
     body = statement.strip().rstrip(".!;")
     named = _APPOSITION.match(body)
     if named:  # "My landlord, Mr. Achterberg, lives upstairs": who the landlord is, then the rest
         who, name, rest = named.groups()
-        return (_questions(f"{who} is {name}") + _questions(f"{who} {rest}"))[-MAX_QUESTIONS:]
+        return (questions_about(f"{who} is {name}") + questions_about(f"{who} {rest}"))[-MAX_QUESTIONS:]
     tokens = _TOKEN.findall(body)
     out = []
     for a, b in _spans(tokens)[-MAX_QUESTIONS:]:
@@ -428,7 +416,8 @@ def _questions(statement: str) -> list[tuple[str, str, str]]:
         while words and not words[-1][0].isalnum():
             words = words[:-1]
         question = _join(words)
-        out.append((question[0].upper() + question[1:] + "?", second_person(body) + ".", key))
+        question = (wh == "where" and _lives(before)) or question[0].upper() + question[1:] + "?"
+        out.append((question, second_person(body) + ".", key))
     return out
 
 
@@ -574,7 +563,7 @@ _MOVED = {"move", "moved", "moves", "moving", "relocate", "relocated", "relocate
 _TIME = {"since", "until", "ago", "last", "next", "this", "today", "yesterday", "recently", "lately", "week",
          "weeks", "month", "months", "year", "years", "weekend", "summer", "winter", "spring", "autumn"}
 _LIVED = _MOVED | {"lived", "living"}
-_HAVE_BE = {"have", "has", "had", "am", "is", "are", "was", "were", "been", "just", "recently", "finally", "also"}
+_HAVE_BE = _COPULA | {"have", "has", "had", "am", "been", "just", "recently", "finally", "also"}
 _PLANS = {"to", "will", "would", "might", "may", "could", "should", "going", "want", "wants", "planning", "hope",
           "if", "when", "not", "never", "no"}
 
@@ -736,11 +725,10 @@ def _told(blob: str) -> tuple[bool, tuple[tuple[str, bool], ...]]:
     question-and-answer's answer in the asker's words."""
     data = json.loads(blob)
     answered = _answered(data)
-    if answered:  # what the assistant says of itself ("I live in your computer.") is not the asker's
-        told = "".join(piece for piece, _ in sentences(answer_of(data)) if not _SELF.search(piece))
-        pieces = _pieces({"text": first_person(told)})
-    else:
-        pieces = _pieces(data)
+    # an answer's sentences in the asker's words, all but those where the assistant speaks
+    # of itself ("I live in your computer.")
+    pieces = [first_person(piece) for piece, tells in sentences(answer_of(data))
+              if tells and not _SELF.search(piece)] if answered else _pieces(data)
     out = []
     for piece in pieces:
         said = _statement(piece)
