@@ -410,8 +410,8 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
             wh, before = "where", before[:-1]
         elif _NUMBER.search(key) and not before[-1:] in (["is"], ["are"], ["was"]):
             wh = "how many" if key.replace(",", "").isdigit() else "what"
-        else:
-            wh = "what"
+        else:  # a name: the thing, not the words that describe it ("I drive an old blue Fiat.": "I drive what?")
+            wh, before = "what", _undescribed(before)
         words = before + [wh] + after
         while words and not words[-1][0].isalnum():
             words = words[:-1]
@@ -419,6 +419,20 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
         question = (wh == "where" and _lives(before)) or question[0].upper() + question[1:] + "?"
         out.append((question, second_person(body) + ".", key))
     return out
+
+
+def _undescribed(before: list[str]) -> list[str]:
+    """The words before a value without the article and the (at most two) words that
+    describe it: "I drive an old blue" -> "I drive". What is asked for is the thing, and
+    a person asks "What car do I drive?", not "I drive an old blue what?". A thing named
+    keeps its words: "I adopted a kitten named what?"."""
+    for i in range(len(before) - 1, max(1, len(before) - 3) - 1, -1):
+        if before[i].lower() in _ARTICLES:
+            between = [w.lower() for w in before[i + 1:]]
+            if all(w.isalpha() and w not in _COPULA and w not in _AFTER and w not in _NAMING for w in between):
+                return before[:i]
+            break
+    return before
 
 
 def is_when(word: str) -> bool:
@@ -556,6 +570,7 @@ _MINE = {"your": "my", "yours": "mine", "yourself": "myself", "you're": "I'm", "
          "you'd": "I'd"}  # the assistant's words for the asker's, as the asker says them
 _COPULA = {"is", "are", "was", "were"}  # "My dentist is X": one X at a time
 _ARTICLES = {"a", "an", "the"}
+_NAMING = {"named", "called", "nicknamed", "titled"}  # "a kitten named Mochi": the name of the kitten
 # Someone who moved somewhere lives there now: "My sister moved to Madrid." says again
 # where "My sister lives in Lisbon." said she lives ("moved back" as well).
 _MOVED = {"move", "moved", "moves", "moving", "relocate", "relocated", "relocates", "relocating"}
@@ -564,6 +579,10 @@ _TIME = {"since", "until", "ago", "last", "next", "this", "today", "yesterday", 
          "weeks", "month", "months", "year", "years", "weekend", "summer", "winter", "spring", "autumn"}
 _LIVED = _MOVED | {"lived", "living"}
 _HAVE_BE = _COPULA | {"have", "has", "had", "am", "been", "just", "recently", "finally", "also"}
+# What moves without living anywhere: "My company moved to Berlin." asks where it moved.
+_NOT_LIVING = {"company", "firm", "office", "offices", "business", "shop", "store", "school", "club", "team",
+               "restaurant", "cafe", "café", "bakery", "clinic", "practice", "lab", "studio", "gym", "factory",
+               "headquarters", "meeting", "class", "lesson", "lessons", "appointment", "party", "wedding"}
 _PLANS = {"to", "will", "would", "might", "may", "could", "should", "going", "want", "wants", "planning", "hope",
           "if", "when", "not", "never", "no"}
 
@@ -572,7 +591,8 @@ def _lives(before: list[str]) -> str | None:
     """Where someone lives, asked in the present, for the words before a place that say
     they moved or have lived there ("My sister Ilse moved", "I've lived", "We are moving
     back"): "My sister Ilse lives where?", "I live where?". None for other verbs, plans
-    ("I want to move"), and negations: they say nothing of where someone lives now."""
+    ("I want to move"), negations (they say nothing of where someone lives now), and
+    things that move ("The company moved", "My piano lesson moved")."""
     words = before[:-1] if before[-1:] and before[-1].lower() == "back" else before
     if len(words) < 2 or words[-1].lower() not in _LIVED or any(
             w.lower() in _PLANS or w.lower().endswith("n't") for w in words):
@@ -580,13 +600,15 @@ def _lives(before: list[str]) -> str | None:
     subject = words[:-1]
     while subject and subject[-1].lower() in _HAVE_BE:
         subject = subject[:-1]
-    if not subject:
-        return None
+    if not subject or subject[-1].lower() in _NOT_LIVING or (
+            subject[0].lower() in _ARTICLES | {"this", "that", "its"} and not any(w[0].isupper() for w in subject[1:])):
+        return None  # "The company moved to Berlin.": things move, people live somewhere
     helpers = {w.lower() for w in words[len(subject):-1]}
     subject[-1] = re.sub(r"['’](?:ve|m|re|s|d)$", "", subject[-1])
     last = subject[-1]
     plural = last.lower() in ("i", "we", "you", "they") or "and" in subject or bool(helpers & {"have", "are", "were"}) \
-        or (not helpers & {"has", "is", "was"} and last.islower() and last.endswith("s") and not last.endswith("ss"))
+        or (not helpers & {"has", "is", "was"} and last.endswith("s") and not last.endswith("ss")
+            and (last.islower() or subject[0].lower() == "the"))  # "my parents", "the Jansens"
     question = _join(subject + ["live" if plural else "lives", "where"])
     return question[0].upper() + question[1:] + "?"
 
@@ -645,19 +667,16 @@ def _frame(question: str) -> _Frame | None:
     what the statement is about ("My sister what lives in Oslo?": two more words say what
     it does): two sisters may live in Oslo, one sister lives in one city. Its words are
     lower case and stemmed, in one tense (`_plain`), without dates, the words of news
-    (_NEWS), and an article with the words that describe the value ("I drive an old blue
-    what?" and "Now I drive a red what?" are both {i, driv, what})."""
+    (_NEWS), and an article with the words that describe the value (`_undescribed`: "I
+    drive an old blue what?", were it written so, and "Now I drive what?" are both {i,
+    driv, what})."""
     words = [t.lower().replace("’", "'") for t in _TOKEN.findall(question) if t[0].isalnum()]
     slot = next((i for i, w in enumerate(words) if w in _ASKED), None)
     if slot is None or sum(w not in _NEWS and w not in _TIME and not is_when(w) for w in words[slot + 1:]) >= 2:
         return None
     words, negated = _plain(words, slot)
     slot = next(i for i, w in enumerate(words) if w in _ASKED)
-    for i in range(slot - 1, max(0, slot - 3) - 1, -1):  # "an old blue what": the value described, not asked
-        if words[i] in _ARTICLES:
-            if not any(w in _COPULA or w in _AFTER for w in words[i + 1:slot]):
-                words = words[:i] + words[slot:]
-            break
+    words = _undescribed(words[:slot]) + words[slot:]
     return _Frame(frozenset(stem(w) for w in words if w not in _NEWS and not is_when(w)),
                   bool(_COPULA & set(words)), negated)
 

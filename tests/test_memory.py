@@ -90,6 +90,12 @@ def test_a_question_and_answer_pair_still_learns_only_its_answer(tokenizer):
     ("My parents have lived in Porto for years.", "My parents live where?",
      "Your parents have lived in Porto for years."),
     ("She's moved to Cork.", "She lives where?", "She's moved to Cork."),
+    ("The Jansens moved to Utrecht.", "The Jansens live where?", "The Jansens moved to Utrecht."),
+    # the thing is asked for, not the words that describe it; a thing named keeps its words
+    ("I drive an old blue Fiat.", "I drive what?", "You drive an old blue Fiat."),
+    ("I sold the Fiat last week.", "I sold what last week?", "You sold the Fiat last week."),
+    ("I just adopted a kitten named Mochi.", "I just adopted a kitten named what?",
+     "You just adopted a kitten named Mochi."),
 ])
 def test_questions_are_written_about_a_statement(statement, question, answer):
     assert (question, answer) in [(q, a) for q, a, _ in ex.questions_about(statement)]
@@ -98,6 +104,7 @@ def test_questions_are_written_about_a_statement(statement, question, answer):
 @pytest.mark.parametrize("statement", [
     "I want to move to Oslo.", "I didn't move to Oslo.", "I'm not moving to Oslo.",  # plans and negations
     "We moved house.", "I moved the piano to the attic.", "I work in Glasgow.",  # not where one lives
+    "The company moved to Berlin.", "My piano lesson moved to Room 4.",  # things move, people live
 ])
 def test_where_one_lives_is_asked_only_of_having_moved_or_lived_there(statement):
     assert not [q for q, _, _ in ex.questions_about(statement) if " live" in q]
