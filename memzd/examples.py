@@ -412,8 +412,10 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
             wh = "how many" if key.replace(",", "").isdigit() else "what"
         else:  # a name: the thing, not the words that describe it ("I drive an old blue Fiat.": "I drive what?")
             wh, before = "what", _undescribed(before)
+        if wh != "when":  # when it happened is not what is asked: "Since 2020 I've worked where?" -> "I've worked where?"
+            before, after = _undated(before, then=key), _undated(after)
         words = before + [wh] + after
-        while words and not words[-1][0].isalnum():
+        while words and not words[-1][0].isalnum() and words[-1] != ")":
             words = words[:-1]
         question = _join(words)
         question = (wh == "where" and _lives(before)) or question[0].upper() + question[1:] + "?"
@@ -433,6 +435,29 @@ def _undescribed(before: list[str]) -> list[str]:
                 return before[:i]
             break
     return before
+
+
+def _undated(words: list[str], then: str = "") -> list[str]:
+    """The words without the dates and the words of time in them, with what leads into
+    them: "Since 2020 I've worked", "married in Tallinn last June", "flying to Oslo on
+    March 3" lose "Since 2020", "last June", "on March 3". A person asks "Where do I
+    work?", not "Since 2020 I've worked where?", and the date keyed the question as much
+    as the place did. `then`: the word that follows them ("year" before "5" is a name)."""
+    out, i = [], 0
+    while i < len(words):
+        end = next((j for j in range(min(len(words), i + 4), i, -1) if _WHEN.match(_join(words[i:j]))
+                    and not (j == i + 1 and words[i] in ("may", "march"))), None)  # "I may go": a verb
+        numbered = (words[i + 1:i + 2] or [then or " "])[0][0].isdigit()  # "year 5": a name, not a time
+        if end is None and words[i].lower() in _WHILE and not numbered:
+            end = i + 1
+        if end is None:
+            out.append(words[i])
+            i += 1
+            continue
+        while out and out[-1].lower() in _INTO_TIME:
+            out.pop()
+        i = end
+    return out
 
 
 def is_when(word: str) -> bool:
@@ -577,6 +602,12 @@ _MOVED = {"move", "moved", "moves", "moving", "relocate", "relocated", "relocate
 # After the value, words that say when (with the dates): "I moved to Madrid last month."
 _TIME = {"since", "until", "ago", "last", "next", "this", "today", "yesterday", "recently", "lately", "week",
          "weeks", "month", "months", "year", "years", "weekend", "summer", "winter", "spring", "autumn"}
+# Words of time that say when by themselves ("last week", "two years ago"), and the words
+# that lead into a date or one of them ("since 2019", "in March", "at the weekend").
+_WHILE = {"ago", "today", "yesterday", "tomorrow", "tonight", "recently", "lately", "week", "weeks", "month",
+          "months", "year", "years", "weekend", "weekends", "summer", "winter", "spring", "autumn"}
+_INTO_TIME = {"since", "until", "in", "on", "at", "by", "during", "last", "next", "this", "every", "the", "a",
+              "few", "two", "three", "several", "some"}
 _LIVED = _MOVED | {"lived", "living"}
 _HAVE_BE = _COPULA | {"have", "has", "had", "am", "been", "just", "recently", "finally", "also"}
 # What moves without living anywhere: "My company moved to Berlin." asks where it moved.

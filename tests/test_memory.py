@@ -79,7 +79,7 @@ def test_a_question_and_answer_pair_still_learns_only_its_answer(tokenizer):
     ("The spare key is under the blue flowerpot.", "The spare key is where?",
      "The spare key is under the blue flowerpot."),
     ("Bob's new number is +44 7700 900123.", "Bob's new number is what?", "Bob's new number is +44 7700 900123."),
-    ("Call the plumber (Jan Visser) today.", "Call the plumber (what) today?", "Call the plumber (Jan Visser) today."),
+    ("Call the plumber (Jan Visser) today.", "Call the plumber (what)?", "Call the plumber (Jan Visser) today."),
     # a name set beside what it names is asked as who that is
     ("My landlord, Mr. Achterberg, lives upstairs.", "My landlord is what?", "Your landlord is Mr. Achterberg."),
     # having moved or lived somewhere is asked as where one lives, in the present
@@ -93,7 +93,16 @@ def test_a_question_and_answer_pair_still_learns_only_its_answer(tokenizer):
     ("The Jansens moved to Utrecht.", "The Jansens live where?", "The Jansens moved to Utrecht."),
     # the thing is asked for, not the words that describe it; a thing named keeps its words
     ("I drive an old blue Fiat.", "I drive what?", "You drive an old blue Fiat."),
-    ("I sold the Fiat last week.", "I sold what last week?", "You sold the Fiat last week."),
+    ("I sold the Fiat last week.", "I sold what?", "You sold the Fiat last week."),
+    # when it happened is not what is asked
+    ("Since 2020 I've worked at Fenwick & Co as an engineer.", "I've worked where as an engineer?",
+     "Since 2020 you've worked at Fenwick & Co as an engineer."),
+    ("I'm flying to Reykjavik on March 3 with my brother Tomas.", "I'm flying where with my brother Tomas?",
+     "You're flying to Reykjavik on March 3 with your brother Tomas."),
+    ("I go to the Corrow pool at the weekend.", "I go to what pool?", "You go to the Corrow pool at the weekend."),
+    ("My sister may visit Lisbon.", "My sister may visit what?", "Your sister may visit Lisbon."),  # "may": a verb
+    ("My son is in year 5 at Wexley School.", "My son is in year 5 where?",  # "year 5": a name
+     "Your son is in year 5 at Wexley School."),
     ("I just adopted a kitten named Mochi.", "I just adopted a kitten named what?",
      "You just adopted a kitten named Mochi."),
 ])
@@ -124,7 +133,7 @@ def test_a_name_that_opens_the_statement_is_its_subject_not_asked_for():
 
 def test_the_subject_is_not_asked_for_and_each_place_or_time_is():
     qs = [q for q, _, _ in ex.questions_about("The Quillfeather chess club meets in Hobbleton on Thursdays.")]
-    assert qs == ["The Quillfeather chess club meets where on Thursdays?",
+    assert qs == ["The Quillfeather chess club meets where?",
                   "The Quillfeather chess club meets in Hobbleton when?"]
     assert [q for q, _, _ in ex.questions_about("The Eiffel Tower is in Rome.")] == ["The Eiffel Tower is where?"]
 
