@@ -447,7 +447,8 @@ def _undated(words: list[str], then: str = "") -> list[str]:
     while i < len(words):
         end = next((j for j in range(min(len(words), i + 4), i, -1) if _WHEN.match(_join(words[i:j]))
                     and not (j == i + 1 and words[i] in ("may", "march"))), None)  # "I may go": a verb
-        numbered = (words[i + 1:i + 2] or [then or " "])[0][0].isdigit()  # "year 5": a name, not a time
+        following = words[i + 1] if i + 1 < len(words) else then
+        numbered = following[:1].isdigit()  # "year 5": a name, not a time
         if end is None and words[i].lower() in _WHILE and not numbered:
             end = i + 1
         if end is None:
@@ -602,12 +603,11 @@ _MOVED = {"move", "moved", "moves", "moving", "relocate", "relocated", "relocate
 # After the value, words that say when (with the dates): "I moved to Madrid last month."
 _TIME = {"since", "until", "ago", "last", "next", "this", "today", "yesterday", "recently", "lately", "week",
          "weeks", "month", "months", "year", "years", "weekend", "summer", "winter", "spring", "autumn"}
-# Words of time that say when by themselves ("last week", "two years ago"), and the words
-# that lead into a date or one of them ("since 2019", "in March", "at the weekend").
-_WHILE = {"ago", "today", "yesterday", "tomorrow", "tonight", "recently", "lately", "week", "weeks", "month",
-          "months", "year", "years", "weekend", "weekends", "summer", "winter", "spring", "autumn"}
+# The words that lead into a date or a word of time ("since 2019", "in March", "at the
+# weekend"), and the words of time that say when by themselves ("last week", "two years ago").
 _INTO_TIME = {"since", "until", "in", "on", "at", "by", "during", "last", "next", "this", "every", "the", "a",
               "few", "two", "three", "several", "some"}
+_WHILE = _TIME - _INTO_TIME | {"tomorrow", "tonight", "weekends"}
 _LIVED = _MOVED | {"lived", "living"}
 _HAVE_BE = _COPULA | {"have", "has", "had", "am", "been", "just", "recently", "finally", "also"}
 # What moves without living anywhere: "My company moved to Berlin." asks where it moved.
