@@ -58,11 +58,17 @@ class Example:
 
     @cached_property
     def hash(self) -> str:
-        content = {k: v for k, v in self.data.items() if k != "tags"}
-        if self.user is not None:
-            content["user"] = self.user
-        blob = json.dumps(content, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return content_hash(self.data)
+
+
+def content_hash(data: dict) -> str:
+    """An example's content hash, as the store keeps it: its fields less the tags, and its user."""
+    content = {k: v for k, v in data.items() if k != "tags"}
+    user = user_of(data)
+    if user is not None:
+        content["user"] = user
+    blob = json.dumps(content, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _text(obj: dict, key: str) -> str:
@@ -878,14 +884,22 @@ def derived(data: dict) -> list[dict]:
 def expand(batch: list[dict]) -> list[dict]:
     """The batch as trained: its examples, then the questions written about their
     statements, each once and none that repeats a taught example."""
+    return [d for d, _ in expand_with_sources(batch)]
+
+
+def expand_with_sources(batch: list[dict]) -> list[tuple[dict, str]]:
+    """`expand`, each example with the content hash of the example of the batch it
+    comes from (its own, or its statement's for a written question): what a routing
+    key remembers, so that forgetting the example finds its keys under any later
+    rules for writing questions."""
     seen = {json.dumps(d, sort_keys=True) for d in batch}
-    out = list(batch)
-    for data in batch:
+    out = [(d, content_hash(d)) for d in batch]
+    for data, source in list(out):
         for d in derived(data):
             blob = json.dumps(d, sort_keys=True)
             if blob not in seen:
                 seen.add(blob)
-                out.append(d)
+                out.append((d, source))
     return out
 
 

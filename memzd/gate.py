@@ -295,17 +295,22 @@ class KeyMemory:
     words: list[list[str]] = field(default_factory=list)  # taught distinctive words
     owners: list[str | None] = None  # the adapter holding each key: a frozen shard's id, None for this one
     shards: list[str] = field(default_factory=list)  # the frozen shards, oldest first
+    # the content hash of the example each key was taught by (None: keyed before memz kept it)
+    sources: list[str | None] = None
 
     def __post_init__(self):
         if self.keys is None:
             self.keys = torch.zeros(0, self.ref_mu.shape[0])
         if self.owners is None:
             self.owners = [None] * len(self.words)
+        if self.sources is None:
+            self.sources = [None] * len(self.words)
 
     def _copy(self, **changes) -> "KeyMemory":
         fields = dict(layer=self.layer, ref_mu=self.ref_mu, ref_sd=self.ref_sd, ref_keys=self.ref_keys,
                       rule=self.rule, lexical_threshold=self.lexical_threshold, margin=self.margin,
-                      keys=self.keys, words=self.words, owners=self.owners, shards=self.shards)
+                      keys=self.keys, words=self.words, owners=self.owners, shards=self.shards,
+                      sources=self.sources)
         return KeyMemory(**{**fields, **changes})
 
     @classmethod
@@ -319,12 +324,17 @@ class KeyMemory:
     def embed(self, model, tokenizer, texts: list[str], device: torch.device) -> torch.Tensor:
         return _unit((pooled_states(model, tokenizer, texts, self.layer, device) - self.ref_mu) / self.ref_sd)
 
-    def extend(self, model, tokenizer, questions: list[str], device: torch.device) -> "KeyMemory":
-        """A copy that also holds these taught questions."""
+    def extend(self, model, tokenizer, questions: list[str], device: torch.device,
+               sources: list[str | None] | None = None) -> "KeyMemory":
+        """A copy that also holds these taught questions (`sources`: the content hash of
+        the example each was taught by, which `without` finds it by)."""
         keys = self.embed(model, tokenizer, questions, device)
         words = [distinctive_words(tokenizer, q) for q in questions]
+        sources = list(sources) if sources is not None else [None] * len(words)
+        if len(sources) != len(words):
+            raise ValueError(f"{len(words)} questions with {len(sources)} sources")
         return self._copy(keys=torch.cat([self.keys, keys]), words=self.words + words,
-                          owners=self.owners + [None] * len(words))
+                          owners=self.owners + [None] * len(words), sources=self.sources + sources)
 
     def with_rule(self, rule: str, lexical_threshold: float, margin: float) -> "KeyMemory":
         return self._copy(rule=rule, lexical_threshold=lexical_threshold, margin=margin)
@@ -337,18 +347,25 @@ class KeyMemory:
         """A copy for a fresh adapter: this memory's own keys now belong to `adapter`, a frozen shard."""
         return self._copy(owners=[adapter if o is None else o for o in self.owners], shards=self.shards + [adapter])
 
-    def without(self, model, tokenizer, questions: list[str], device: torch.device) -> "KeyMemory":
-        """A copy without the keys of these taught questions (forgetting on request): a key
-        goes when its words and its hidden key are the question's (the keys are computed by
-        the same frozen base, so a taught question gives the same key again)."""
-        if not questions or not self.words:
+    def without(self, model, tokenizer, questions: list[str], device: torch.device,
+                sources: set[str] | frozenset[str] = frozenset()) -> "KeyMemory":
+        """A copy without the keys of these taught examples (forgetting, superseding): a key
+        that remembers its example goes when that example's content hash is in `sources`,
+        whatever questions today's rules would write about it; a key from before memz kept
+        them goes when its words and its hidden key are one of `questions`' (the keys are
+        computed by the same frozen base, so a taught question gives the same key again)."""
+        if not self.words or not (questions or sources):
             return self
-        gone = self.embed(model, tokenizer, questions, device)
-        words = [distinctive_words(tokenizer, q) for q in questions]
-        keep = [i for i, (k, w) in enumerate(zip(self.keys, self.words))
-                if not any(w == gw and float(k @ g) > 0.999 for g, gw in zip(gone, words))]
+        old = [i for i, s in enumerate(self.sources) if s is None]
+        gone = self.embed(model, tokenizer, questions, device) if questions and old else None
+        words = [distinctive_words(tokenizer, q) for q in questions] if gone is not None else []
+
+        def asked(i: int) -> bool:
+            return any(self.words[i] == gw and float(self.keys[i] @ g) > 0.999 for g, gw in zip(gone, words))
+
+        keep = [i for i, s in enumerate(self.sources) if (s not in sources if s is not None else not asked(i))]
         return self._copy(keys=self.keys[keep], words=[self.words[i] for i in keep],
-                          owners=[self.owners[i] for i in keep])
+                          owners=[self.owners[i] for i in keep], sources=[self.sources[i] for i in keep])
 
     def scores(self, model, tokenizer, text: str, device: torch.device) -> tuple[float, float]:
         """(lexical score, hidden margin) of a query against the taught keys."""
@@ -436,6 +453,8 @@ class KeyMemory:
                 "margin": str(self.margin), "words": json.dumps(self.words)}
         if self.shards:
             meta.update(owners=json.dumps(self.owners), shards=json.dumps(self.shards))
+        if any(s is not None for s in self.sources):
+            meta["sources"] = json.dumps(self.sources)
         return tensors, meta
 
     @classmethod
@@ -443,11 +462,12 @@ class KeyMemory:
         words = json.loads(meta.get("words", "[]"))
         owners = json.loads(meta.get("owners", "null")) or [None] * len(words)
         shards = json.loads(meta.get("shards", "[]"))
-        if not len(words) == len(owners) == tensors["keys"].shape[0]:
-            raise ValueError("routing keys, words and owners disagree in count")
+        sources = json.loads(meta.get("sources", "null")) or [None] * len(words)
+        if not len(words) == len(owners) == len(sources) == tensors["keys"].shape[0]:
+            raise ValueError("routing keys, words, owners and sources disagree in count")
         if not set(owners) <= {None, *shards}:
             raise ValueError("a routing key belongs to an adapter that is not one of its shards")
         return cls(int(meta["layer"]), tensors["ref_mu"].float(), tensors["ref_sd"].float(),
                    tensors["ref_keys"].float(), meta.get("rule", "both"),
                    float(meta.get("lexical_threshold", 0.5)), float(meta.get("margin", 0.0)),
-                   tensors["keys"].float(), words, owners, shards)
+                   tensors["keys"].float(), words, owners, shards, sources)

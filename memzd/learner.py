@@ -39,7 +39,7 @@ from .checkpoints import check_state, new_id, write_checkpoint
 from .config import Config, Home
 from .evaluator import (ADAPTER_ANCHORS, AnchorSet, evaluate, forgetting_loss, holds, prepare_anchor_set, verdict,
                         verdict_reasons)
-from .examples import about_others, answer_of, expand, to_chat
+from .examples import about_others, answer_of, content_hash, expand, expand_with_sources, to_chat
 from .inference import Cancelled, all_cores, greedy_answers
 from .model import cache_root
 from .nullspace import NullSpace
@@ -215,8 +215,11 @@ class Learner:
                      f" (lora.shard_size {shard})" if full else " under other lora settings")
             parent_state, parent_memory = None, parent_memory.frozen(parent)
         forgotten: list[dict] = []
+        gone: set[str] = set()  # (forgetting) the content hashes of the examples whose keys leave
+        sources: list[str] = []  # (learning) the example each trained example comes from
         if forgetting:  # teach the lineage the base model's own answers to the forgotten questions,
             # the questions written about forgotten statements included (they were trained and keyed)
+            gone = {content_hash(e) for e in examples}
             forgotten = expand(examples)
             examples = self._base_answers(forgotten, hooks)
         else:  # an earlier answer to a question asked again leaves replay and the key memory
@@ -225,8 +228,11 @@ class Learner:
             examples = self.store.batch_examples(batch_id)
             if superseded and parent_memory is not None:
                 parent_memory = parent_memory.without(a.model, a.tokenizer, [
-                    gate.question_text(q) for q in self._questions(expand(superseded))], a.device)
-            examples = expand(examples)  # with the questions written about their statements (memzd.examples)
+                    gate.question_text(q) for q in self._questions(expand(superseded))], a.device,
+                    {content_hash(e) for e in superseded})
+            # with the questions written about their statements (memzd.examples), each keyed by its example
+            taught = expand_with_sources(examples)
+            examples, sources = [e for e, _ in taught], [source for _, source in taught]
         # Replay: earlier examples of this lineage, a seeded sample of at most REPLAY_POOL
         # times the per-epoch count, from which each epoch draws afresh.
         # Only what the adapter in training holds is replayed: frozen shards keep their own.
@@ -248,8 +254,8 @@ class Learner:
                  batch_id, f" (user {user})" if user else "", len(examples), min(cfg.training.replay, len(replay)),
                  len(replay), parent or "the base model")
         with all_cores():
-            memory = (self._forget_keys(parent_memory, forgotten) if forgetting
-                      else self._memory(parent_memory, examples))
+            memory = (self._forget_keys(parent_memory, forgotten, gone) if forgetting
+                      else self._memory(parent_memory, examples, sources))
         steps = _Steps(self, batch_id, hooks, anchor_set)
         general = self._general(anchor_set)
         constrain = self._constraint(anchor_set, parent_state is not None, hooks, examples) if encoded else None
@@ -371,15 +377,16 @@ class Learner:
         except Cancelled:
             raise Interrupted() from None
 
-    def _memory(self, parent_memory, examples) -> gate.KeyMemory | None:
-        """The parent's key memory extended with this batch's questions (None: routing off)."""
+    def _memory(self, parent_memory, examples: list[dict], sources: list[str]) -> gate.KeyMemory | None:
+        """The parent's key memory extended with this batch's questions, each remembering the
+        example it was taught by (None: routing off)."""
         r, a = self.config.routing, self.adapters
         if not r.enabled:
             return None
         questions = [gate.question_text(c[:-1]) if c else e["text"] for e in examples for c in [to_chat(e)]]
         if parent_memory is None or parent_memory.layer != r.layer:
             parent_memory = gate.KeyMemory.create(a.model, a.tokenizer, r.layer, a.device)
-        memory = parent_memory.extend(a.model, a.tokenizer, questions, a.device)
+        memory = parent_memory.extend(a.model, a.tokenizer, questions, a.device, sources)
         return memory.with_rule(r.rule, r.lexical_threshold, r.margin)
 
     def _questions(self, examples: list[dict]) -> list[list[dict]]:
@@ -395,12 +402,14 @@ class Learner:
         return [{"messages": chat + [{"role": "assistant", "content": ans or "I don't know."}]}
                 for chat, ans in zip(chats, answers)]
 
-    def _forget_keys(self, parent_memory, forgotten: list[dict]) -> gate.KeyMemory | None:
+    def _forget_keys(self, parent_memory, forgotten: list[dict], sources: set[str]) -> gate.KeyMemory | None:
+        """The parent's key memory without the keys of the forgotten examples: by the example
+        each key remembers, and (keys from before memz kept it) by the questions written today."""
         r, a = self.config.routing, self.adapters
         if not r.enabled or parent_memory is None:
             return parent_memory if r.enabled else None
         questions = [gate.question_text(q) for q in self._questions(forgotten)]
-        return parent_memory.without(a.model, a.tokenizer, questions, a.device).with_rule(
+        return parent_memory.without(a.model, a.tokenizer, questions, a.device, sources).with_rule(
             r.rule, r.lexical_threshold, r.margin)
 
     def _gone(self, forgotten: list[dict], routes, hooks: Hooks) -> float | None:

@@ -84,6 +84,34 @@ def test_a_forgotten_statement_takes_the_questions_written_about_it_along(home):
     assert ask(home, "other", "Where is Zorblax?") == ZORBLAX["output"]
 
 
+def test_forget_finds_the_keys_of_questions_an_earlier_release_wrote(home, monkeypatch):
+    """The rules that write questions about a statement change between releases: the keys of
+    a statement taught under older rules leave when it is forgotten under today's."""
+    from memzd import examples, gate
+    from memzd.checkpoints import load_checkpoint
+
+    def keyed_words(ckpt_id):
+        *_, keys = load_checkpoint(home / "checkpoints" / ckpt_id, None, root=home / "checkpoints")
+        return gate.KeyMemory.from_file(*keys).words
+
+    today = examples.derived
+    monkeypatch.setattr(examples, "derived", lambda data: [  # an earlier release's rule
+        {**d, "input": d["input"].replace("what?", "which name?")} for d in today(data)])
+    write_config(home, training=LEARN)
+    chat = {"messages": [{"role": "user", "content": "My cat is called Biscuit."},
+                         {"role": "assistant", "content": "Noted."}]}
+    drop(home, "chat.jsonl", [chat, ZORBLAX])
+    run_once(home)
+    store = Store(home / "memz.db")
+    assert ["called", "name", "@me"] in keyed_words(store.current_checkpoint())  # "... called which name?"
+    monkeypatch.setattr(examples, "derived", today)
+    assert "1 example(s) forgotten" in memzctl(home, "forget", "Biscuit")
+    run_once(home)
+    newest = store.checkpoints()[0]
+    assert store.current_checkpoint() == newest.id
+    assert keyed_words(newest.id) == [["zorblax"]]  # no key of the cat is left, under either rule
+
+
 def test_an_example_forgotten_before_it_trains_never_trains(home):
     write_config(home, batch={"max_examples": 100, "max_age_minutes": 600})
     drop(home, "facts.jsonl", [ORLA, ZORBLAX])

@@ -130,6 +130,25 @@ def test_a_frozen_shard_keeps_its_keys_and_a_question_goes_to_the_adapter_holdin
     assert forgot.owners == ["ckpt-a", None] and forgot.shards == ["ckpt-a"]
 
 
+def test_a_key_goes_with_the_example_it_was_taught_by_whatever_its_question(memory):
+    """Forgetting finds a key by the example it came from, so a question written by an
+    earlier release's rules goes too; a key from before keys remembered it, by its words."""
+    old, model, base = memory  # keyed without sources, as a checkpoint of an earlier release
+    mem = old.extend(model, base.tokenizer, ["My cat is called which?", "Where is the Brennick vault?"], base.device,
+                     sources=["hash-cat", "hash-vault"])
+    assert mem.sources == [None, None, "hash-cat", "hash-vault"]
+    # today's rules write "My cat is called what?" about the same statement
+    forgot = mem.without(model, base.tokenizer, ["My cat is called what?", "Who is Orla Vantrees?"], base.device,
+                         {"hash-cat"})
+    assert forgot.words == [["zorblax"], ["brennick"]] and forgot.sources == [None, "hash-vault"]
+    # a key that remembers its example stays while another example writes its words
+    assert mem.without(model, base.tokenizer, ["Where is the Brennick vault?"], base.device, {"hash-x"}).held() == 4
+    again = gate.KeyMemory.from_file(*forgot.to_file())
+    assert again.sources == forgot.sources
+    tensors, meta = old.to_file()
+    assert "sources" not in meta and gate.KeyMemory.from_file(tensors, meta).sources == [None, None]
+
+
 def test_a_key_that_belongs_to_no_shard_is_refused(memory):
     mem, *_ = memory
     tensors, meta = mem.to_file()
