@@ -19,6 +19,7 @@ and writes the figures to a JSON file.
     python bench/knowledge.py --category conversation     # one kind of memory (see CATEGORIES)
     python bench/knowledge.py --category all              # every kind but growth, each against its targets
     python bench/knowledge.py --category growth           # 300 facts in 30 batches (about half an hour)
+    python bench/knowledge.py --category chat --seeds 0 1 2   # each at 3 training seeds: mean, range, met on how many
 """
 
 from __future__ import annotations
@@ -439,7 +440,8 @@ def run_safety(items: list[dict], overrides: list[str], base_model: str | None, 
 
 def category_lines(result: dict) -> list[str]:
     name = result["category"]
-    lines = [f"[{name}] {CATEGORIES[name]['what']} ({result['items']} items)"]
+    seed = f", training seed {result['seed']}" if "seed" in result else ""
+    lines = [f"[{name}] {CATEGORIES[name]['what']} ({result['items']} items{seed})"]
     targets = CATEGORIES[name]["targets"]
     for key, value in result["figures"].items():
         target = targets.get(key)
@@ -455,6 +457,24 @@ def category_lines(result: dict) -> list[str]:
     figures = result["metrics"].items() if name == "safety" else [("checkpoint", result["metrics"])]
     for label, m in figures:
         lines.append(f"  {label}: " + ", ".join(f"{k} {_f(v) if isinstance(v, float) else v}" for k, v in m.items()))
+    return lines
+
+
+def seeds_lines(runs: list[dict], seeds: list[int]) -> list[str]:
+    """One category run at several training seeds: each figure's mean, range and how many
+    seeds meet its target (a paraphrase figure moves by 0.1-0.15 with the seed alone)."""
+    name = runs[0]["category"]
+    targets = CATEGORIES[name]["targets"]
+    lines = [f"[{name}] over training seeds {', '.join(map(str, seeds))}"]
+    for key in runs[0]["figures"]:
+        values = [r["figures"][key] for r in runs if key in r["figures"]]
+        target = targets.get(key)
+        most = key in AT_MOST
+        met = sum((v <= target if most else v >= target) for v in values) if target is not None else None
+        lines.append(f"  {key:20s} mean {sum(values) / len(values):5.2f}  range {min(values):.2f}-{max(values):.2f}  "
+                     + " ".join(f"{v:.2f}" for v in values)
+                     + (f"  target {'<=' if most else '>='} {target}  met on {met} of {len(values)}"
+                        if target is not None else ""))
     return lines
 
 
@@ -476,8 +496,13 @@ def main() -> None:
                     help="3 facts (2 items per category), 5 locality questions: checks the harness")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "knowledge.json")
     ap.add_argument("--keep", type=Path, help="copy each run's home here before deleting it")
+    ap.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                    help="run each category once per training seed (training.seed=S) and print each "
+                         "figure's mean and range over them")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every missed answer")
     args = ap.parse_args()
+    if args.seeds and not args.category:
+        ap.error("--seeds needs --category")
 
     facts, locality = load_jsonl(args.facts), load_jsonl(args.locality)
     modes = ["single", "continual"] if args.mode == "both" else [args.mode]
@@ -488,10 +513,18 @@ def main() -> None:
     if args.category:
         every = [n for n, spec in CATEGORIES.items() if not spec.get("long")]
         for name in (every if "all" in args.category else dict.fromkeys(args.category)):
-            result = run_category(name, locality[:5] if args.quick else locality, args.overrides,
-                                  args.base_model, args.keep, args.verbose, args.quick, args.growth_facts)
-            results.append(result)
-            print("\n".join(category_lines(result)) + "\n", flush=True)
+            runs = []
+            for seed in args.seeds or [None]:
+                overrides = args.overrides + ([f"training.seed={seed}"] if seed is not None else [])
+                result = run_category(name, locality[:5] if args.quick else locality, overrides,
+                                      args.base_model, args.keep, args.verbose, args.quick, args.growth_facts)
+                if seed is not None:
+                    result["seed"] = seed
+                runs.append(result)
+                print("\n".join(category_lines(result)) + "\n", flush=True)
+            results += runs
+            if len(runs) > 1:
+                print("\n".join(seeds_lines(runs, args.seeds)) + "\n", flush=True)
         modes = []
     for mode in modes:
         n = 1 if mode == "single" else 4
