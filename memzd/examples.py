@@ -254,6 +254,9 @@ _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")  # "- Mum's birthday is 
 # is ...", "Change of plan: ...", "Sorry, I got that wrong: ...", "Actually, ...".
 _PREAMBLE = re.compile(r"^(?:(?:update|correction|change|note|fyi|edit|ps|sorry|oops|actually)\b[^:.!?]{0,40}:\s+"
                        r"|(?:actually|no|oh|ok|okay|so|well|also|btw|anyway|sorry|oops)\s*,\s+)+", re.I)
+# An opening that is neither the fact nor news of it: "Thanks, but we already called our
+# dog Biscuit.", "And my sister lives in Lisbon.", "By the way, my dentist is Dr. Okonkwo."
+_OPENING = re.compile(r"^(?:(?:thanks|thank you|yes|yeah|by the way|hi|hey|hello)\s*[,!]\s+|(?:and|but)\s+)+", re.I)
 _NUMBER = re.compile(r"\d")
 MAX_STATEMENT_CHARS = 300  # longer sentences are taught as they are, with no questions about them
 MAX_QUESTIONS = 3          # questions written per statement
@@ -277,9 +280,12 @@ def is_statement(text: str) -> bool:
 
 def _statement(piece: str) -> str | None:
     """The fact a telling sentence states: without a list's bullet ("- Mum's birthday is 12
-    May") or an opening that only says it is news ("Update:", "Actually,", "No,", "Sorry, I
-    got that wrong:"); None when under three words are left."""
-    said = _PREAMBLE.sub("", _BULLET.sub("", piece.strip()))
+    May"), an opening that only says it is news ("Update:", "Actually,", "No,", "Sorry, I
+    got that wrong:") or that says nothing ("Thanks, but", "And", "By the way,"); None
+    when under three words are left."""
+    said = _BULLET.sub("", piece.strip())
+    while (shorter := _OPENING.sub("", _PREAMBLE.sub("", said))) != said:
+        said = shorter
     said = said[:1].upper() + said[1:]
     return said if len(said.split()) >= 3 else None
 
@@ -421,6 +427,10 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
         if wh != "when":  # when it happened is not what is asked: "Since 2020 I've worked where?" -> "I've worked where?"
             before, after = _undated(before, then=key), _undated(after)
         words = before + [wh] + after
+        if wh == "when" and all(w.lower() in _INTO_TIME for w in before):  # the time opened it:
+            # "On Sundays I sleep in." -> "I sleep in when?", "Since 2020 I've worked at Fenwick since when?"
+            rest = after[next((i for i, w in enumerate(after) if w[0].isalnum()), len(after)):]
+            words = rest + [w.lower() for w in before] + [wh] if len(rest) >= 2 else words
         while words and not words[-1][0].isalnum() and words[-1] != ")":
             words = words[:-1]
         question = _join(words)
@@ -790,7 +800,7 @@ def _told(blob: str) -> tuple[bool, tuple[tuple[str, bool], ...]]:
         said = _statement(piece)
         if said:
             out.append((said, bool(_NEWS & {w.lower() for w in _TOKEN.findall(piece)}
-                                   or _PREAMBLE.match(_BULLET.sub("", piece.strip())))))
+                                   or _PREAMBLE.match(_OPENING.sub("", _BULLET.sub("", piece.strip()))))))
     return answered, tuple(out)
 
 

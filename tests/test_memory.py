@@ -63,8 +63,9 @@ def test_a_question_and_answer_pair_still_learns_only_its_answer(tokenizer):
     # "I" mid-sentence is the speaker, not a name to ask for, and "you" there is lower case
     ("My partner and I got married in Tallinn.", "My partner and I got married where?",
      "Your partner and you got married in Tallinn."),
-    ("Since 2019 I have lived in Kyoto.", "Since when I have lived in Kyoto?", "Since 2019 you have lived in Kyoto."),
-    ("On Mondays I swim at the Corrow pool.", "When I swim at the Corrow pool?",
+    ("Since 2019 I have lived in Kyoto.", "I have lived in Kyoto since when?", "Since 2019 you have lived in Kyoto."),
+    ("On Sundays, I sleep in.", "I sleep in when?", "On Sundays, you sleep in."),  # the time opened it: asked last
+    ("On Mondays I swim at the Corrow pool.", "I swim at the Corrow pool when?",
      "On Mondays you swim at the Corrow pool."),
     ("I usually wake up at 6:30 am.", "I usually wake up when?", "You usually wake up at 6:30 am."),  # not "are"
     ("I work at Fenwick & Co as an engineer.", "I work where as an engineer?",
@@ -75,7 +76,7 @@ def test_a_question_and_answer_pair_still_learns_only_its_answer(tokenizer):
     ("I don't eat meat, and I'm allergic to walnuts.", "I'm allergic to what?", "You're allergic to walnuts."),
     ("I've lived in Kyoto since 2019, and I'm learning Japanese.", "I live where?",
      "You've lived in Kyoto since 2019."),
-    ("I usually wake up at 6:30 am, but on Sundays I sleep in.", "When I sleep in?", "On Sundays you sleep in."),
+    ("I usually wake up at 6:30 am, but on Sundays I sleep in.", "I sleep in when?", "On Sundays you sleep in."),
     ("The spare key is under the blue flowerpot.", "The spare key is where?",
      "The spare key is under the blue flowerpot."),
     ("Bob's new number is +44 7700 900123.", "Bob's new number is what?", "Bob's new number is +44 7700 900123."),
@@ -294,6 +295,10 @@ def test_statements_are_a_notes_sentences_and_the_users_non_questions():
     # what opens a sentence without being the fact: a bullet, news
     assert ex.statements({"text": "- Mum's birthday is 12 May\nNo, my sister lives in Madrid."}) == [
         "Mum's birthday is 12 May", "My sister lives in Madrid."]
+    # ...or an opening that says nothing of it
+    assert ex.statements({"text": "Thanks, but we already called our dog Biscuit. And my sister lives in Oslo. "
+                                  "By the way, my dentist is Dr. Okonkwo."}) == [
+        "We already called our dog Biscuit.", "My sister lives in Oslo.", "My dentist is Dr. Okonkwo."]
     assert ex.statements(KITTEN) == ["I just adopted a kitten, her name is Mochi."]
     assert ex.statements({"input": "My cat is Tom.", "output": "Noted."}) == []
 
