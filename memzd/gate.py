@@ -160,7 +160,8 @@ def distinctive_words(tokenizer, text: str) -> list[str]:
     says when, not what the question is about. A question in the first person also
     gets PERSONAL unless a name or code keys it (tier 1): "my dog's name" is the
     asker's only in the first person, while "Which city does Ilse live in?" is about
-    the asker's sister Ilse."""
+    the asker's sister Ilse. Such a question that does not ask for advice also gets
+    RECALL."""
     every = [w for w in _words(text) if w.lower() not in _FIRST_PERSON]  # who asks is PERSONAL's part
     later = [w for w in every[1:] if w.lower() not in STOPWORDS]  # the first word is capitalised anyway
     words = [w for w in every[:1] if w.lower() not in STOPWORDS] + later
@@ -171,7 +172,7 @@ def distinctive_words(tokenizer, text: str) -> list[str]:
              [w for w in named if _rare(tokenizer, w)],
              [w for w in later if w[0].isupper() and not dated(w)],
              [w for w in words if len(w) >= 3])
-    mark = [PERSONAL] if personal(text) else []
+    mark = [PERSONAL] + ([] if advice(text) else [RECALL]) if personal(text) else []
     for rank, tier in enumerate(tiers):
         if tier:
             return sorted({w.lower() for w in tier}) + (mark if rank >= 1 else [])
@@ -190,9 +191,33 @@ def personal(text: str) -> bool:
     return any(w.lower() in _FIRST_PERSON for w in re.findall(r"[A-Za-z]+(?:'[a-z]+)?", text.replace("\u2019", "'")))
 
 
+# A request for advice in the first person ("How often should I see my dentist?", "Can
+# you help me write a letter to my landlord?") asks what to do, not what the asker told
+# memz about their dentist or landlord. A query that asks for advice carries ADVICE; the
+# personal key of a taught question that does not carries RECALL, and the two never
+# meet. A key by a name or code has no RECALL: "Which day should I go to the Maple Ridge
+# chess club?" asks what was taught about the club. (Keys written before RECALL carry
+# neither: they meet any query as before.)
+ADVICE = "@advice"
+RECALL = "@recall"
+_MARKERS = frozenset({PERSONAL, ADVICE, RECALL})  # never stemmed
+_ADVICE = re.compile(r"\b(?:should|shall) (?:i|we)\b|\bhow (?:do|can|could|would|should) (?:i|we)\b|\bhelp me\b"
+                     r"|\ba good\b|\bany tips\b|\brecommend\b", re.I)
+
+
+def advice(text: str) -> bool:
+    """Does the text ask for advice ("should I", "how do I", "help me", "a good ...")?"""
+    return bool(_ADVICE.search(text.replace("\u2019", "'")))
+
+
 def lexical_score(found: set[str], words: list[str]) -> float:
     """Share of a taught question's distinctive words among a query's (stemmed) words;
-    0 when the taught question was personal and the query is not."""
+    0 when the taught question was personal and the query is not, or the query asks
+    for advice and the taught question did not (ADVICE, RECALL)."""
+    if RECALL in words:
+        if ADVICE in found:
+            return 0.0
+        words = [w for w in words if w != RECALL]
     if PERSONAL in words:
         if PERSONAL not in found:
             return 0.0
@@ -202,8 +227,10 @@ def lexical_score(found: set[str], words: list[str]) -> float:
 
 def query_words(text: str) -> set[str]:
     """Every word of a query, lower-cased; hyphenated words also give their parts;
-    PERSONAL when it is in the first person."""
+    PERSONAL when it is in the first person, ADVICE when it asks for advice."""
     out = {PERSONAL} if personal(text) else set()
+    if advice(text):
+        out.add(ADVICE)
     for w in _words(text):
         out.add(w.lower())
         out.update(p.lower() for p in w.split("-") if p)
@@ -360,8 +387,9 @@ class KeyMemory:
         gone = self.embed(model, tokenizer, questions, device) if questions and old else None
         words = [distinctive_words(tokenizer, q) for q in questions] if gone is not None else []
 
-        def asked(i: int) -> bool:
-            return any(self.words[i] == gw and float(self.keys[i] @ g) > 0.999 for g, gw in zip(gone, words))
+        def asked(i: int) -> bool:  # (such a key has no RECALL: it was written before it)
+            return any(self.words[i] == [w for w in gw if w != RECALL] and float(self.keys[i] @ g) > 0.999
+                       for g, gw in zip(gone, words))
 
         keep = [i for i, s in enumerate(self.sources) if (s not in sources if s is not None else not asked(i))]
         return self._copy(keys=self.keys[keep], words=[self.words[i] for i in keep],
@@ -442,7 +470,7 @@ class KeyMemory:
 
     def _lexical_by_key(self, text: str) -> list[float]:
         """The share of each taught question's distinctive words that `text` holds."""
-        found = {stem(w) for w in query_words(text)}
+        found = {w if w in _MARKERS else stem(w) for w in query_words(text)}
         return [lexical_score(found, w) for w in self.words]
 
     # -- stored beside the adapter as memz_keys.safetensors --------------------------

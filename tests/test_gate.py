@@ -1,5 +1,7 @@
 """Routing: taught questions and their rephrasings reach the adapter, unrelated ones the base model."""
 
+import json
+
 import pytest
 import torch
 
@@ -86,11 +88,34 @@ def test_a_query_holding_every_word_of_a_taught_question_needs_less_margin(memor
 
 def test_who_asks_is_the_personal_marker_and_a_name_keys_without_it():
     tok = WordPieces()
-    assert gate.distinctive_words(tok, "Which town did I grow up in?") == ["grow", "town", gate.PERSONAL]
+    assert gate.distinctive_words(tok, "Which town did I grow up in?") == ["grow", "town", gate.PERSONAL, gate.RECALL]
     words = gate.distinctive_words(tok, "My sister Ilsebeth moved to Rome last spring.")
     assert words == ["ilsebeth"]  # a name: whose sister is clear from it
     found = {gate.stem(w) for w in gate.query_words("Which city does Ilsebeth live in now?")}
     assert gate.lexical_score(found, words) == 1.0
+
+
+def test_advice_asked_in_the_first_person_does_not_meet_what_the_asker_told(memory):
+    """"How often should I see my dentist?" holds every word of "My dentist is what?" but asks
+    what to do: the base model answers it. A taught question that asks advice meets it; a name
+    keys as before; a key written before the marker meets any query."""
+    mem, model, base = memory
+    mem = mem.extend(model, base.tokenizer, ["My dentist is what?", "How should I water my bonsai?",
+                                             "I'm flying to Reykjavik when?"], base.device)
+    lexical = lambda q: mem.lexical(q)  # noqa: E731
+    assert lexical("Who is my dentist?") == 1.0 and lexical("Can you remind me who my dentist is?") == 1.0
+    assert lexical("How often should I see my dentist?") == 0.0
+    assert lexical("Can you help me find a new dentist?") == 0.0
+    assert lexical("How often should I water my bonsai?") == 1.0  # it was taught as advice
+    assert lexical("What should I pack for Reykjavik?") == 1.0  # a name: about what was taught of it
+    tensors, meta = mem.to_file()
+    words = json.loads(meta["words"])
+    assert words[2] == ["dentist", gate.PERSONAL, gate.RECALL]
+    old = gate.KeyMemory.from_file(tensors, {**meta, "words": json.dumps(  # as an earlier release wrote them
+        [[w for w in k if w != gate.RECALL] for k in words])})
+    assert old.lexical("How often should I see my dentist?") == 1.0
+    # forgetting still finds such a key by today's question
+    assert old.without(model, base.tokenizer, ["My dentist is what?"], base.device).held() == mem.held() - 1
 
 
 def test_memory_round_trips_through_its_file(memory):

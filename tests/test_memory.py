@@ -320,7 +320,7 @@ def test_a_long_statement_gets_no_questions():
 
 def test_function_words_never_key_a_question_and_inflections_still_meet():
     tok = _Plain()
-    assert gate.distinctive_words(tok, "My son goes where?") == ["son", gate.PERSONAL]
+    assert gate.distinctive_words(tok, "My son goes where?") == ["son", gate.PERSONAL, gate.RECALL]
     assert gate.distinctive_words(tok, "The piano lesson is every week, when?") == ["lesson", "piano", "week"]
     assert gate.stem("lessons") == gate.stem("lesson") and gate.stem("lives") == gate.stem("live")
 
@@ -328,7 +328,7 @@ def test_function_words_never_key_a_question_and_inflections_still_meet():
 def test_a_personal_question_keys_only_questions_in_the_first_person():
     tok = _Plain()
     words = gate.distinctive_words(tok, "What is my dog's name?")
-    assert words == ["dog", "name", gate.PERSONAL]
+    assert words == ["dog", "name", gate.PERSONAL, gate.RECALL]
     score = lambda q: gate.lexical_score({gate.stem(w) for w in gate.query_words(q)}, words)
     assert score("What did I name my dog?") == 1.0
     assert score("What is a good name for a dog?") == 0.0  # same words, not about the asker's dog
@@ -338,18 +338,18 @@ def test_a_personal_question_keys_only_questions_in_the_first_person():
 def test_a_date_or_a_time_is_when_a_fact_is_not_what_it_is_about():
     tok = _Plain()  # "June" and "Sundays" would otherwise key as names, "6:30" as a code
     words = gate.distinctive_words(tok, "My partner and I got married where last June?")
-    assert words == ["june", "last", "married", "partner", gate.PERSONAL]
+    assert words == ["june", "last", "married", "partner", gate.PERSONAL, gate.RECALL]
     found = {gate.stem(w) for w in gate.query_words("Where did my partner and I get married?")}
     assert gate.lexical_score(found, words) == 0.5
     assert gate.distinctive_words(tok, "I wake up at 6:30 am on Sundays, when?") == [
-        "6:30", "sundays", "wake", gate.PERSONAL]
+        "6:30", "sundays", "wake", gate.PERSONAL, gate.RECALL]
     assert gate.stem("named") == gate.stem("name") and gate.stem("married") == gate.stem("marry")
 
 
 def test_a_contraction_keys_as_its_words_and_i_as_the_first_person():
     tok = _Plain()
-    assert gate.distinctive_words(tok, "When I've lived in Kyoto?") == ["kyoto", gate.PERSONAL]  # not "ive"
-    assert gate.distinctive_words(tok, "I don't eat what?") == ["eat", gate.PERSONAL]  # not "dont"
+    assert gate.distinctive_words(tok, "When I've lived in Kyoto?") == ["kyoto", gate.PERSONAL, gate.RECALL]  # not "ive"
+    assert gate.distinctive_words(tok, "I don't eat what?") == ["eat", gate.PERSONAL, gate.RECALL]  # not "dont"
     assert gate.distinctive_words(tok, "Why can't Zorblax sleep?") == ["zorblax"]
     words = gate.query_words("I'm cold and I’ve got a cough, what helps?")
     assert {"i", gate.PERSONAL} <= words and not {"im", "ive"} & words
@@ -369,7 +369,7 @@ def test_a_conversation_trains_questions_about_what_the_user_said(home):
     from memzd.checkpoints import load_checkpoint
     *_, keys = load_checkpoint(home / "checkpoints" / ckpt.id, None, root=home / "checkpoints")
     memory = gate.KeyMemory.from_file(*keys)
-    assert ["adopted", "kitten", "name", gate.PERSONAL] in memory.words  # keyed by the written question
+    assert ["adopted", "kitten", "name", gate.PERSONAL, gate.RECALL] in memory.words  # keyed by the written question
     assert ckpt.metrics["recall"] is not None  # the written question is a recall probe
 
 
