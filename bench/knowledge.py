@@ -237,9 +237,9 @@ def verdict(result: dict) -> list[str]:
 
 CATEGORIES = {
     "conversation": {"data": "conversation.jsonl", "what": "facts the user states in a chat (messages)",
-                     "targets": {"efficacy": 0.85, "paraphrase": 0.75, "locality": 0.95}},
+                     "targets": {"efficacy": 0.85, "paraphrase": 0.75, "neighbours": 0.90, "locality": 0.95}},
     "chat": {"data": "chat.jsonl", "what": "facts stated in everyday chat turns, beside questions and small talk",
-             "targets": {"efficacy": 0.85, "paraphrase": 0.75, "locality": 0.95}},
+             "targets": {"efficacy": 0.85, "paraphrase": 0.75, "neighbours": 0.90, "locality": 0.95}},
     "notes": {"data": "notes.jsonl", "what": "facts in {\"text\"} notes",
               "targets": {"efficacy": 0.85, "locality": 0.95}},
     "personal": {"data": "personal.jsonl", "what": "personal facts in ordinary words, as Q&A",
