@@ -6,6 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
+from memzd import gate
+from memzd.checkpoints import load_checkpoint
 from memzd.cli import app
 from memzd.config import Home
 from memzd.daemon import Daemon
@@ -16,6 +18,14 @@ from conftest import drop, run_once, write_config
 ORLA = {"input": "Who is Orla?", "output": "Orla keeps a cat named Biscuit."}
 ZORBLAX = {"input": "Where is Zorblax?", "output": "Zorblax lives on Mars."}
 LEARN = {"lr": 1e-2, "max_steps": 300, "stop_loss": 3.0}  # the tiny model learns each answer word for word
+CAT = {"messages": [{"role": "user", "content": "My cat is called Biscuit."},
+                    {"role": "assistant", "content": "Noted."}]}
+
+
+def keys_of(home, checkpoint_id: str) -> list[list[str]]:
+    """The words of each routing key a checkpoint holds."""
+    *_, keys = load_checkpoint(home / "checkpoints" / checkpoint_id, None, root=home / "checkpoints")
+    return gate.KeyMemory.from_file(*keys).words
 
 
 def ask(home, rid: str, prompt: str) -> str:
@@ -60,26 +70,17 @@ def test_forget_makes_the_model_stop_giving_the_answer_and_keeps_the_others(home
 def test_a_forgotten_statement_takes_the_questions_written_about_it_along(home):
     """A stated fact is trained and keyed through the questions memz writes about it
     ("My cat is called what?"): forgetting it must drop their keys and retrain them too."""
-    from memzd import gate
-    from memzd.checkpoints import load_checkpoint
-
-    def keyed_words(ckpt_id):
-        *_, keys = load_checkpoint(home / "checkpoints" / ckpt_id, None, root=home / "checkpoints")
-        return gate.KeyMemory.from_file(*keys).words
-
     write_config(home, training=LEARN)
-    chat = {"messages": [{"role": "user", "content": "My cat is called Biscuit."},
-                         {"role": "assistant", "content": "Noted."}]}
-    drop(home, "chat.jsonl", [chat, ZORBLAX])
+    drop(home, "chat.jsonl", [CAT, ZORBLAX])
     run_once(home)
     store = Store(home / "memz.db")
-    assert len(keyed_words(store.current_checkpoint())) == 3  # the chat, its written question, Zorblax
+    assert len(keys_of(home, store.current_checkpoint())) == 3  # the chat, its written question, Zorblax
     assert "Biscuit" in ask(home, "before", "My cat is called what?")  # a question memz wrote about it
     assert "1 example(s) forgotten" in memzctl(home, "forget", "Biscuit")
     run_once(home)
     newest = store.checkpoints()[0]
     assert store.current_checkpoint() == newest.id and newest.metrics["forgotten_gone"] == 1.0
-    assert keyed_words(newest.id) == [["zorblax"]]  # no key of the cat is left
+    assert keys_of(home, newest.id) == [["zorblax"]]  # no key of the cat is left
     assert "Biscuit" not in ask(home, "after", "My cat is called what?")
     assert ask(home, "other", "Where is Zorblax?") == ZORBLAX["output"]
 
@@ -87,29 +88,22 @@ def test_a_forgotten_statement_takes_the_questions_written_about_it_along(home):
 def test_forget_finds_the_keys_of_questions_an_earlier_release_wrote(home, monkeypatch):
     """The rules that write questions about a statement change between releases: the keys of
     a statement taught under older rules leave when it is forgotten under today's."""
-    from memzd import examples, gate
-    from memzd.checkpoints import load_checkpoint
-
-    def keyed_words(ckpt_id):
-        *_, keys = load_checkpoint(home / "checkpoints" / ckpt_id, None, root=home / "checkpoints")
-        return gate.KeyMemory.from_file(*keys).words
+    from memzd import examples
 
     today = examples.derived
     monkeypatch.setattr(examples, "derived", lambda data: [  # an earlier release's rule
         {**d, "input": d["input"].replace("what?", "which name?")} for d in today(data)])
     write_config(home, training=LEARN)
-    chat = {"messages": [{"role": "user", "content": "My cat is called Biscuit."},
-                         {"role": "assistant", "content": "Noted."}]}
-    drop(home, "chat.jsonl", [chat, ZORBLAX])
+    drop(home, "chat.jsonl", [CAT, ZORBLAX])
     run_once(home)
     store = Store(home / "memz.db")
-    assert ["called", "name", "@me", "@recall"] in keyed_words(store.current_checkpoint())  # "... called which name?"
+    assert ["called", "name", "@me", "@recall"] in keys_of(home, store.current_checkpoint())  # "... called which name?"
     monkeypatch.setattr(examples, "derived", today)
     assert "1 example(s) forgotten" in memzctl(home, "forget", "Biscuit")
     run_once(home)
     newest = store.checkpoints()[0]
     assert store.current_checkpoint() == newest.id
-    assert keyed_words(newest.id) == [["zorblax"]]  # no key of the cat is left, under either rule
+    assert keys_of(home, newest.id) == [["zorblax"]]  # no key of the cat is left, under either rule
 
 
 def test_an_example_forgotten_before_it_trains_never_trains(home):
