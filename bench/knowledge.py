@@ -438,6 +438,11 @@ def run_safety(items: list[dict], overrides: list[str], base_model: str | None, 
     return {"category": "safety", "items": len(items), "figures": figures, "metrics": metrics}
 
 
+def meets(key: str, value: float, target: float) -> bool:
+    """Does a figure meet its target (a ceiling for the figures of AT_MOST, else a floor)?"""
+    return value <= target if key in AT_MOST else value >= target
+
+
 def category_lines(result: dict) -> list[str]:
     name = result["category"]
     seed = f", training seed {result['seed']}" if "seed" in result else ""
@@ -447,7 +452,7 @@ def category_lines(result: dict) -> list[str]:
         target = targets.get(key)
         n = result.get("counts", {}).get(key)
         most = key in AT_MOST
-        met = target is not None and (value <= target if most else value >= target)
+        met = target is not None and meets(key, value, target)
         lines.append(f"  {key:20s} {value:6.2f}" + (f"  of {n:3d}" if n else "") +
                      (f"  target {'<=' if most else '>='} {target}  {'met' if met else 'NOT MET'}"
                       if target is not None else ""))
@@ -470,7 +475,7 @@ def seeds_lines(runs: list[dict], seeds: list[int]) -> list[str]:
         values = [r["figures"][key] for r in runs if key in r["figures"]]
         target = targets.get(key)
         most = key in AT_MOST
-        met = sum((v <= target if most else v >= target) for v in values) if target is not None else None
+        met = sum(meets(key, v, target) for v in values) if target is not None else None
         lines.append(f"  {key:20s} mean {sum(values) / len(values):5.2f}  range {min(values):.2f}-{max(values):.2f}  "
                      + " ".join(f"{v:.2f}" for v in values)
                      + (f"  target {'<=' if most else '>='} {target}  met on {met} of {len(values)}"

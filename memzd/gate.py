@@ -383,9 +383,9 @@ class KeyMemory:
         computed by the same frozen base, so a taught question gives the same key again)."""
         if not self.words or not (questions or sources):
             return self
-        old = [i for i, s in enumerate(self.sources) if s is None]
-        gone = self.embed(model, tokenizer, questions, device) if questions and old else None
-        words = [distinctive_words(tokenizer, q) for q in questions] if gone is not None else []
+        old = None in self.sources and bool(questions)  # keys from before: matched by today's questions
+        gone = self.embed(model, tokenizer, questions, device) if old else []
+        words = [distinctive_words(tokenizer, q) for q in questions] if old else []
 
         def asked(i: int) -> bool:  # (such a key has no RECALL: it was written before it)
             return any(self.words[i] == [w for w in gw if w != RECALL] and float(self.keys[i] @ g) > 0.999

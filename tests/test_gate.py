@@ -102,7 +102,7 @@ def test_advice_asked_in_the_first_person_does_not_meet_what_the_asker_told(memo
     mem, model, base = memory
     mem = mem.extend(model, base.tokenizer, ["My dentist is what?", "How should I water my bonsai?",
                                              "I'm flying to Reykjavik when?"], base.device)
-    lexical = lambda q: mem.lexical(q)  # noqa: E731
+    lexical = mem.lexical
     assert lexical("Who is my dentist?") == 1.0 and lexical("Can you remind me who my dentist is?") == 1.0
     assert lexical("How often should I see my dentist?") == 0.0
     assert lexical("Can you help me find a new dentist?") == 0.0
@@ -168,6 +168,8 @@ def test_a_key_goes_with_the_example_it_was_taught_by_whatever_its_question(memo
     assert forgot.words == [["zorblax"], ["brennick"]] and forgot.sources == [None, "hash-vault"]
     # a key that remembers its example stays while another example writes its words
     assert mem.without(model, base.tokenizer, ["Where is the Brennick vault?"], base.device, {"hash-x"}).held() == 4
+    # by its example alone, with keys from before left as they are
+    assert mem.without(model, base.tokenizer, [], base.device, {"hash-vault"}).words == mem.words[:3]
     again = gate.KeyMemory.from_file(*forgot.to_file())
     assert again.sources == forgot.sources
     tensors, meta = old.to_file()
