@@ -11,12 +11,16 @@ base model:
   rare when the model's tokenizer splits it into several pieces ("Vantrees"
   is V|ant|rees; "London" is one token), a frequency proxy that needs no
   word list. lexical score = the share of a taught question's distinctive
-  words found in the query, best over taught questions.
+  words found in the query, best over taught questions. A question in the first
+  person keys with markers: only such a query meets it, not one that asks for
+  advice, nor one about another of the asker's things ("my brother", taught "my
+  sister"), and words that name one thing in a personal fact meet ("name" and
+  "called", "home" and "live").
 - hidden: the max-pool of the base model's hidden states at `layer` over the
-  question's tokens, z-scored with a reference set of general prompts (the
-  general prompts (REFERENCE_PROMPTS) and normalised. margin = cosine to the nearest taught key minus
-  cosine to the nearest reference prompt: is the question closer to what was
-  taught than to general knowledge?
+  question's tokens, z-scored with a reference set of general prompts
+  (REFERENCE_PROMPTS) and normalised. margin = cosine to the nearest taught
+  key minus cosine to the nearest reference prompt: is the question closer to
+  what was taught than to general knowledge?
 
 `rule` combines them: "both" (the default) routes when the lexical score
 reaches `lexical_threshold` and the margin reaches `margin` (`margin` -
@@ -172,7 +176,8 @@ def distinctive_words(tokenizer, text: str) -> list[str]:
              [w for w in named if _rare(tokenizer, w)],
              [w for w in later if w[0].isupper() and not dated(w)],
              [w for w in words if len(w) >= 3])
-    mark = [PERSONAL] + ([] if advice(text) else [RECALL]) if personal(text) else []
+    mark = [PERSONAL] + ([] if advice(text) else [RECALL]) + sorted(OWNS + w for w in owned(text)) \
+        if personal(text) else []
     for rank, tier in enumerate(tiers):
         if tier:
             return sorted({w.lower() for w in tier}) + (mark if rank >= 1 else [])
@@ -210,27 +215,85 @@ def advice(text: str) -> bool:
     return bool(_ADVICE.search(text.replace("\u2019", "'")))
 
 
+# Words that name one thing in the facts people tell about themselves: "What is my
+# teacher's name?" asks what "My teacher is called Beatriz." told, "Who is my employer?"
+# what "I work at the Linden clinic." did. Read as one word only against a personal key
+# (PERSONAL): in general questions "named after a snake" is not "called", and "What
+# is the name of Tintin's dog?" is not what "We called our dog Biscuit." told.
+_SAME_AS = {"call": "nam", "nicknam": "nam",  # called, nicknamed: name
+            "hom": "liv", "resid": "liv",  # home, resides: lives
+            "job": "work", "emploi": "work", "employer": "work",  # job, employs, employer: works
+            "bos": "manager",  # boss
+            "allergi": "allergic"}  # allergy, allergies
+
+
+def root(word: str) -> str:
+    """A word's stem, the same for words that name one thing in a personal fact
+    ("called" and "name", "home" and "lives", "job", "employer" and "worked")."""
+    s = stem(word)
+    return _SAME_AS.get(s, s)
+
+
 def lexical_score(found: set[str], words: list[str]) -> float:
-    """Share of a taught question's distinctive words among a query's (stemmed) words;
-    0 when the taught question was personal and the query is not, or the query asks
+    """Share of a taught question's distinctive words among a query's (stemmed) words,
+    a personal question's by `root`; 0 when the taught question was personal and the
+    query is not, or is about another of the asker's things (OWNS), or the query asks
     for advice and the taught question did not (ADVICE, RECALL)."""
     if RECALL in words:
         if ADVICE in found:
             return 0.0
         words = [w for w in words if w != RECALL]
+    same = stem
     if PERSONAL in words:
         if PERSONAL not in found:
             return 0.0
-        words = [w for w in words if w != PERSONAL]
-    return len(found & {stem(w) for w in words}) / max(len(words), 1)
+        mine = {w for w in words if w.startswith(OWNS)}
+        words = [w for w in words if w != PERSONAL and w not in mine]
+        found, same = {_SAME_AS.get(w, w) for w in found}, root
+        theirs = {w for w in found if w.startswith(OWNS)}
+        if mine and theirs and not mine & theirs and not {OWNS + root(w) for w in words} & theirs:
+            return 0.0  # about the asker's brother; taught about their sister
+    return len(found & {same(w) for w in words}) / max(len(words), 1)
+
+
+# "my brother", "my son's school", "my new job": whose or what of the asker's a text
+# is about. A personal key keeps it (OWNS + root); a query about another of the asker's
+# things than the key's, which names none of the key's words either, does not meet it:
+# "Where does my brother live?" is not what "My sister lives where?" was taught for. A
+# key about the asker themself ("I live where?") has none, and meets as before. The
+# name asked for is not whose: "my dog's name" is the dog's.
+OWNS = "@my:"
+_BEFORE_THE_THING = frozenset("new old best little big younger older elder eldest youngest current "
+                              "favourite favorite first second own late dear".split())
+
+
+def owned(text: str) -> set[str]:
+    """The roots of what a text says is the asker's: the words of each "my ..." and its
+    possessives, describing words and a name asked for aside."""
+    lower = [w.lower() for w in re.findall(r"[A-Za-z]+(?:'s)?", text.replace("\u2019", "'"))]
+    out = set()
+    for i, w in enumerate(lower):
+        if w != "my":
+            continue
+        j = i + 1
+        while j < len(lower) and lower[j] in _BEFORE_THE_THING:
+            j += 1
+        while j < len(lower):
+            out.add(root(lower[j].removesuffix("'s")))
+            if not lower[j].endswith("'s"):
+                break
+            j += 1
+    return out - {root("name")}
 
 
 def query_words(text: str) -> set[str]:
     """Every word of a query, lower-cased; hyphenated words also give their parts;
-    PERSONAL when it is in the first person, ADVICE when it asks for advice."""
+    PERSONAL when it is in the first person, ADVICE when it asks for advice, and
+    OWNS + each root of what it says is the asker's (`owned`)."""
     out = {PERSONAL} if personal(text) else set()
     if advice(text):
         out.add(ADVICE)
+    out.update(OWNS + w for w in owned(text))
     for w in _words(text):
         out.add(w.lower())
         out.update(p.lower() for p in w.split("-") if p)
@@ -387,9 +450,9 @@ class KeyMemory:
         gone = self.embed(model, tokenizer, questions, device) if old else []
         words = [distinctive_words(tokenizer, q) for q in questions] if old else []
 
-        def asked(i: int) -> bool:  # (such a key has no RECALL: it was written before it)
-            return any(self.words[i] == [w for w in gw if w != RECALL] and float(self.keys[i] @ g) > 0.999
-                       for g, gw in zip(gone, words))
+        def asked(i: int) -> bool:  # (such a key has no RECALL nor OWNS: it was written before them)
+            return any(self.words[i] == [w for w in gw if w != RECALL and not w.startswith(OWNS)]
+                       and float(self.keys[i] @ g) > 0.999 for g, gw in zip(gone, words))
 
         keep = [i for i, s in enumerate(self.sources) if (s not in sources if s is not None else not asked(i))]
         return self._copy(keys=self.keys[keep], words=[self.words[i] for i in keep],
@@ -470,7 +533,7 @@ class KeyMemory:
 
     def _lexical_by_key(self, text: str) -> list[float]:
         """The share of each taught question's distinctive words that `text` holds."""
-        found = {w if w in _MARKERS else stem(w) for w in query_words(text)}
+        found = {w if w in _MARKERS or w.startswith(OWNS) else stem(w) for w in query_words(text)}
         return [lexical_score(found, w) for w in self.words]
 
     # -- stored beside the adapter as memz_keys.safetensors --------------------------

@@ -320,7 +320,8 @@ def test_a_long_statement_gets_no_questions():
 
 def test_function_words_never_key_a_question_and_inflections_still_meet():
     tok = _Plain()
-    assert gate.distinctive_words(tok, "My son goes where?") == ["son", gate.PERSONAL, gate.RECALL]
+    assert gate.distinctive_words(tok, "My son goes where?") == ["son", gate.PERSONAL, gate.RECALL,
+                                                                  f"{gate.OWNS}son"]
     assert gate.distinctive_words(tok, "The piano lesson is every week, when?") == ["lesson", "piano", "week"]
     assert gate.stem("lessons") == gate.stem("lesson") and gate.stem("lives") == gate.stem("live")
 
@@ -328,7 +329,7 @@ def test_function_words_never_key_a_question_and_inflections_still_meet():
 def test_a_personal_question_keys_only_questions_in_the_first_person():
     tok = _Plain()
     words = gate.distinctive_words(tok, "What is my dog's name?")
-    assert words == ["dog", "name", gate.PERSONAL, gate.RECALL]
+    assert words == ["dog", "name", gate.PERSONAL, gate.RECALL, f"{gate.OWNS}dog"]
     score = lambda q: gate.lexical_score({gate.stem(w) for w in gate.query_words(q)}, words)
     assert score("What did I name my dog?") == 1.0
     assert score("What is a good name for a dog?") == 0.0  # same words, not about the asker's dog
@@ -338,7 +339,7 @@ def test_a_personal_question_keys_only_questions_in_the_first_person():
 def test_a_date_or_a_time_is_when_a_fact_is_not_what_it_is_about():
     tok = _Plain()  # "June" and "Sundays" would otherwise key as names, "6:30" as a code
     words = gate.distinctive_words(tok, "My partner and I got married where last June?")
-    assert words == ["june", "last", "married", "partner", gate.PERSONAL, gate.RECALL]
+    assert words == ["june", "last", "married", "partner", gate.PERSONAL, gate.RECALL, f"{gate.OWNS}partner"]
     found = {gate.stem(w) for w in gate.query_words("Where did my partner and I get married?")}
     assert gate.lexical_score(found, words) == 0.5
     assert gate.distinctive_words(tok, "I wake up at 6:30 am on Sundays, when?") == [
