@@ -48,14 +48,19 @@ def main():
     taught = examples.expand(teach)
     keys = [gate.question_text(c[:-1]) if c else e["text"] for e in taught for c in [examples.to_chat(e)]]
     memory = gate.KeyMemory.create(model, tok, Config().routing.layer, dev).extend(model, tok, keys, dev)
-    for name, questions, wanted in (("advice kept from the adapter", ADVICE, False),
-                                    ("recall sent to the adapter", RECALL, True)):
-        routed = memory.admits_many(model, tok, [[{"role": "user", "content": q}] for q in questions], dev)
-        print(f"{name}: {sum(r == wanted for r in routed)}/{len(questions)}")
-        for q, r in zip(questions, routed):
-            if r != wanted:
-                lexical, margin = memory.scores(model, tok, q, dev)
-                print(f"   wrong: lex {lexical:.2f} margin {margin:+.3f}  {q}")
+    report(memory, model, tok, dev, "advice kept from the adapter", ADVICE, False)
+    report(memory, model, tok, dev, "recall sent to the adapter", RECALL, True)
+
+
+def report(memory, model, tok, dev, name: str, questions: list[str], wanted: bool):
+    """How many of the questions the gate routes as wanted (True: to the adapter), and
+    the two scores of each that it does not."""
+    routed = memory.admits_many(model, tok, [[{"role": "user", "content": q}] for q in questions], dev)
+    print(f"{name}: {sum(r == wanted for r in routed)}/{len(questions)}")
+    for q, r in zip(questions, routed):
+        if r != wanted:
+            lexical, margin = memory.scores(model, tok, q, dev)
+            print(f"   wrong: lex {lexical:.2f} margin {margin:+.3f}  {q}")
 
 
 if __name__ == "__main__":

@@ -17,9 +17,11 @@ from unittest import mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench", "research"))
 from memzd import examples, gate, lora  # noqa: E402
 from memzd.config import Config  # noqa: E402
 from memzd.model import load_base  # noqa: E402
+from advice_study import report  # noqa: E402
 
 STATEMENTS = [
     "My piano teacher is called Mr. Okafor.", "My boss is Hilde Sandberg.",
@@ -55,14 +57,8 @@ def main():
     memory = gate.KeyMemory.create(model, tok, Config().routing.layer, dev).extend(model, tok, keys, dev)
     for table in ("with the table", "without"):
         with mock.patch.dict(gate._SAME_AS, clear=table == "without"):
-            for name, questions, wanted in (("asked in other words, sent to the adapter", ASKED, True),
-                                            ("the same words about something else, kept", ELSE, False)):
-                routed = memory.admits_many(model, tok, [[{"role": "user", "content": q}] for q in questions], dev)
-                print(f"{table}: {name}: {sum(r == wanted for r in routed)}/{len(questions)}")
-                for q, r in zip(questions, routed):
-                    if r != wanted:
-                        lexical, margin = memory.scores(model, tok, q, dev)
-                        print(f"   wrong: lex {lexical:.2f} margin {margin:+.3f}  {q}")
+            report(memory, model, tok, dev, f"{table}: asked in other words, sent to the adapter", ASKED, True)
+            report(memory, model, tok, dev, f"{table}: the same words about something else, kept", ELSE, False)
 
 
 if __name__ == "__main__":
