@@ -147,6 +147,7 @@ def test_a_personal_key_does_not_meet_a_question_about_another_of_the_askers_thi
     assert gate.lexical_score(found, ["live", "sister", gate.PERSONAL, gate.RECALL, f"{gate.OWNS}sister"]) == 0.0
     assert gate.lexical_score(found, ["live", "sister", gate.PERSONAL, gate.RECALL]) == 0.5  # as written before
 
+
 def test_memory_round_trips_through_its_file(memory):
     mem, model, base = memory
     again = gate.KeyMemory.from_file(*mem.to_file())
