@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -41,6 +41,15 @@ log = logging.getLogger("memz.adapters")
 LOADED_ADAPTERS = 4  # checkpoints kept in memory at once (each a few MB)
 
 Routes = Callable[[list[list[dict]]], "list[str | None]"]  # chats -> adapter names, None for the base model
+
+
+class Route(NamedTuple):
+    """Where a question goes: `adapter` (None: the base model), and the taught question it
+    asks in other words (`gate.KeyMemory.cue`; None: it is asked as taught, or is no such
+    question), which the adapter answers (`routing.answer_as`)."""
+
+    adapter: str | None
+    cue: str | None = None
 
 
 @dataclass
@@ -127,40 +136,50 @@ class Adapters:
 
     # -- routing --------------------------------------------------------------
 
-    def route_with(self, adapter: str, memory: gate.KeyMemory | None, chat: list[dict]) -> str | None:
+    def route_with(self, adapter: str, memory: gate.KeyMemory | None, chat: list[dict]) -> Route:
         """The rule: `adapter` answers `chat` if routing is off, the adapter has no key
         memory, or its memory admits the question; else the base model (None) does. A
         question matching a frozen shard's key goes to that shard's adapter."""
-        return self.router(adapter, memory)([chat])[0]
+        return self.routed(adapter, memory, [chat])[0]
 
-    def route(self, checkpoint_id: str | None, chat: list[dict]) -> str | None:
-        """Where a question to `checkpoint_id` goes: its adapter, or the base model (None)."""
+    def route(self, checkpoint_id: str | None, chat: list[dict]) -> Route:
+        """Where a question to `checkpoint_id` goes: its adapter, or the base model."""
         if checkpoint_id is None:
-            return None
+            return Route(None)
         return self.route_with(checkpoint_id, self.ensure(checkpoint_id).memory, chat)
 
-    def answering(self, chat: list[dict], user: str | None = None) -> tuple[str | None, str | None]:
-        """(checkpoint, adapter) that answer `chat` for `user`: the user's own lineage
+    def answering(self, chat: list[dict], user: str | None = None) -> tuple[str | None, Route]:
+        """(checkpoint, route) that answer `chat` for `user`: the user's own lineage
         when its key memory admits the question, else the shared one's route. A user's
         facts never reach another user's answers: only `user`'s lineage is consulted."""
         if user is not None:
             own = self.serving(user)
-            adapter = self.route(own, chat)
-            if adapter is not None:
-                return own, adapter
+            route = self.route(own, chat)
+            if route.adapter is not None:
+                return own, route
         shared = self.serving()
         return shared, self.route(shared, chat)
 
     def router(self, adapter: str, memory: gate.KeyMemory | None) -> Routes:
-        """The routes of many chats to `adapter` (a checkpoint, or the candidate being
-        evaluated), the hidden keys computed in batches: the adapter (or the frozen shard)
-        holding the key a chat matches, None (the base model) where none admits it."""
+        """The adapters that answer many chats to `adapter` (a checkpoint, or the candidate
+        being evaluated), the hidden keys computed in batches (`routed`)."""
         def routes(chats: list[list[dict]]) -> list[str | None]:
-            if not self.routing.enabled or memory is None:
-                return [adapter] * len(chats)
-            owners = memory.routes(self.model, self.tokenizer, chats, self.device)
-            return [None if o is False else adapter if o is None else self._shard(o) for o in owners]
+            return [r.adapter for r in self.routed(adapter, memory, chats)]
         return routes
+
+    def routed(self, adapter: str, memory: gate.KeyMemory | None, chats: list[list[dict]]) -> list[Route]:
+        """The route of each chat to `adapter`: the adapter (or the frozen shard) holding the
+        key the chat matches, with that key's question where the chat asks it in other words
+        (unless `routing.answer_as` is "asked"); the base model where no key admits it."""
+        if not self.routing.enabled or memory is None:
+            return [Route(adapter)] * len(chats)
+        out = []
+        for chat, key in zip(chats, memory.matches(self.model, self.tokenizer, chats, self.device)):
+            owner = None if key is None else memory.owners[key]
+            to = None if key is None else adapter if owner is None else self._shard(owner)
+            cue = to is not None and self.routing.answer_as != "asked"
+            out.append(Route(to, memory.cue(key, gate.question_text(chat)) if cue else None))
+        return out
 
     def _shard(self, checkpoint_id: str) -> str | None:
         """A frozen shard's adapter, loaded; None (the base model answers) if it cannot serve."""

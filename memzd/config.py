@@ -164,6 +164,10 @@ class RoutingConfig:
     lexical_threshold: float = _help("Share of a taught question's distinctive words the query must hold.", 0.5)
     margin: float = _help("How much closer (cosine) to a taught question than to any general prompt.", 0.0)
     layer: int = _help("Hidden-state layer of the base model whose max-pool is a question's key.", 6)
+    answer_as: Literal["taught", "recited", "asked"] = _help(
+        "A question that asks a taught one in other words: the adapter answers the taught question "
+        "it matched (taught), answers that first and then the question as asked (recited), or "
+        "answers the question as asked (asked).", "taught")
 
     def __post_init__(self):
         _check(0.0 <= self.lexical_threshold <= 1.0, "routing.lexical_threshold", "a number in [0, 1]")

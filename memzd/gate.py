@@ -42,13 +42,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .examples import NEGATIONS, is_when, stem
+from .examples import NEGATIONS, is_statement, is_when, stem
 from .lora import using
 from .tokens import causal_lm
 
 EPS = 1e-3  # floor of the per-dimension std when z-scoring hidden keys
 KEY_TOKENS = 512  # a key reads at most the last this many tokens of a question...
 KEY_CHARS = 8 * KEY_TOKENS  # ...cut from at most this many characters before tokenising
+MAX_CUE_CHARS = 300  # a taught question longer than this is no cue (`KeyMemory.cue`)
 _WORD = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-]|:(?=\d))*")  # "6:30" is one word
 _POSSESSIVE = re.compile(r"(\w)'s?\b")
 # "I've", "you're", "don't": the word before the apostrophe is the word ("I" is the
@@ -300,6 +301,24 @@ def query_words(text: str) -> set[str]:
     return out
 
 
+# A question that asks for a value: a name, a place, a time, a number.
+_VALUE = re.compile(r"\b(?:what|which|who|whom|whose|where|when)\b|\bhow (?:many|much|old|long|far|often)\b", re.I)
+
+
+def _cue(question: str) -> str | None:
+    """A taught question a query may be answered as (`KeyMemory.cue`): a short one that only
+    asks, and asks for a value. Not a statement, which holds its answer (the adapter would
+    be handed it); not a request for advice or a how-to ("How do I boil an egg?"), whose
+    examples teach a way of answering that a query about rice must get, not the egg."""
+    if len(question) > MAX_CUE_CHARS or is_statement(question) or advice(question) or not _VALUE.search(question):
+        return None
+    return question.strip()
+
+
+def _same(cue: str | None, text: str) -> bool:
+    return cue is not None and " ".join(cue.split()).casefold() == " ".join(text.split()).casefold()
+
+
 def question_text(chat: list[dict]) -> str:
     """What a key is made of: the last user turn (system prompts are shared boilerplate)."""
     users = [m["content"] for m in chat if m["role"] == "user"]
@@ -387,6 +406,10 @@ class KeyMemory:
     shards: list[str] = field(default_factory=list)  # the frozen shards, oldest first
     # the content hash of the example each key was taught by (None: keyed before memz kept it)
     sources: list[str | None] = None
+    # the taught question of each key, where it only asks and is short (None: a statement, a
+    # note, or a key from before memz kept them): what the adapter answers when a query asks
+    # it in other words (`cue`)
+    cues: list[str | None] = None
 
     def __post_init__(self):
         if self.keys is None:
@@ -395,12 +418,14 @@ class KeyMemory:
             self.owners = [None] * len(self.words)
         if self.sources is None:
             self.sources = [None] * len(self.words)
+        if self.cues is None:
+            self.cues = [None] * len(self.words)
 
     def _copy(self, **changes) -> "KeyMemory":
         fields = dict(layer=self.layer, ref_mu=self.ref_mu, ref_sd=self.ref_sd, ref_keys=self.ref_keys,
                       rule=self.rule, lexical_threshold=self.lexical_threshold, margin=self.margin,
                       keys=self.keys, words=self.words, owners=self.owners, shards=self.shards,
-                      sources=self.sources)
+                      sources=self.sources, cues=self.cues)
         return KeyMemory(**{**fields, **changes})
 
     @classmethod
@@ -424,7 +449,8 @@ class KeyMemory:
         if len(sources) != len(words):
             raise ValueError(f"{len(words)} questions with {len(sources)} sources")
         return self._copy(keys=torch.cat([self.keys, keys]), words=self.words + words,
-                          owners=self.owners + [None] * len(words), sources=self.sources + sources)
+                          owners=self.owners + [None] * len(words), sources=self.sources + sources,
+                          cues=self.cues + [_cue(q) for q in questions])
 
     def with_rule(self, rule: str, lexical_threshold: float, margin: float) -> "KeyMemory":
         return self._copy(rule=rule, lexical_threshold=lexical_threshold, margin=margin)
@@ -456,7 +482,8 @@ class KeyMemory:
 
         keep = [i for i, s in enumerate(self.sources) if (s not in sources if s is not None else not asked(i))]
         return self._copy(keys=self.keys[keep], words=[self.words[i] for i in keep],
-                          owners=[self.owners[i] for i in keep], sources=[self.sources[i] for i in keep])
+                          owners=[self.owners[i] for i in keep], sources=[self.sources[i] for i in keep],
+                          cues=[self.cues[i] for i in keep])
 
     def scores(self, model, tokenizer, text: str, device: torch.device) -> tuple[float, float]:
         """(lexical score, hidden margin) of a query against the taught keys."""
@@ -483,8 +510,8 @@ class KeyMemory:
         The hidden key costs a forward pass, so it is computed only where the words
         leave the rule undecided (under `both`, a general question that shares no word
         with a taught one goes to the base model at once), for all such chats in
-        batched passes. The matching key is the best by words; among equals held by
-        different adapters, the nearest by hidden key."""
+        batched passes. The matching key is the best by words; among equals, the one
+        taught with this very question, else the nearest by hidden key."""
         texts = [question_text(c) for c in chats]
         by_key = [self._lexical_by_key(t) for t in texts]
         lexical = [max(s, default=0.0) for s in by_key]
@@ -506,14 +533,23 @@ class KeyMemory:
             if not ok or not self.words:
                 continue
             best = [k for k, x in enumerate(by_key[i]) if x >= lexical[i] - 1e-9]
-            out[i] = best[0]
-            if len({self.owners[k] for k in best}) > 1:
+            asked = [k for k in best if _same(self.cues[k], texts[i])]
+            out[i] = (asked or best)[0]
+            if not asked and len(best) > 1:
                 tied[i] = best
         if tied:  # under `both` an admitted chat's hidden key is at hand already
             embedded.update(self._embed_some(model, tokenizer, texts, [i for i in tied if i not in embedded], device))
             for i, best in tied.items():
                 out[i] = best[int((self.keys[best] @ embedded[i]).argmax())]
         return out
+
+    def cue(self, key: int, text: str) -> str | None:
+        """The taught question that `text`, which matched `key` (`matches`), asks in other
+        words: the adapter answers that one as it was taught (`routing.answer_as`). None when
+        `text` is the taught question, or the key has none (a statement, a note: those hold
+        their answer, which the adapter must give from its weights)."""
+        cue = self.cues[key]
+        return None if cue is None or _same(cue, text) else cue
 
     def _embed_some(self, model, tokenizer, texts: list[str], which: list[int],
                     device: torch.device) -> dict[int, torch.Tensor]:
@@ -546,6 +582,8 @@ class KeyMemory:
             meta.update(owners=json.dumps(self.owners), shards=json.dumps(self.shards))
         if any(s is not None for s in self.sources):
             meta["sources"] = json.dumps(self.sources)
+        if any(c is not None for c in self.cues):
+            meta["cues"] = json.dumps(self.cues)
         return tensors, meta
 
     @classmethod
@@ -554,11 +592,12 @@ class KeyMemory:
         owners = json.loads(meta.get("owners", "null")) or [None] * len(words)
         shards = json.loads(meta.get("shards", "[]"))
         sources = json.loads(meta.get("sources", "null")) or [None] * len(words)
-        if not len(words) == len(owners) == len(sources) == tensors["keys"].shape[0]:
-            raise ValueError("routing keys, words, owners and sources disagree in count")
+        cues = json.loads(meta.get("cues", "null")) or [None] * len(words)
+        if not len(words) == len(owners) == len(sources) == len(cues) == tensors["keys"].shape[0]:
+            raise ValueError("routing keys, words, owners, sources and cues disagree in count")
         if not set(owners) <= {None, *shards}:
             raise ValueError("a routing key belongs to an adapter that is not one of its shards")
         return cls(int(meta["layer"]), tensors["ref_mu"].float(), tensors["ref_sd"].float(),
                    tensors["ref_keys"].float(), meta.get("rule", "both"),
                    float(meta.get("lexical_threshold", 0.5)), float(meta.get("margin", 0.0)),
-                   tensors["keys"].float(), words, owners, shards, sources)
+                   tensors["keys"].float(), words, owners, shards, sources, cues)

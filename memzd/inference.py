@@ -25,6 +25,7 @@ from .tokens import prompt_ids
 from .trainer import autocast_for
 
 Check = Callable[[], bool]  # True: stop now
+RECALL_TOKENS = 48  # the most tokens of the taught answer recited before answering (`recalled`)
 
 
 @dataclass
@@ -183,6 +184,31 @@ def answer(model, tokenizer, messages: list[dict], *, adapter: str | None, devic
     with using(model, adapter):
         return _generate(model, tokenizer, [ids or prompt_ids(tokenizer, messages)], max_tokens,
                          temperature, device, seed, cancelled, [on_text], guard=True)[0]
+
+
+def _asked_turn(messages: list[dict]) -> int:
+    """The index of the turn a question's key reads (`gate.question_text`): the last user turn."""
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    return users[-1] if users else len(messages) - 1
+
+
+def as_taught(messages: list[dict], cue: str) -> list[dict]:
+    """`messages` with the asked turn replaced by the taught question `cue` it asks in other
+    words (`routing.answer_as: taught`): the adapter answers as it was taught."""
+    at = _asked_turn(messages)
+    return messages[:at] + [{"role": "user", "content": cue}] + messages[at + 1:]
+
+
+def recalled(model, tokenizer, messages: list[dict], cue: str, *, adapter: str | None, device: torch.device,
+             cancelled: Check | None = None) -> list[dict]:
+    """`messages` with the adapter's own answer to the taught question `cue` set before the
+    asked turn, as if it had been asked just before (`routing.answer_as: recited`): recite,
+    then answer the question as asked with what was recited in view. The answer comes
+    from the adapter's weights: the key memory holds the question, never its answer."""
+    said = answer(model, tokenizer, [{"role": "user", "content": cue}], adapter=adapter, device=device,
+                  max_tokens=RECALL_TOKENS, cancelled=cancelled).text
+    at = _asked_turn(messages)
+    return messages[:at] + [{"role": "user", "content": cue}, {"role": "assistant", "content": said}] + messages[at:]
 
 
 def answer_batch(model, tokenizer, rows: list[list[int]], *, adapter: str | None, device: torch.device,

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .adapters import Adapters
+from .adapters import Adapters, Route
 from .config import Home
 from .control import partial_path
 from .errors import CheckpointError, RequestError
 from .examples import USER_RE
 from .files import set_aside, write_json_atomic
-from .inference import Answer, Cancelled, answer, answer_batch
+from .inference import Answer, Cancelled, answer, answer_batch, as_taught, recalled
 from .store import Store
 from .tokens import prompt_ids
 
@@ -157,6 +157,11 @@ def user_name(value) -> str:
     return value
 
 
+def _cancelled(q: Question) -> dict:
+    return {"id": q.id, "error": {"code": "cancelled", "message": "the question was withdrawn or the daemon "
+                                                                    "is stopping"}}
+
+
 def error_payload(rid: str, exc: Exception) -> dict:
     if isinstance(exc, RequestError):
         return {"id": rid, "error": {"code": exc.code, "message": str(exc)}}
@@ -173,8 +178,8 @@ class Answerer:
         self.context = context  # the most tokens the base model reads (None: not known)
         self.answered = 0
 
-    def _prepare(self, q: Question) -> tuple[list[int], str | None, str | None, str]:
-        """(prompt ids, checkpoint, adapter, checkpoint status) of a question; RequestError
+    def _prepare(self, q: Question) -> tuple[list[int], str | None, Route, str]:
+        """(prompt ids, checkpoint, route, checkpoint status) of a question; RequestError
         for what the asker got wrong."""
         a = self.adapters
         ids = prompt_ids(a.tokenizer, q.messages)
@@ -197,16 +202,37 @@ class Answerer:
                 a.ensure(ckpt)
             except CheckpointError as exc:
                 raise RequestError("bad_checkpoint", str(exc)) from exc
-            adapter = a.route(ckpt, q.messages)
+            route = a.route(ckpt, q.messages)
         else:
-            ckpt, adapter = a.answering(q.messages, q.user)
+            ckpt, route = a.answering(q.messages, q.user)
         row = self.store.checkpoint(ckpt) if ckpt else None
-        return ids, ckpt, adapter, row.status if row else "base"
+        return ids, ckpt, route, row.status if row else "base"
 
-    def _payload(self, q: Question, answered: Answer, ckpt, adapter, status, start: float, ids: list[int]) -> dict:
+    def _prompt(self, q: Question, ids: list[int], route: Route,
+                cancelled: Callable[[], bool] | None) -> tuple[list[int], str | None]:
+        """(prompt ids, taught question) of what the adapter answers: where the question asks a
+        taught one in other words (`route.cue`), that taught question in its place
+        (`routing.answer_as: taught`), or it after the adapter's answer to the taught one
+        (`recited`, `inference.recalled`); else, or where that prompt would not fit, as asked."""
+        if route.cue is None:
+            return ids, None
+        a = self.adapters
+        if a.routing.answer_as == "recited":
+            chat = recalled(a.model, a.tokenizer, q.messages, route.cue, adapter=route.adapter, device=a.device,
+                            cancelled=cancelled)
+        else:
+            chat = as_taught(q.messages, route.cue)
+        prompt = prompt_ids(a.tokenizer, chat)
+        if len(prompt) > self.max_prompt_tokens or (self.context and len(prompt) >= self.context):
+            return ids, None
+        return prompt, route.cue
+
+    def _payload(self, q: Question, answered: Answer, ckpt, route: Route, cue: str | None, status,
+                 start: float, ids: list[int]) -> dict:
         self.answered += 1
         return {"id": q.id, "response": answered.text, "checkpoint": ckpt, "checkpoint_status": status,
-                "routed_to": "adapter" if adapter else "base", **({"user": q.user} if q.user else {}),
+                "routed_to": "adapter" if route.adapter else "base", **({"answered_as": cue} if cue else {}),
+                **({"user": q.user} if q.user else {}),
                 "latency_ms": round((time.perf_counter() - start) * 1000),
                 "usage": {"prompt_tokens": len(ids), "completion_tokens": answered.tokens,
                           "max_tokens_reached": answered.tokens >= q.max_tokens}}
@@ -217,11 +243,12 @@ class Answerer:
         Cancelled when `cancelled()` turns true while it is generated."""
         start = time.perf_counter()
         a = self.adapters
-        ids, ckpt, adapter, status = self._prepare(q)
-        answered = answer(a.model, a.tokenizer, q.messages, adapter=adapter, device=a.device,
+        ids, ckpt, route, status = self._prepare(q)
+        prompt, cue = self._prompt(q, ids, route, cancelled)
+        answered = answer(a.model, a.tokenizer, q.messages, adapter=route.adapter, device=a.device,
                           max_tokens=q.max_tokens, temperature=q.temperature, cancelled=cancelled,
-                          on_text=on_text, ids=ids)
-        return self._payload(q, answered, ckpt, adapter, status, start, ids)
+                          on_text=on_text, ids=prompt)
+        return self._payload(q, answered, ckpt, route, cue, status, start, ids)
 
     def settle(self, pending: Pending, stopping: Callable[[], bool]) -> None:
         """Answer one submitted question and resolve its future (never raises)."""
@@ -238,16 +265,20 @@ class Answerer:
                 continue
             q = pending.question
             try:
-                ids, ckpt, adapter, status = self._prepare(q)
+                ids, ckpt, route, status = self._prepare(q)
+                prompt, cue = self._prompt(q, ids, route, lambda p=pending: stopping() or p.cancelled)
+            except Cancelled:  # withdrawn, or the daemon stops, while the taught answer was recited
+                self._resolve(pending, _cancelled(q))
+                continue
             except Exception as exc:  # a bad question, or a bug: answer it, keep serving
                 self._resolve(pending, self._failure(q, exc))
                 continue
-            groups.setdefault((adapter, q.temperature, q.max_tokens), []).append(
-                (pending, ids, ckpt, adapter, status))
+            groups.setdefault((route.adapter, q.temperature, q.max_tokens), []).append(
+                (pending, ids, ckpt, route, status, prompt, cue))
         a = self.adapters
         for (adapter, temperature, max_tokens), items in groups.items():
             try:
-                answers = answer_batch(a.model, a.tokenizer, [ids for _, ids, *_ in items], adapter=adapter,
+                answers = answer_batch(a.model, a.tokenizer, [prompt for *_, prompt, _ in items], adapter=adapter,
                                        device=a.device, max_tokens=max_tokens, temperature=temperature,
                                        stopping=stopping, cancelled=[lambda p=p: p.cancelled for p, *_ in items],
                                        on_texts=[p.on_text for p, *_ in items])
@@ -258,13 +289,12 @@ class Answerer:
                 for pending, *_ in items:
                     self._resolve(pending, self._failure(pending.question, exc))
                 continue
-            for (pending, ids, ckpt, adapter_, status), answered in zip(items, answers):
+            for (pending, ids, ckpt, route, status, _, cue), answered in zip(items, answers):
                 q = pending.question
                 if answered is None:
-                    payload = {"id": q.id, "error": {"code": "cancelled", "message": "the question was "
-                                                     "withdrawn or the daemon is stopping"}}
+                    payload = _cancelled(q)
                 else:
-                    payload = self._payload(q, answered, ckpt, adapter_, status, start, ids)
+                    payload = self._payload(q, answered, ckpt, route, cue, status, start, ids)
                 self._resolve(pending, payload)
 
     def _failure(self, q: Question, exc: Exception) -> dict:

@@ -206,6 +206,36 @@ def test_a_key_goes_with_the_example_it_was_taught_by_whatever_its_question(memo
     assert "sources" not in meta and gate.KeyMemory.from_file(tensors, meta).sources == [None, None]
 
 
+def test_a_question_asked_in_other_words_names_the_taught_question_it_matched(memory):
+    """The adapter is handed the taught question a query asks in other words (the cue),
+    never a statement or a note, which hold their answer."""
+    keyed, model, base = memory
+    tensors, meta = keyed.to_file()
+    del meta["cues"]  # as an earlier release wrote it
+    old = gate.KeyMemory.from_file(tensors, meta)
+    taught = ["Where does Zorblax live?", "My cat Brennick sleeps in the attic.", "Which bus goes to Tarnby?",
+              "How do I boil a Tarnby egg?", "Is Zorblax a planet?"]
+    mem = old.extend(model, base.tokenizer, taught, base.device,
+                     sources=["h-zorblax", "h-cat", "h-bus", "h-egg", "h-planet"])
+    # a question that asks for a value is a cue; a statement, a how-to, a yes-or-no question is not
+    assert mem.cues == [None, None, "Where does Zorblax live?", None, "Which bus goes to Tarnby?", None, None]
+
+    def cue(m, q):
+        key = m.matches(model, base.tokenizer, [[{"role": "user", "content": q}]], base.device)[0]
+        return None if key is None else m.cue(key, q)
+
+    assert cue(mem, "Where does Zorblax live?") is None  # asked as taught, though an old key holds its words too
+    assert cue(mem, "where does  ZORBLAX live?") is None
+    assert cue(mem, "Which bus goes to Tarnby today?") == "Which bus goes to Tarnby?"
+    assert cue(mem, "Where does Brennick sleep?") is None  # the statement's key: no cue
+    assert cue(mem, "Who is Orla Vantrees?") is None  # an old key: no cue
+    again = gate.KeyMemory.from_file(*mem.to_file())
+    assert again.cues == mem.cues
+    assert mem.without(model, base.tokenizer, [], base.device, {"h-zorblax", "h-egg"}).cues == \
+        [None, None, None, "Which bus goes to Tarnby?", None]
+    assert "cues" not in old.to_file()[1]
+
+
 def test_a_key_that_belongs_to_no_shard_is_refused(memory):
     mem, *_ = memory
     tensors, meta = mem.to_file()

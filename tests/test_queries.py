@@ -78,6 +78,30 @@ def test_answers_follow_the_checkpoint_and_rollback(home):
     assert store.checkpoint(ckpt).status == "stable" and json.loads(meta.read_text())["status"] == "stable"
 
 
+def test_a_question_asked_in_other_words_is_answered_as_taught(home):
+    """The adapter answers the taught question a paraphrase matched, and says which; with
+    `routing.answer_as: asked` it answers the question as asked."""
+    taught_home(home)
+    taught = {"prompt": "Who is Orla?", "max_tokens": 8, "temperature": 0}
+    asked = {"prompt": "Who is Orla really?", "max_tokens": 8, "temperature": 0}
+    ask(home, "taught", taught)
+    ask(home, "asked", asked)
+    run_once(home)
+    as_taught, other_words = response(home, "taught"), response(home, "asked")
+    assert "answered_as" not in as_taught and as_taught["routed_to"] == "adapter"
+    assert other_words["answered_as"] == "Who is Orla?" and other_words["routed_to"] == "adapter"
+    assert other_words["response"] == as_taught["response"]
+    assert other_words["usage"]["prompt_tokens"] > as_taught["usage"]["prompt_tokens"]  # what was asked
+
+    for answer_as in ("recited", "asked"):
+        write_config(home, routing={"answer_as": answer_as})
+        ask(home, answer_as, asked)
+        run_once(home)
+        said = response(home, answer_as)
+        assert said["routed_to"] == "adapter" and isinstance(said["response"], str)
+        assert said.get("answered_as") == ("Who is Orla?" if answer_as == "recited" else None)
+
+
 def test_rollback_refuses_unknown_or_foreign_checkpoints(home):
     ckpt = taught_home(home)
     runner = CliRunner()
