@@ -319,10 +319,15 @@ def _same(cue: str | None, text: str) -> bool:
     return cue is not None and " ".join(cue.split()).casefold() == " ".join(text.split()).casefold()
 
 
+def asked_turn(chat: list[dict]) -> int:
+    """The index of the turn a key reads: the last user turn (else the last turn)."""
+    users = [i for i, m in enumerate(chat) if m["role"] == "user"]
+    return users[-1] if users else len(chat) - 1
+
+
 def question_text(chat: list[dict]) -> str:
     """What a key is made of: the last user turn (system prompts are shared boilerplate)."""
-    users = [m["content"] for m in chat if m["role"] == "user"]
-    return users[-1] if users else chat[-1]["content"]
+    return chat[asked_turn(chat)]["content"]
 
 
 class _Reached(Exception):

@@ -20,6 +20,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from .gate import asked_turn
 from .lora import using
 from .tokens import prompt_ids
 from .trainer import autocast_for
@@ -186,16 +187,10 @@ def answer(model, tokenizer, messages: list[dict], *, adapter: str | None, devic
                          temperature, device, seed, cancelled, [on_text], guard=True)[0]
 
 
-def _asked_turn(messages: list[dict]) -> int:
-    """The index of the turn a question's key reads (`gate.question_text`): the last user turn."""
-    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
-    return users[-1] if users else len(messages) - 1
-
-
 def as_taught(messages: list[dict], cue: str) -> list[dict]:
     """`messages` with the asked turn replaced by the taught question `cue` it asks in other
     words (`routing.answer_as: taught`): the adapter answers as it was taught."""
-    at = _asked_turn(messages)
+    at = asked_turn(messages)
     return messages[:at] + [{"role": "user", "content": cue}] + messages[at + 1:]
 
 
@@ -207,7 +202,7 @@ def recalled(model, tokenizer, messages: list[dict], cue: str, *, adapter: str |
     from the adapter's weights: the key memory holds the question, never its answer."""
     said = answer(model, tokenizer, [{"role": "user", "content": cue}], adapter=adapter, device=device,
                   max_tokens=RECALL_TOKENS, cancelled=cancelled).text
-    at = _asked_turn(messages)
+    at = asked_turn(messages)
     return messages[:at] + [{"role": "user", "content": cue}, {"role": "assistant", "content": said}] + messages[at:]
 
 
