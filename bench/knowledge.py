@@ -231,26 +231,32 @@ def verdict(result: dict) -> list[str]:
 # inbox, then asked through requests/. An item has "teach" (examples of any shape),
 # "answer", "questions" (asked directly) and "paraphrases"; optionally "neighbours"
 # (questions near the fact about something else: kept when answered exactly as the
-# base model answered them), "teach_old"/"old" (an earlier fact that "teach"
+# base model answered them), "asides" (questions about the same thing that ask something
+# else, "What colour is my car?" beside "What car do I drive?": kept when the answer does
+# not give the taught one), "teach_old"/"old" (an earlier fact that "teach"
 # updates: taught in a first batch), "unseen" ({"q", "a"}: a behaviour's new inputs), or
 # "changes" (locality questions the item changes on purpose: a correction of them).
 
 CATEGORIES = {
     "conversation": {"data": "conversation.jsonl", "what": "facts the user states in a chat (messages)",
-                     "targets": {"efficacy": 0.85, "paraphrase": 0.75, "neighbours": 0.90, "locality": 0.95}},
+                     "targets": {"efficacy": 0.85, "paraphrase": 0.75, "neighbours": 0.90, "asides": 0.90,
+                                 "locality": 0.95}},
     "chat": {"data": "chat.jsonl", "what": "facts stated in everyday chat turns, beside questions and small talk",
-             "targets": {"efficacy": 0.85, "paraphrase": 0.75, "neighbours": 0.90, "locality": 0.95}},
+             "targets": {"efficacy": 0.85, "paraphrase": 0.75, "neighbours": 0.90, "asides": 0.90,
+                         "locality": 0.95}},
     "notes": {"data": "notes.jsonl", "what": "facts in {\"text\"} notes",
-              "targets": {"efficacy": 0.85, "locality": 0.95}},
+              "targets": {"efficacy": 0.85, "asides": 0.90, "locality": 0.95}},
     "personal": {"data": "personal.jsonl", "what": "personal facts in ordinary words, as Q&A",
-                 "targets": {"efficacy": 0.95, "paraphrase": 0.80, "neighbours": 0.90, "locality": 0.95}},
+                 "targets": {"efficacy": 0.95, "paraphrase": 0.80, "neighbours": 0.90, "asides": 0.90,
+                             "locality": 0.95}},
     "corrections": {"data": "corrections.jsonl", "what": "corrections of world knowledge",
                     "targets": {"efficacy": 0.95, "paraphrase": 0.80, "neighbours": 0.90, "locality": 0.95}},
     "updates": {"data": "updates.jsonl", "what": "a later batch changes an earlier fact",
                 "targets": {"efficacy": 0.90, "old_gone": 0.90, "paraphrase": 0.80, "old_gone_paraphrase": 0.80}},
     "said_updates": {"data": "said_updates.jsonl", "what": "a later chat turn or note changes a fact stated earlier "
                      "(or a Q&A answered by a statement, either way)",
-                     "targets": {"efficacy": 0.90, "old_gone": 0.90, "paraphrase": 0.80, "old_gone_paraphrase": 0.80}},
+                     "targets": {"efficacy": 0.90, "old_gone": 0.90, "paraphrase": 0.80, "old_gone_paraphrase": 0.80,
+                                 "asides": 0.90}},
     "behaviours": {"data": "behaviours.jsonl", "what": "a reply format over unseen inputs",
                    "targets": {"unseen": 0.80, "locality": 0.95}},
     "forget": {"data": "facts.jsonl", "what": "10 facts taught, then 3 forgotten with `memzctl forget ANSWER`",
@@ -265,6 +271,7 @@ CATEGORIES = {
 
 
 AT_MOST = {"slowdown"}  # figures whose target is a ceiling
+NOT_GIVEN = ("old_gone", "forgotten_gone", "asides")  # probes right when the answer does NOT hold `expected`
 
 _BASE_ANSWERS: dict[tuple, str] = {}  # (base model, question) -> its greedy answer, shared by the categories
 
@@ -291,6 +298,7 @@ def _probes(items: list[dict]) -> list[tuple[str, str, str]]:
             out += [("old_gone", q, it["old"]) for q in it.get("questions", [])]
             out += [("old_gone_paraphrase", q, it["old"]) for q in it.get("paraphrases", [])]
         out += [("neighbours", q, "") for q in it.get("neighbours", [])]
+        out += [("asides", q, it["answer"]) for q in it.get("asides", [])]
         out += [("unseen", u["q"], u["a"]) for u in it.get("unseen", [])]
     return out
 
@@ -337,14 +345,14 @@ def run_category(name: str, locality: list[dict], overrides: list[str], base_mod
     for (kind, q, expected), a, route in zip(probes, answers, routes):
         if kind == "neighbours":
             ok = normalize(a) == normalize(base_of[q])
-        elif kind.startswith(("old_gone", "forgotten_gone")):
+        elif kind.startswith(NOT_GIVEN):
             ok = not holds(a, expected)
         else:
             ok = holds(a, expected)
         got.setdefault(kind, []).append(ok)
         if verbose and not ok:
             print(f"    miss ({kind}, {route}): {q!r} -> {a!r}" + (f" (base: {base_of[q]!r})" if kind == "neighbours"
-                                                          else f" (want {'not ' if 'gone' in kind else ''}"
+                                                          else f" (want {'not ' if kind.startswith(NOT_GIVEN) else ''}"
                                                                f"{expected!r})"))
     a_loc = answers[len(probes):]
     got["locality"] = [holds(a, k) for a, (_, k) in zip(a_loc, known)]

@@ -511,7 +511,8 @@ def logs(ctx: typer.Context,
          user: Optional[str] = typer.Option(None, "--user", metavar="NAME",
                                             help="Only the questions asked as this user."),
          as_json: bool = _JSON) -> None:
-    """Every question memz answered: prompt, answer, checkpoint, route, latency (also in memz.db)."""
+    """Every question memz answered: prompt, answer, checkpoint, route (and the taught question it was
+    answered as, if any), latency; also in memz.db."""
     try:
         store = control.open_store(ctx.obj)
     except MemzError as exc:
@@ -533,6 +534,8 @@ def logs(ctx: typer.Context,
         console.print(f"[bold]{head}[/]  ({route}, {r['latency_ms'] if r['latency_ms'] is not None else '-'} ms)",
                       highlight=False)
         console.print(f"  Q: {_clip(question)}", highlight=False, markup=False)
+        if r.get("answered_as"):  # routing.answer_as: the taught question answered in its place
+            console.print(f"  as: {_clip(r['answered_as'], 73)}", highlight=False, markup=False)
         answer = f"error: {r['error']}" if r["error"] else r["response"]
         console.print(f"  A: {_clip(answer or '')}", highlight=False, markup=False)
 

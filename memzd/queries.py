@@ -368,7 +368,7 @@ class Answerer:
             self.store.log_answer(request_id=payload.get("id") or rid or "", source=source,
                        messages=q.messages if q else [], response=payload.get("response"),
                        checkpoint=payload.get("checkpoint"), routed_to=payload.get("routed_to"),
-                       latency_ms=payload.get("latency_ms"),
+                       answered_as=payload.get("answered_as"), latency_ms=payload.get("latency_ms"),
                        error=f"{error['code']}: {error['message']}" if error else None,
                        user=q.user if q else None)
         except Exception:  # the log is a record, not a reason to fail an answer

@@ -108,6 +108,12 @@ def m007_answers(db: sqlite_utils.Database) -> None:
     db["answers"].create_index(["at"])
 
 
+@migrations()
+def m008_answered_as(db: sqlite_utils.Database) -> None:
+    """The taught question an answer was given as (routing.answer_as), where it was one."""
+    db["answers"].add_column("answered_as", str)
+
+
 # One example row; read from the inbox it has no batch yet. A duplicate (the same hash) is
 # ignored, so that a script may send the same file again, and a forgotten or superseded
 # example stays out of training however often it comes back; only one trained into a
@@ -730,11 +736,11 @@ class Store:
 
     def log_answer(self, request_id: str, source: str, messages: list[dict], response: str | None,
                    checkpoint: str | None, routed_to: str | None, latency_ms: int | None,
-                   error: str | None = None, user: str | None = None) -> None:
+                   error: str | None = None, user: str | None = None, answered_as: str | None = None) -> None:
         self.db["answers"].insert({"at": utcnow(), "request_id": request_id, "source": source, "user": user,
                                    "prompt": json.dumps(messages, ensure_ascii=False), "response": response,
-                                   "checkpoint": checkpoint, "routed_to": routed_to, "latency_ms": latency_ms,
-                                   "error": error})
+                                   "checkpoint": checkpoint, "routed_to": routed_to, "answered_as": answered_as,
+                                   "latency_ms": latency_ms, "error": error})
 
     def answers(self, limit: int = 10, user: str | None = None) -> list[dict]:
         """The newest answers first (with `user`: only those asked as that user)."""

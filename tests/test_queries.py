@@ -92,6 +92,10 @@ def test_a_question_asked_in_other_words_is_answered_as_taught(home):
     assert other_words["answered_as"] == "Who is Orla?" and other_words["routed_to"] == "adapter"
     assert other_words["response"] == as_taught["response"]
     assert other_words["usage"]["prompt_tokens"] > as_taught["usage"]["prompt_tokens"]  # what was asked
+    logged = {r["request_id"]: r for r in Store(home / "memz.db").answers(5)}
+    assert logged["asked"]["answered_as"] == "Who is Orla?" and logged["taught"]["answered_as"] is None
+    shown = CliRunner().invoke(app, ["--home", str(home), "logs"]).output
+    assert "Q: Who is Orla really?\n  as: Who is Orla?\n" in shown
 
     for answer_as in ("recited", "asked"):
         write_config(home, routing={"answer_as": answer_as})

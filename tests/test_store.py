@@ -96,7 +96,8 @@ def test_stores_opened_at_once_on_a_fresh_db_migrate_once(tmp_path):
         assert errors == []
         store = Store(path)
         assert [m.name for m in migrations.applied(store.db)] == [
-            "m001_files_examples", "m002_batches_checkpoints", "m004_users", "m005_forget", "m006_question_keys", "m007_answers"]
+            "m001_files_examples", "m002_batches_checkpoints", "m004_users", "m005_forget", "m006_question_keys", "m007_answers",
+            "m008_answered_as"]
         store.close()
 
 

@@ -6,7 +6,8 @@ is read from the home's name) and answers every question and paraphrase of that
 category's data greedily through memz's own Answerer, once per way, with the
 home's current checkpoint. Printed per home and way: how many the adapter answered,
 how many of those it answered as a taught question (`answered_as`), and the share
-right by kind (`-v`: every answer that differs between the ways).
+right by kind (an aside, a question about the same thing asking something else, is
+right when it does not give the taught answer) (`-v`: every answer that differs between the ways).
 
 Usage: python bench/knowledge.py --category said_updates chat --keep /tmp/kept
        python bench/research/answer_as_study.py /tmp/kept/memz-bench-* [-v]
@@ -32,6 +33,12 @@ WAYS = ("taught", "recited", "asked")
 DATA = Path(ROOT) / "bench" / "data"
 
 
+def right_of(kind: str, response: str, want: str) -> bool:
+    """A taught question or paraphrase is right when it gives the answer; an aside (the same
+    thing, asked something else) when it does not."""
+    return holds(response, want) != (kind == "asides")
+
+
 def category(home: Path) -> str:
     return home.name.removeprefix("memz-bench-").rsplit("-", 1)[0]
 
@@ -45,7 +52,8 @@ def main():
         cat = category(path)
         rows = [json.loads(line) for line in (DATA / f"{cat}.jsonl").read_text().splitlines() if line.strip()]
         probes = [(kind, q, r["answer"]) for r in rows
-                  for kind, qs in (("efficacy", r.get("questions", [])), ("paraphrase", r.get("paraphrases", [])))
+                  for kind, qs in (("efficacy", r.get("questions", [])), ("paraphrase", r.get("paraphrases", [])),
+                                   ("asides", r.get("asides", [])))
                   for q in qs]
         home = Home(path.resolve())
         config = load_config(home.config_path)
@@ -64,8 +72,8 @@ def main():
         for way in WAYS:
             routed = sum(p["routed_to"] == "adapter" for p in said[way])
             cued = sum("answered_as" in p for p in said[way])
-            right = {kind: [holds(p["response"], want) for (k, _, want), p in zip(probes, said[way]) if k == kind]
-                     for kind in ("efficacy", "paraphrase")}
+            right = {kind: [right_of(k, p["response"], want) for (k, _, want), p in zip(probes, said[way]) if k == kind]
+                     for kind in ("efficacy", "paraphrase", "asides")}
             print(f"  {way:8s} adapter {routed}/{len(probes)}, answered as taught {cued}; " + ", ".join(
                 f"{kind} {sum(v) / len(v):.2f} of {len(v)}" for kind, v in right.items() if v))
         if args.v:
@@ -73,7 +81,7 @@ def main():
                 texts = {way: said[way][i]["response"] for way in WAYS}
                 if len(set(texts.values())) > 1:
                     print(f"    ({kind}) {q!r} want {want!r}: " + " | ".join(
-                        f"{way} {'ok' if holds(t, want) else 'no'} {t[:60]!r}" for way, t in texts.items()))
+                        f"{way} {'ok' if right_of(kind, t, want) else 'no'} {t[:60]!r}" for way, t in texts.items()))
 
 
 if __name__ == "__main__":
