@@ -319,6 +319,63 @@ def _same(cue: str | None, text: str) -> bool:
     return cue is not None and " ".join(cue.split()).casefold() == " ".join(text.split()).casefold()
 
 
+# What a question asks for (classic question answering's expected answer type): a place,
+# a time, a person or a name, a count or measure, a deed ("What does my sister do for a
+# living?"), or the thing named after "what"/"which" ("What breed is my dog?": a breed);
+# None when it does not say ("My landlord is what?"). A query matched to a taught key is
+# answered as the taught question only where the two ask for the same kind of answer:
+# "How old is my son?" is about what "Which school does my son go to?" was taught for,
+# but does not ask it, and answered as taught it would be told the school.
+_HOW = {"many": "amount", "much": "amount", "old": "age", "long": "duration", "often": "often",
+        **{w: "measure" for w in "far big large tall high fast heavy deep wide".split()}}
+_HOW_ASKS = re.compile(r"\bhow (" + "|".join(_HOW) + r")\b")
+_KIND_OF_NOUN = {**{w: "place" for w in "city town country place street road port hall address village company".split()},
+                 **{w: "time" for w in "day date year month time evening morning night hour week weekday".split()},
+                 "person": "person", "name": "name"}
+_ASKED_NOUN = [re.compile(r"\b(?:what|which)\s+(?:(?:kind|sort|type|make|brand)\s+of\s+)?([a-z]+)"),
+               re.compile(r"\bwhat(?:'s| is| are| was| were)\b.*?\bthe ([a-z]+) (?:of|for)\b"),
+               re.compile(r"\bwhat(?:'s| is| are| was| were)\b.*\b([a-z]+)\W*$")]
+_NOT_A_NOUN = frozenset("is are was were do does did am has have had will can could should would i my the a an "
+                        "your our his her their it its this that these those you we they me to in on at of for "
+                        "with from by up off".split())
+_NAMING = re.compile(r"\b(?:name|named|called|call)\b")
+_COUNTED = frozenset({"time", "amount", "age", "duration", "often", "measure"})  # never what a bare "what" asks
+
+
+def asks_for(question: str, other: str) -> str | None:
+    """The kind of answer `question` asks for (see above). A noun after "what"/"which"
+    that `other` also names is what both are about, not what is asked ("Which dentist do
+    I go to?" beside "Who is my dentist?"): it says nothing."""
+    t = question.lower().replace("\u2019", "'")
+    if m := _HOW_ASKS.search(t):
+        return _HOW[m.group(1)]
+    for word, kind in (("where", "place"), ("when", "time"), ("who", "person"), ("whom", "person"),
+                       ("whose", "person")):
+        if re.search(rf"\b{word}\b", t):
+            return kind
+    nouns = [m.group(1) for p in _ASKED_NOUN for m in [p.search(t)] if m and m.group(1) not in _NOT_A_NOUN]
+    if nouns:
+        noun = nouns[0]
+        if kind := _KIND_OF_NOUN.get(noun, _KIND_OF_NOUN.get(noun.removesuffix("s"))):
+            return kind
+        if _NAMING.search(t):
+            return "name"
+        return None if root(noun) in {root(w.lower()) for w in _words(other)} else root(noun)
+    if _NAMING.search(t):
+        return "name"
+    return "deed" if re.search(r"\bwhat (?:do|does|did)\b", t) else None
+
+
+def asks_the_same(query: str, cue: str) -> bool:
+    """Do `query` and the taught question `cue` ask for the same kind of answer? A name is
+    a person's or a place's; one that does not say asks for anything but a time, a count
+    or a measure."""
+    a, b = asks_for(query, cue), asks_for(cue, query)
+    if a is None or b is None:
+        return (a or b) not in _COUNTED
+    return a == b or {a, b} in ({"name", "person"}, {"name", "place"})
+
+
 def asked_turn(chat: list[dict]) -> int:
     """The index of the turn a key reads: the last user turn (else the last turn)."""
     users = [i for i, m in enumerate(chat) if m["role"] == "user"]
@@ -551,10 +608,12 @@ class KeyMemory:
     def cue(self, key: int, text: str) -> str | None:
         """The taught question that `text`, which matched `key` (`matches`), asks in other
         words: the adapter answers that one as it was taught (`routing.answer_as`). None when
-        `text` is the taught question, or the key has none (a statement, a note: those hold
-        their answer, which the adapter must give from its weights)."""
+        `text` is the taught question, asks for another kind of answer (`asks_the_same`:
+        "How old is my son?" of "Which school does my son go to?"), or the key has none (a
+        statement, a note: those hold their answer, which the adapter must give from its
+        weights)."""
         cue = self.cues[key]
-        return None if cue is None or _same(cue, text) else cue
+        return None if cue is None or _same(cue, text) or not asks_the_same(text, cue) else cue
 
     def _embed_some(self, model, tokenizer, texts: list[str], which: list[int],
                     device: torch.device) -> dict[int, torch.Tensor]:

@@ -236,6 +236,30 @@ def test_a_question_asked_in_other_words_names_the_taught_question_it_matched(me
     assert "cues" not in old.to_file()[1]
 
 
+@pytest.mark.parametrize("cue, same, other", [
+    ("Which school does my son go to?", "Where does my son go to school?", "How old is my son?"),
+    ("My sister Ilse lives where?", "Which city does Ilse live in?", "What does my sister Ilse do for a living?"),
+    ("What is my daughter's favourite colour?", "Which colour does my daughter like best?",
+     "What is my daughter's favourite animal?"),
+    ("What is my dog's name?", "What did I call my dog?", "What breed is my dog?"),
+    ("My teacher is called what?", "Who is my teacher?", "What subject does my teacher teach?"),
+    ("My dentist is what?", "Which dentist do I go to?", "When did I last see my dentist?"),
+    ("The Glenhollow market opens when?", "On which day does the Glenhollow market open?",
+     "What does the Glenhollow market sell?"),
+    ("How many children does my sister have?", "How many kids has my sister got?",
+     "What are my sister's children called?"),
+])
+def test_a_query_is_answered_as_taught_only_where_it_asks_for_the_same_kind_of_answer(memory, cue, same, other):
+    """Answered as taught, "How old is my son?" would be told the school that "Which school
+    does my son go to?" was taught: a query about the same thing that asks something else
+    is answered as asked."""
+    keyed, model, base = memory
+    mem = keyed.extend(model, base.tokenizer, [cue], base.device)
+    key = len(mem.cues) - 1
+    assert mem.cue(key, same) == cue
+    assert mem.cue(key, other) is None
+
+
 def test_a_key_that_belongs_to_no_shard_is_refused(memory):
     mem, *_ = memory
     tensors, meta = mem.to_file()
