@@ -329,6 +329,7 @@ def _same(cue: str | None, text: str) -> bool:
 _HOW = {"many": "amount", "much": "amount", "old": "age", "long": "duration", "often": "often",
         **{w: "measure" for w in "far big large tall high fast heavy deep wide".split()}}
 _HOW_ASKS = re.compile(r"\bhow (" + "|".join(_HOW) + r")\b")
+_WH = [(re.compile(r"\bwhere\b"), "place"), (re.compile(r"\bwhen\b"), "time"), (re.compile(r"\bwho(?:m|se)?\b"), "person")]
 _KIND_OF_NOUN = {**{w: "place" for w in "city town country place street road port hall address village company".split()},
                  **{w: "time" for w in "day date year month time evening morning night hour week weekday".split()},
                  "person": "person", "name": "name"}
@@ -349,9 +350,8 @@ def asks_for(question: str, other: str) -> str | None:
     t = question.lower().replace("\u2019", "'")
     if m := _HOW_ASKS.search(t):
         return _HOW[m.group(1)]
-    for word, kind in (("where", "place"), ("when", "time"), ("who", "person"), ("whom", "person"),
-                       ("whose", "person")):
-        if re.search(rf"\b{word}\b", t):
+    for wh, kind in _WH:
+        if wh.search(t):
             return kind
     nouns = [m.group(1) for p in _ASKED_NOUN for m in [p.search(t)] if m and m.group(1) not in _NOT_A_NOUN]
     if nouns:
