@@ -320,27 +320,50 @@ def _same(cue: str | None, text: str) -> bool:
 
 
 # What a question asks for (classic question answering's expected answer type): a place,
-# a time, a person or a name, a count or measure, a deed ("What does my sister do for a
-# living?"), or the thing named after "what"/"which" ("What breed is my dog?": a breed);
-# None when it does not say ("My landlord is what?"). A query matched to a taught key is
-# answered as the taught question only where the two ask for the same kind of answer:
-# "How old is my son?" is about what "Which school does my son go to?" was taught for,
-# but does not ask it, and answered as taught it would be told the school.
-_HOW = {"many": "amount", "much": "amount", "old": "age", "long": "duration", "often": "often",
-        **{w: "measure" for w in "far big large tall high fast heavy deep wide".split()}}
-_HOW_ASKS = re.compile(r"\bhow (" + "|".join(_HOW) + r")\b")
+# a time, a person or a name, a number (a count, a size, an age), a deed ("What does my
+# sister do for a living?"), or the thing named after "what"/"which" ("What breed is my
+# dog?": a breed); None when it does not say ("My landlord is what?"). A query matched to
+# a taught key is answered as the taught question only where the two ask for the same
+# kind of answer: "How old is my son?" is about what "Which school does my son go to?"
+# was taught for, but does not ask it, and answered as taught it would be told the school.
+NUMBER = "number"
+_HOW_ASKS = re.compile(r"\bhow (?:many|much|old|long|far|big|large|tall|high|fast|heavy|deep|wide|often)\b")
 _WH = [(re.compile(r"\bwhere\b"), "place"), (re.compile(r"\bwhen\b"), "time"), (re.compile(r"\bwho(?:m|se)?\b"), "person")]
-_KIND_OF_NOUN = {**{w: "place" for w in "city town country place street road port hall address village company".split()},
-                 **{w: "time" for w in "day date year month time evening morning night hour week weekday".split()},
-                 "person": "person", "name": "name"}
-_ASKED_NOUN = [re.compile(r"\b(?:what|which)\s+(?:(?:kind|sort|type|make|brand)\s+of\s+)?([a-z]+)"),
-               re.compile(r"\bwhat(?:'s| is| are| was| were)\b.*?\bthe ([a-z]+) (?:of|for)\b"),
-               re.compile(r"\bwhat(?:'s| is| are| was| were)\b.*\b([a-z]+)\W*$")]
+_KIND_OF_NOUN = {
+    **{w: "place" for w in ("city town country place street road port hall address village company birthplace "
+                            "hometown station airport room office building venue location capital").split()},
+    **{w: "time" for w in "day date year month time evening morning night hour week weekday".split()},
+    **{w: NUMBER for w in "size height elevation length width depth weight count population age price cost".split()},
+    "person": "person", "name": "name"}
+# A noun for a person (the one who does something: scientist, writer, inventor, musician),
+# but for these.
+_PERSON_NOUN = re.compile(r"(?:ist|er|or|ian)$")
+_NOT_A_PERSON = frozenset("number river letter water paper order power color colour floor door flavor flavour error "
+                          "center centre matter weather winter summer computer chapter corner mirror major minor "
+                          "tower border harbor harbour monitor motor factor sector meter metre liter litre register "
+                          "answer other".split())
+_A_PERSON = frozenset("poet architect captain chef nurse doctor author king queen president mayor pilot".split())
+_AUX = r"(?:is|are|was|were|do|does|did|has|have|had|can|will|would|should|am)"
+_WHAT_OR_WHICH = r"\b(?:what|which)\s+(?:(?:kind|sort|type|make|brand)\s+of\s+)?"
+_ASKED_NOUN = [re.compile(_WHAT_OR_WHICH + r"(?:[a-z]+\s+){0,2}?([a-z]+)\s+" + _AUX + r"\b"),  # what musical instrument is
+               re.compile(_WHAT_OR_WHICH + r"([a-z]+)"),
+               re.compile(r"\bwhat(?:'s| is| are| was| were)\b.*?\bthe (?:[a-z]+ )?([a-z]+) (?:of|for)\b"),
+               re.compile(r"\bwhat(?:'s| is| are| was| were)\b.*\b([a-z]+)\W*$"),
+               re.compile(r"\bthe (?:[a-z]+ )?([a-z]+) of\b")]  # "Tell me the completion year of ..."
 _NOT_A_NOUN = frozenset("is are was were do does did am has have had will can could should would i my the a an "
                         "your our his her their it its this that these those you we they me to in on at of for "
                         "with from by up off".split())
 _NAMING = re.compile(r"\b(?:name|named|called|call)\b")
-_COUNTED = frozenset({"time", "amount", "age", "duration", "often", "measure"})  # never what a bare "what" asks
+_COUNTED = frozenset({"time", NUMBER})  # never what a bare "what" asks
+
+
+def _kind_of(noun: str) -> str | None:
+    kind = _KIND_OF_NOUN.get(noun) or _KIND_OF_NOUN.get(noun.removesuffix("s"))
+    if kind:
+        return kind
+    if noun in _A_PERSON or (_PERSON_NOUN.search(noun) and noun not in _NOT_A_PERSON):
+        return "person"
+    return None
 
 
 def asks_for(question: str, other: str) -> str | None:
@@ -348,28 +371,27 @@ def asks_for(question: str, other: str) -> str | None:
     that `other` also names is what both are about, not what is asked ("Which dentist do
     I go to?" beside "Who is my dentist?"): it says nothing."""
     t = question.lower().replace("\u2019", "'")
-    if m := _HOW_ASKS.search(t):
-        return _HOW[m.group(1)]
+    if _HOW_ASKS.search(t):
+        return NUMBER
     for wh, kind in _WH:
         if wh.search(t):
             return kind
     nouns = [m.group(1) for p in _ASKED_NOUN for m in [p.search(t)] if m and m.group(1) not in _NOT_A_NOUN]
     if nouns:
         noun = nouns[0]
-        if kind := _KIND_OF_NOUN.get(noun, _KIND_OF_NOUN.get(noun.removesuffix("s"))):
+        if kind := _kind_of(noun):
             return kind
         if _NAMING.search(t):
             return "name"
         return None if root(noun) in {root(w.lower()) for w in _words(other)} else root(noun)
     if _NAMING.search(t):
         return "name"
-    return "deed" if re.search(r"\bwhat (?:do|does|did)\b", t) else None
+    return "deed" if re.search(r"\bwhat (?:do|does|did)\b.*\bdo\b", t) else None
 
 
 def asks_the_same(query: str, cue: str) -> bool:
     """Do `query` and the taught question `cue` ask for the same kind of answer? A name is
-    a person's or a place's; one that does not say asks for anything but a time, a count
-    or a measure."""
+    a person's or a place's; one that does not say asks for anything but a time or a number."""
     a, b = asks_for(query, cue), asks_for(cue, query)
     if a is None or b is None:
         return (a or b) not in _COUNTED

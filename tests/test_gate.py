@@ -248,6 +248,14 @@ def test_a_question_asked_in_other_words_names_the_taught_question_it_matched(me
      "What does the Glenhollow market sell?"),
     ("How many children does my sister have?", "How many kids has my sister got?",
      "What are my sister's children called?"),
+    ("Who discovered the element ravenite?", "Which scientist first identified ravenite?",
+     "When was ravenite discovered?"),
+    ("How many books are in the Pemberly Hollow library?",
+     "How large is the book collection of the Pemberly Hollow library?", "Who runs the Pemberly Hollow library?"),
+    ("In what year was the Velmora Bridge completed?", "Tell me the completion year of the Velmora Bridge.",
+     "Who designed the Velmora Bridge?"),
+    ("Which instrument does Mirela Fanthorpe play?", "What musical instrument is Mirela Fanthorpe known for playing?",
+     "Where does Mirela Fanthorpe live?"),
 ])
 def test_a_query_is_answered_as_taught_only_where_it_asks_for_the_same_kind_of_answer(memory, cue, same, other):
     """Answered as taught, "How old is my son?" would be told the school that "Which school
