@@ -345,7 +345,7 @@ _NOT_A_PERSON = frozenset("number river letter water paper order power color col
 _A_PERSON = frozenset("poet architect captain chef nurse doctor author king queen president mayor pilot".split())
 _AUX = r"(?:is|are|was|were|do|does|did|has|have|had|can|will|would|should|am)"
 _WHAT_OR_WHICH = r"\b(?:what|which)\s+(?:(?:kind|sort|type|make|brand)\s+of\s+)?"
-_ASKED_NOUN = [re.compile(_WHAT_OR_WHICH + r"(?:[a-z]+\s+){0,2}?([a-z]+)\s+" + _AUX + r"\b"),  # what musical instrument is
+_ASKED_NOUN = [re.compile(_WHAT_OR_WHICH + r"(?:(?!" + _AUX + r"\b)[a-z]+\s+){0,2}?([a-z]+)\s+" + _AUX + r"\b"),  # what musical instrument is
                re.compile(_WHAT_OR_WHICH + r"([a-z]+)"),
                re.compile(r"\bwhat(?:'s| is| are| was| were)\b.*?\bthe (?:[a-z]+ )?([a-z]+) (?:of|for)\b"),
                re.compile(r"\bwhat(?:'s| is| are| was| were)\b.*\b([a-z]+)\W*$"),

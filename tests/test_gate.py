@@ -256,6 +256,7 @@ def test_a_question_asked_in_other_words_names_the_taught_question_it_matched(me
      "Who designed the Velmora Bridge?"),
     ("Which instrument does Mirela Fanthorpe play?", "What musical instrument is Mirela Fanthorpe known for playing?",
      "Where does Mirela Fanthorpe live?"),
+    ("What is my husband's name?", "Who is my husband?", "What does my husband do for work?"),
 ])
 def test_a_query_is_answered_as_taught_only_where_it_asks_for_the_same_kind_of_answer(memory, cue, same, other):
     """Answered as taught, "How old is my son?" would be told the school that "Which school

@@ -6,7 +6,8 @@ route_study builds them; each paraphrase (the same question in other words) and 
 aside (a question about the same thing that asks something else) that the gate sends
 to the adapter is counted as answered as taught (a cue) or as asked. Paraphrases
 should get their cue; asides should not (answered as taught, "How old is my son?"
-would be told the school). Then the same for 18 triples written after
+would be told the school). Then every pair of a taught question (one that may be a cue) and a paraphrase of
+it in bench/data, whether or not the gate pairs them; and the same for 18 triples written after
 `gate.asks_the_same` was built, which it never saw: (taught question, paraphrase,
 aside).
 
@@ -22,7 +23,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench", "research"))
 from memzd import examples, gate, lora  # noqa: E402
 from memzd.config import Config  # noqa: E402
 from memzd.model import load_base  # noqa: E402
-from route_study import read, said_again  # noqa: E402
+from route_study import DATA, read, said_again  # noqa: E402
 
 CATEGORIES = ["personal", "said_updates", "chat", "conversation", "notes"]
 HELD_OUT = [  # (taught question, the same in other words, the same thing asked something else)
@@ -82,6 +83,12 @@ def main():
                               + (", answered as taught" if c else ", answered as asked"))
         print(f"{cat:12s} " + "; ".join(line), flush=True)
     print("total        " + "; ".join(f"{k} {c} of {r} routed ({n})" for k, (c, r, n) in totals.items()))
+    pairs = [(q, t) for name in sorted(os.listdir(DATA)) if name.endswith(".jsonl") for r in read(name[:-6])
+             for t in (e["input"] for e in r.get("teach", []) if e.get("input")) if gate._cue(t)
+             for q in r.get("paraphrases", [])]
+    fit = sum(gate.asks_the_same(q, t) for q, t in pairs)
+    print(f"every pair   of a taught question and a paraphrase of it in bench/data: {fit} of {len(pairs)} "
+          f"ask for the same kind of answer")
     same = sum(gate.asks_the_same(p, t) for t, p, _ in HELD_OUT)
     other = sum(not gate.asks_the_same(a, t) for t, _, a in HELD_OUT)
     print(f"held out     paraphrases answered as taught {same} of {len(HELD_OUT)}; "
