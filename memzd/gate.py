@@ -328,7 +328,8 @@ def _same(cue: str | None, text: str) -> bool:
 # was taught for, but does not ask it, and answered as taught it would be told the school.
 NUMBER = "number"
 _HOW_ASKS = re.compile(r"\bhow (?:many|much|old|long|far|big|large|tall|high|fast|heavy|deep|wide|often)\b")
-_WH = [(re.compile(r"\bwhere\b"), "place"), (re.compile(r"\bwhen\b"), "time"), (re.compile(r"\bwho(?:m|se)?\b"), "person")]
+_WH = [(re.compile(r"\bwhere\b"), "place"), (re.compile(r"\bwhen\b"), "time"),
+       (re.compile(r"\bwho(?:m|se)?\b"), "person")]
 _KIND_OF_NOUN = {
     **{w: "place" for w in ("city town country place street road port hall address village company birthplace "
                             "hometown station airport room office building venue location capital").split()},
@@ -345,7 +346,8 @@ _NOT_A_PERSON = frozenset("number river letter water paper order power color col
 _A_PERSON = frozenset("poet architect captain chef nurse doctor author king queen president mayor pilot".split())
 _AUX = r"(?:is|are|was|were|do|does|did|has|have|had|can|will|would|should|am)"
 _WHAT_OR_WHICH = r"\b(?:what|which)\s+(?:(?:kind|sort|type|make|brand)\s+of\s+)?"
-_ASKED_NOUN = [re.compile(_WHAT_OR_WHICH + r"(?:(?!" + _AUX + r"\b)[a-z]+\s+){0,2}?([a-z]+)\s+" + _AUX + r"\b"),  # what musical instrument is
+_ASKED_NOUN = [re.compile(_WHAT_OR_WHICH + r"(?:(?!" + _AUX + r"\b)[a-z]+\s+){0,2}?([a-z]+)\s+" + _AUX + r"\b"),
+               # ^ "What musical instrument is ...": the noun before the verb, never past it
                re.compile(_WHAT_OR_WHICH + r"([a-z]+)"),
                re.compile(r"\bwhat(?:'s| is| are| was| were)\b.*?\bthe (?:[a-z]+ )?([a-z]+) (?:of|for)\b"),
                re.compile(r"\bwhat(?:'s| is| are| was| were)\b.*\b([a-z]+)\W*$"),
@@ -354,6 +356,7 @@ _NOT_A_NOUN = frozenset("is are was were do does did am has have had will can co
                         "your our his her their it its this that these those you we they me to in on at of for "
                         "with from by up off".split())
 _NAMING = re.compile(r"\b(?:name|named|called|call)\b")
+_DEED = re.compile(r"\bwhat (?:do|does|did)\b.*\bdo\b")  # "What does my sister do for a living?"
 _COUNTED = frozenset({"time", NUMBER})  # never what a bare "what" asks
 
 
@@ -386,7 +389,7 @@ def asks_for(question: str, other: str) -> str | None:
         return None if root(noun) in {root(w.lower()) for w in _words(other)} else root(noun)
     if _NAMING.search(t):
         return "name"
-    return "deed" if re.search(r"\bwhat (?:do|does|did)\b.*\bdo\b", t) else None
+    return "deed" if _DEED.search(t) else None
 
 
 def asks_the_same(query: str, cue: str) -> bool:

@@ -6,10 +6,10 @@ route_study builds them; each paraphrase (the same question in other words) and 
 aside (a question about the same thing that asks something else) that the gate sends
 to the adapter is counted as answered as taught (a cue) or as asked. Paraphrases
 should get their cue; asides should not (answered as taught, "How old is my son?"
-would be told the school). Then every pair of a taught question (one that may be a cue) and a paraphrase of
-it in bench/data, whether or not the gate pairs them; and the same for 18 triples written after
-`gate.asks_the_same` was built, which it never saw: (taught question, paraphrase,
-aside).
+would be told the school). Then every pair of a taught question (one that may be a
+cue) and a paraphrase of it in bench/data, whether or not the gate pairs them; and 18
+triples written after `gate.asks_the_same` was built, which it never saw: (taught
+question, paraphrase, aside).
 
 Usage: python bench/research/asks_study.py [-v]
 """
@@ -20,10 +20,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench", "research"))
-from memzd import examples, gate, lora  # noqa: E402
+from memzd import gate, lora  # noqa: E402
 from memzd.config import Config  # noqa: E402
 from memzd.model import load_base  # noqa: E402
-from route_study import DATA, read, said_again  # noqa: E402
+from route_study import DATA, read, taught_keys  # noqa: E402
 
 CATEGORIES = ["personal", "said_updates", "chat", "conversation", "notes"]
 HELD_OUT = [  # (taught question, the same in other words, the same thing asked something else)
@@ -61,10 +61,7 @@ def main():
     totals = {"paraphrases": [0, 0, 0], "asides": [0, 0, 0]}  # cued, routed, asked
     for cat in CATEGORIES:
         rows = read(cat)
-        teach = said_again([t for r in rows for t in r.get("teach_old", [])],
-                           [t for r in rows for t in r.get("teach", [])])
-        keys = [gate.question_text(c[:-1]) if c else e["text"]
-                for e in examples.expand(teach) for c in [examples.to_chat(e)]]
+        keys = taught_keys(rows)
         memory = empty.extend(model, tok, keys, dev)
         line = []
         for kind in totals:

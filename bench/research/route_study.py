@@ -57,6 +57,14 @@ def said_again(old: list[dict], new: list[dict]) -> list[dict]:
     return out + new + again
 
 
+def taught_keys(rows: list[dict]) -> list[str]:
+    """The key texts the learner writes for a category's items: the batch (the later drop
+    after the earlier, as superseded) expanded with its written questions."""
+    teach = said_again([t for r in rows for t in r.get("teach_old", [])], [t for r in rows for t in r.get("teach", [])])
+    return [gate.question_text(c[:-1]) if c else e["text"] for e in examples.expand(teach)
+            for c in [examples.to_chat(e)]]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-v", action="store_true", help="print every wrong decision")
@@ -68,9 +76,7 @@ def main():
     totals = {}
     for cat in CATEGORIES:
         rows = read(cat)[:10] if cat == "facts" else read(cat)
-        teach = said_again([t for r in rows for t in r.get("teach_old", [])], [t for r in rows for t in r.get("teach", [])])
-        taught = examples.expand(teach)
-        keys = [gate.question_text(c[:-1]) if c else e["text"] for e in taught for c in [examples.to_chat(e)]]
+        keys = taught_keys(rows)
         memory = empty.extend(model, tok, keys, dev)
         want = {"questions": [], "paraphrases": [], "neighbours": [], "general": general}
         for r in rows:
