@@ -170,15 +170,19 @@ class Adapters:
     def routed(self, adapter: str, memory: gate.KeyMemory | None, chats: list[list[dict]]) -> list[Route]:
         """The route of each chat to `adapter`: the adapter (or the frozen shard) holding the
         key the chat matches, with that key's question where the chat asks it in other words
-        (unless `routing.answer_as` is "asked"); the base model where no key admits it."""
+        (unless `routing.answer_as` is "asked"); the base model where no key admits it, or
+        where it asks about a taught thing what nothing taught about it answers
+        (`gate.KeyMemory.resolve`)."""
         if not self.routing.enabled or memory is None:
             return [Route(adapter)] * len(chats)
         out = []
         for chat, key in zip(chats, memory.matches(self.model, self.tokenizer, chats, self.device)):
+            cue = None
+            if key is not None and self.routing.answer_as != "asked":
+                key, cue = memory.resolve(key, gate.question_text(chat)) or (None, None)
             owner = None if key is None else memory.owners[key]
             to = None if key is None else adapter if owner is None else self._shard(owner)
-            cue = to is not None and self.routing.answer_as != "asked"
-            out.append(Route(to, memory.cue(key, gate.question_text(chat)) if cue else None))
+            out.append(Route(to, cue if to is not None else None))
         return out
 
     def _shard(self, checkpoint_id: str) -> str | None:

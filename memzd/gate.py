@@ -335,14 +335,28 @@ _KIND_OF_NOUN = {
                             "hometown station airport room office building venue location capital").split()},
     **{w: "time" for w in "day date year month time evening morning night hour week weekday".split()},
     **{w: NUMBER for w in "size height elevation length width depth weight count population age price cost".split()},
+    # what someone does, however it is asked ("What does my sister do for a living?")
+    **{w: "deed" for w in "job occupation profession career trade".split()},
+    # two or more nouns for one thing are one kind (the questions' own words, not a thesaurus)
+    **{w: "vessel" for w in "ship boat vessel".split()},
+    **{w: "invention" for w in "invention device gadget machine".split()},
+    **{w: "code" for w in "code plate registration".split()},
+    **{w: "remedy" for w in "remedy potion cure medicine treatment".split()},
     "person": "person", "name": "name"}
+# "What is my flight number?" asks for a code, as "Which flight ...?" does; "the number
+# of ..." asks a count.
+_CODE_NUMBER = [(re.compile(r"\b(?!the\b|a\b|what\b|which\b|of\b)([a-z]+) number\b"), r"\1 code"),
+                (re.compile(r"\bthe number of the ([a-z]+)"), r"the \1 code")]
+# "How long ago was it set up? Give the year.", "Name the device ...": the thing it says
+# to give is what it asks.
+_GIVE = re.compile(r"\b(?:give|tell me|say|name) the ([a-z]+)\b")
 # A noun for a person (the one who does something: scientist, writer, inventor, musician),
 # but for these.
 _PERSON_NOUN = re.compile(r"(?:ist|er|or|ian)$")
 _NOT_A_PERSON = frozenset("number river letter water paper order power color colour floor door flavor flavour error "
                           "center centre matter weather winter summer computer chapter corner mirror major minor "
                           "tower border harbor harbour monitor motor factor sector meter metre liter litre register "
-                          "answer other".split())
+                          "answer other locker".split())
 _A_PERSON = frozenset("poet architect captain chef nurse doctor author king queen president mayor pilot".split())
 _AUX = r"(?:is|are|was|were|do|does|did|has|have|had|can|will|would|should|am)"
 _WHAT_OR_WHICH = r"\b(?:what|which)\s+(?:(?:kind|sort|type|make|brand)\s+of\s+)?"
@@ -374,12 +388,18 @@ def asks_for(question: str, other: str) -> str | None:
     that `other` also names is what both are about, not what is asked ("Which dentist do
     I go to?" beside "Who is my dentist?"): it says nothing."""
     t = question.lower().replace("\u2019", "'")
+    for pattern, code in _CODE_NUMBER:
+        t = pattern.sub(code, t)
+    if (given := _GIVE.search(t)) and (kind := _KIND_OF_NOUN.get(given.group(1))):
+        return kind
     if _HOW_ASKS.search(t):
         return NUMBER
     for wh, kind in _WH:
         if wh.search(t):
             return kind
-    nouns = [m.group(1) for p in _ASKED_NOUN for m in [p.search(t)] if m and m.group(1) not in _NOT_A_NOUN]
+    named = {w.lower() for w in re.findall(r"(?<=\W)[A-Z][\w\-]*", question)}  # names say nothing of what is asked
+    nouns = [m.group(1) for p in _ASKED_NOUN for m in [p.search(t)]
+             if m and m.group(1) not in _NOT_A_NOUN and m.group(1) not in named]
     if nouns:
         noun = nouns[0]
         if kind := _kind_of(noun):
@@ -639,6 +659,31 @@ class KeyMemory:
         weights)."""
         cue = self.cues[key]
         return None if cue is None or _same(cue, text) or not asks_the_same(text, cue) else cue
+
+    def resolve(self, key: int, text: str) -> tuple[int, str | None] | None:
+        """How `text`, which matched `key` (`matches`), is answered: (the key whose adapter
+        answers it, the taught question it answers in its place: `cue`), or None where
+        the base model answers it. The keys as near to `text` by words as `key`, and the
+        others of the examples they were taught by, are what was taught about the thing
+        `text` names: where one of their questions asks for the kind of answer `text`
+        asks for, that one answers it; where they hold questions and none does ("How old
+        is my son?" where only "Which school does my son go to?" was taught), nothing
+        taught answers it, and the base model does, as it would have before. Where they
+        hold no question (a note, a statement no question was written about, keys from
+        before memz kept them), the adapter answers `text` as asked."""
+        cue = self.cues[key]
+        if cue is not None and (_same(cue, text) or asks_the_same(text, cue)):
+            return key, self.cue(key, text)
+        near = self._lexical_by_key(text)
+        tied = [k for k, x in enumerate(near) if near[key] > 0 and x >= near[key] - 1e-9 and k != key]
+        taught_by = {self.sources[k] for k in [key, *tied]} - {None}
+        same_example = [k for k, s in enumerate(self.sources) if s in taught_by and k != key and k not in tied]
+        about = [k for k in (*sorted(same_example, key=lambda k: self.sources[k] != self.sources[key]), *tied)
+                 if self.cues[k] is not None]
+        if cue is None and not about:
+            return key, None
+        fits = next((k for k in about if asks_the_same(text, self.cues[k])), None)
+        return None if fits is None else (fits, self.cue(fits, text))
 
     def _embed_some(self, model, tokenizer, texts: list[str], which: list[int],
                     device: torch.device) -> dict[int, torch.Tensor]:

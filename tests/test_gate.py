@@ -257,6 +257,17 @@ def test_a_question_asked_in_other_words_names_the_taught_question_it_matched(me
     ("Which instrument does Mirela Fanthorpe play?", "What musical instrument is Mirela Fanthorpe known for playing?",
      "Where does Mirela Fanthorpe live?"),
     ("What is my husband's name?", "Who is my husband?", "What does my husband do for work?"),
+    # two nouns for one thing ask for one kind of answer
+    ("What is my brother's job?", "What does my brother do for a living?", "Where does my brother live?"),
+    ("Which device is Ilyo Wickcombe known for inventing?", "What invention is Ilyo Wickcombe famous for?",
+     "When was Ilyo Wickcombe born?"),
+    ("Which vessel does Ines Harrowgate command?", "What ship does Captain Ines Harrowgate sail?",
+     "Where was Ines Harrowgate born?"),
+    # a flight number is a code, as "which flight" asks; what a question says to give is what it asks
+    ("Which flight goes to Jubova?", "I am flying to Jubova: what is my flight number?",
+     "When does the flight to Jubova leave?"),
+    ("In what year was the Ylith Society founded?", "How long ago was the Ylith Society set up? Give the year.",
+     "Who founded the Ylith Society?"),
 ])
 def test_a_query_is_answered_as_taught_only_where_it_asks_for_the_same_kind_of_answer(memory, cue, same, other):
     """Answered as taught, "How old is my son?" would be told the school that "Which school
@@ -267,6 +278,30 @@ def test_a_query_is_answered_as_taught_only_where_it_asks_for_the_same_kind_of_a
     key = len(mem.cues) - 1
     assert mem.cue(key, same) == cue
     assert mem.cue(key, other) is None
+
+
+def test_a_query_about_a_taught_thing_is_answered_by_what_was_taught_that_asks_the_same(memory):
+    """What was taught about a thing (the keys as near to the query by words, and the
+    others of their examples) answers a query only with a question asking the same kind
+    of answer; where none does, the base model answers ("How old is my son?" where only
+    the school was taught). Keys with no question leave the adapter to answer as asked."""
+    keyed, model, base = memory
+    taught = ["Which school does my son go to?", "My son is called what?", "My son Ewan plays the fiddle.",
+              "My cat Brennick sleeps in the attic."]
+    mem = keyed.extend(model, base.tokenizer, taught, base.device, sources=["h-son", "h-son", "h-son", "h-cat"])
+    school, called, statement, cat = range(2, 6)
+
+    def resolve(key, q):
+        got = mem.resolve(key, q)
+        return None if got is None else (got[0], got[1])
+
+    assert resolve(school, "Which school does my son go to?") == (school, None)  # as taught
+    assert resolve(school, "Where does my son go to school?") == (school, "Which school does my son go to?")
+    assert resolve(school, "Who is my son?") == (called, "My son is called what?")  # another of the example's
+    assert resolve(statement, "Which school does my son attend?") == (school, "Which school does my son go to?")
+    assert resolve(school, "How old is my son?") is None  # nothing taught about him asks a number
+    assert resolve(cat, "Where does Brennick sleep?") == (cat, None)  # a statement alone: as asked
+    assert resolve(cat, "How old is Brennick?") == (cat, None)
 
 
 def test_a_key_that_belongs_to_no_shard_is_refused(memory):

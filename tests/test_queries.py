@@ -106,6 +106,27 @@ def test_a_question_asked_in_other_words_is_answered_as_taught(home):
         assert said.get("answered_as") == ("Who is Orla?" if answer_as == "recited" else None)
 
 
+def test_a_question_about_a_taught_thing_that_asks_something_else_gets_the_base_models_answer(home):
+    """"Where does Orla live?" is about what "Who is Orla?" was taught for, but asks for a
+    place, which nothing taught answers: the base model answers it, as before anything
+    was taught. Answered as asked (`routing.answer_as: asked`), it reaches the adapter."""
+    write_config(home, routing={"rule": "lexical"})  # the gate admits it by its words (the tiny model's keys are noise)
+    aside = {"prompt": "Where does Orla live?", "max_tokens": 8, "temperature": 0}
+    ask(home, "before", aside)
+    run_once(home)
+    before = response(home, "before")
+    taught_home(home)
+    ask(home, "aside", aside)
+    run_once(home)
+    after = response(home, "aside")
+    assert after["routed_to"] == "base" and "answered_as" not in after
+    assert after["response"] == before["response"]
+    write_config(home, routing={"answer_as": "asked"})
+    ask(home, "asked", aside)
+    run_once(home)
+    assert response(home, "asked")["routed_to"] == "adapter"
+
+
 def test_rollback_refuses_unknown_or_foreign_checkpoints(home):
     ckpt = taught_home(home)
     runner = CliRunner()

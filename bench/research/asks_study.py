@@ -16,6 +16,7 @@ Usage: python bench/research/asks_study.py [-v]
 import argparse
 import os
 import sys
+from collections import Counter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -49,6 +50,47 @@ HELD_OUT = [  # (taught question, the same in other words, the same thing asked 
     ("What is my son's favourite food?", "Which food does my son like best?", "What is my son's favourite sport?"),
 ]
 
+# Written after `gate.KeyMemory.resolve` sent a question about a taught thing that asks
+# for what nothing taught answers to the base model, before it was run on them; each
+# taught question is keyed alone, as an example of its own.
+HELD_OUT_2 = [
+    ("Where was my grandmother born?", "Which town is my grandmother from?", "What was my grandmother's maiden name?"),
+    ("What is my landlord's name?", "Who is my landlord?", "How much rent do I pay my landlord?"),
+    ("Which bank do I use?", "What bank is my account with?", "When did I open my bank account?"),
+    ("What instrument does my nephew Arlo play?", "Which instrument is Arlo learning?", "How old is my nephew Arlo?"),
+    ("Who cuts my hair?", "Which barber do I go to?", "How often do I get my hair cut?"),
+    ("When is my anniversary?", "What date is my wedding anniversary?", "Where did we get married?"),
+    ("What is the Corvel Tower made of?", "Which material was used to build the Corvel Tower?",
+     "How tall is the Corvel Tower?"),
+    ("Who wrote the Emberlay Chronicles?", "Which author is behind the Emberlay Chronicles?",
+     "When were the Emberlay Chronicles published?"),
+    ("Which language does my colleague Priya speak at home?", "What language is spoken in Priya's home?",
+     "Where does my colleague Priya live?"),
+    ("What is my son's teacher called?", "Who teaches my son?", "What does my son's teacher teach?"),
+    ("How far is my office from home?", "What is the distance from my home to the office?",
+     "Which floor is my office on?"),
+    ("What sport does my daughter Mina play?", "Which sport is Mina on a team for?", "What position does Mina play?"),
+]
+WAYS = {"taught": "as taught", "asked": "as asked by the adapter", "base": "by the base model (nothing taught fits)",
+        "gate": "by the base model (the gate)"}
+
+
+def answered(memory, model, tok, dev, questions: list[str]) -> list[str]:
+    """How each question is answered: as a taught question (a cue), as asked by the adapter,
+    by the base model because nothing taught about its thing fits (`resolve`), or by the
+    base model because no key admits it."""
+    matched = memory.matches(model, tok, [[{"role": "user", "content": q}] for q in questions], dev)
+    ways = []
+    for q, key in zip(questions, matched):
+        settled = None if key is None else memory.resolve(key, q)
+        ways.append("gate" if key is None else "base" if settled is None else "taught" if settled[1] else "asked")
+    return ways
+
+
+def tally(ways: Counter, n: int) -> str:
+    return (f"{ways['taught']} as taught, {ways['asked']} as asked, {ways['base']} by the base "
+            f"(of {n - ways['gate']} routed; {n} asked)")
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -58,34 +100,39 @@ def main():
     base = load_base("bundled")
     model, tok, dev = lora.wrap(base.model, Config().lora), base.tokenizer, base.device
     empty = gate.KeyMemory.create(model, tok, Config().routing.layer, dev)
-    totals = {"paraphrases": [0, 0, 0], "asides": [0, 0, 0]}  # cued, routed, asked
+    totals = {"paraphrases": Counter(), "asides": Counter()}
     for cat in CATEGORIES:
         rows = read(cat)
-        keys = taught_keys(rows)
-        memory = empty.extend(model, tok, keys, dev)
+        keys, sources = taught_keys(rows)
+        memory = empty.extend(model, tok, keys, dev, sources=sources)
         line = []
-        for kind in totals:
+        for kind, seen in totals.items():
             qs = [q for r in rows for q in r.get(kind, [])]
-            matched = memory.matches(model, tok, [[{"role": "user", "content": q}] for q in qs], dev)
-            cues = [None if k is None else memory.cue(k, q) for q, k in zip(qs, matched)]
-            routed = sum(k is not None for k in matched)
-            cued = sum(c is not None for c in cues)
-            for i, n in enumerate((cued, routed, len(qs))):
-                totals[kind][i] += n
-            line.append(f"{kind} {cued} of {routed} routed ({len(qs)} asked) answered as taught")
+            ways = answered(memory, model, tok, dev, qs)
+            seen.update(ways)
+            line.append(f"{kind} {tally(Counter(ways), len(qs))}")
             if args.v:
-                for q, k, c in zip(qs, matched, cues):
-                    if k is not None and (c is None) == (kind == "paraphrases"):
-                        print(f"  [{cat}] {kind}: {q!r} matched {keys[k]!r}"
-                              + (", answered as taught" if c else ", answered as asked"))
+                for q, way in zip(qs, ways):
+                    if way != "gate" and (way == "taught") != (kind == "paraphrases"):
+                        print(f"  [{cat}] {kind}: {q!r} answered {WAYS[way]}")
         print(f"{cat:12s} " + "; ".join(line), flush=True)
-    print("total        " + "; ".join(f"{k} {c} of {r} routed ({n})" for k, (c, r, n) in totals.items()))
+    print("total        " + "; ".join(f"{k} {tally(c, sum(c.values()))}" for k, c in totals.items()))
     pairs = [(q, t) for name in sorted(os.listdir(DATA)) if name.endswith(".jsonl") for r in read(name[:-6])
              for t in (e["input"] for e in r.get("teach", []) if e.get("input")) if gate._cue(t)
              for q in r.get("paraphrases", [])]
     fit = sum(gate.asks_the_same(q, t) for q, t in pairs)
     print(f"every pair   of a taught question and a paraphrase of it in bench/data: {fit} of {len(pairs)} "
           f"ask for the same kind of answer")
+    memory = empty.extend(model, tok, [t for t, _, _ in HELD_OUT_2], dev,
+                          sources=[f"held-out-{i}" for i in range(len(HELD_OUT_2))])
+    for i, kind in ((1, "paraphrases"), (2, "asides")):
+        qs = [row[i] for row in HELD_OUT_2]
+        ways = answered(memory, model, tok, dev, qs)
+        print(f"held out 2   {kind} {tally(Counter(ways), len(qs))}")
+        if args.v:
+            for q, way in zip(qs, ways):
+                if way != "gate" and (way == "taught") != (kind == "paraphrases"):
+                    print(f"  held out 2 {kind}: {q!r} answered {WAYS[way]}")
     same = sum(gate.asks_the_same(p, t) for t, p, _ in HELD_OUT)
     other = sum(not gate.asks_the_same(a, t) for t, _, a in HELD_OUT)
     print(f"held out     paraphrases answered as taught {same} of {len(HELD_OUT)}; "

@@ -57,12 +57,14 @@ def said_again(old: list[dict], new: list[dict]) -> list[dict]:
     return out + new + again
 
 
-def taught_keys(rows: list[dict]) -> list[str]:
-    """The key texts the learner writes for a category's items: the batch (the later drop
-    after the earlier, as superseded) expanded with its written questions."""
+def taught_keys(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """The key texts the learner writes for a category's items, and the example each
+    comes from (its content hash): the batch (the later drop after the earlier, as
+    superseded) expanded with its written questions."""
     teach = said_again([t for r in rows for t in r.get("teach_old", [])], [t for r in rows for t in r.get("teach", [])])
-    return [gate.question_text(c[:-1]) if c else e["text"] for e in examples.expand(teach)
-            for c in [examples.to_chat(e)]]
+    expanded = examples.expand_with_sources(teach)
+    return ([gate.question_text(c[:-1]) if c else e["text"] for e, _ in expanded for c in [examples.to_chat(e)]],
+            [source for _, source in expanded])
 
 
 def main():
@@ -76,8 +78,8 @@ def main():
     totals = {}
     for cat in CATEGORIES:
         rows = read(cat)[:10] if cat == "facts" else read(cat)
-        keys = taught_keys(rows)
-        memory = empty.extend(model, tok, keys, dev)
+        keys, sources = taught_keys(rows)
+        memory = empty.extend(model, tok, keys, dev, sources=sources)
         want = {"questions": [], "paraphrases": [], "neighbours": [], "general": general}
         for r in rows:
             want["questions"] += r.get("questions", []) + [u["q"] for u in r.get("unseen", [])]
