@@ -332,7 +332,8 @@ _WH = [(re.compile(r"\bwhere\b"), "place"), (re.compile(r"\bwhen\b"), "time"),
        (re.compile(r"\bwho(?:m|se)?\b"), "person")]
 _KIND_OF_NOUN = {
     **{w: "place" for w in ("city town country place street road port hall address village company birthplace "
-                            "hometown station airport room office building venue location capital").split()},
+                            "hometown station airport room office building venue location capital school "
+                            "university college hospital library museum").split()},
     **{w: "time" for w in "day date year month time evening morning night hour week weekday".split()},
     **{w: NUMBER for w in "size height elevation length width depth weight count population age price cost".split()},
     # what someone does, however it is asked ("What does my sister do for a living?")
@@ -349,7 +350,7 @@ _CODE_NUMBER = [(re.compile(r"\b(?!the\b|a\b|what\b|which\b|of\b)([a-z]+) number
                 (re.compile(r"\bthe number of the ([a-z]+)"), r"the \1 code")]
 # "How long ago was it set up? Give the year.", "Name the device ...": the thing it says
 # to give is what it asks.
-_GIVE = re.compile(r"\b(?:give|tell me|say|name) the ([a-z]+)\b")
+_GIVE = re.compile(r"\b(?:give|tell me|say|name) the ([a-z]+)\b|^(?:the )?([a-z]+) of\b")  # "Count of books at ...?"
 # A noun for a person (the one who does something: scientist, writer, inventor, musician),
 # but for these.
 _PERSON_NOUN = re.compile(r"(?:ist|er|or|ian)$")
@@ -390,7 +391,7 @@ def asks_for(question: str, other: str) -> str | None:
     t = question.lower().replace("\u2019", "'")
     for pattern, code in _CODE_NUMBER:
         t = pattern.sub(code, t)
-    if (given := _GIVE.search(t)) and (kind := _KIND_OF_NOUN.get(given.group(1))):
+    if (given := _GIVE.search(t)) and (kind := _KIND_OF_NOUN.get(given.group(1) or given.group(2))):
         return kind
     if _HOW_ASKS.search(t):
         return NUMBER
@@ -419,6 +420,19 @@ def asks_the_same(query: str, cue: str) -> bool:
     if a is None or b is None:
         return (a or b) not in _COUNTED
     return a == b or {a, b} in ({"name", "person"}, {"name", "place"})
+
+
+# The kinds a question says outright (not a noun such as "breed", which a question in
+# other words may name otherwise): only where both questions say theirs, or one says
+# nothing and the other asks a time or a number, does a query ask something else than a
+# taught question for certain (`KeyMemory.resolve`).
+_SAID = frozenset({"place", "time", "person", "name", NUMBER, "deed"})
+
+
+def asks_otherwise(query: str, cue: str) -> bool:
+    """Does `query` ask for another kind of answer than `cue`, for certain (see _SAID)?"""
+    a, b = asks_for(query, cue), asks_for(cue, query)
+    return not asks_the_same(query, cue) and a in _SAID | {None} and b in _SAID | {None}
 
 
 def asked_turn(chat: list[dict]) -> int:
@@ -666,11 +680,12 @@ class KeyMemory:
         the base model answers it. The keys as near to `text` by words as `key`, and the
         others of the examples they were taught by, are what was taught about the thing
         `text` names: where one of their questions asks for the kind of answer `text`
-        asks for, that one answers it; where they hold questions and none does ("How old
-        is my son?" where only "Which school does my son go to?" was taught), nothing
-        taught answers it, and the base model does, as it would have before. Where they
-        hold no question (a note, a statement no question was written about, keys from
-        before memz kept them), the adapter answers `text` as asked."""
+        asks for, that one answers it; where they hold questions and each asks for
+        another kind for certain (`asks_otherwise`: "How old is my son?" where only
+        "Where does my son go to school?" was taught), nothing taught answers it, and the
+        base model does, as it would have before. Otherwise (a kind only a noun says,
+        "What breed is my dog?"; a note, a statement no question was written about, keys
+        from before memz kept them) the adapter answers `text` as asked."""
         cue = self.cues[key]
         if cue is not None and (_same(cue, text) or asks_the_same(text, cue)):
             return key, self.cue(key, text)
@@ -683,7 +698,11 @@ class KeyMemory:
         if cue is None and not about:
             return key, None
         fits = next((k for k in about if asks_the_same(text, self.cues[k])), None)
-        return None if fits is None else (fits, self.cue(fits, text))
+        if fits is not None:
+            return fits, self.cue(fits, text)
+        if all(asks_otherwise(text, self.cues[k]) for k in [key, *about] if self.cues[k] is not None):
+            return None
+        return key, None
 
     def _embed_some(self, model, tokenizer, texts: list[str], which: list[int],
                     device: torch.device) -> dict[int, torch.Tensor]:

@@ -283,13 +283,15 @@ def test_a_query_is_answered_as_taught_only_where_it_asks_for_the_same_kind_of_a
 def test_a_query_about_a_taught_thing_is_answered_by_what_was_taught_that_asks_the_same(memory):
     """What was taught about a thing (the keys as near to the query by words, and the
     others of their examples) answers a query only with a question asking the same kind
-    of answer; where none does, the base model answers ("How old is my son?" where only
-    the school was taught). Keys with no question leave the adapter to answer as asked."""
+    of answer; where each asks another kind for certain, the base model answers ("How
+    old is my son?" where only the school was taught). Keys with no question, and kinds
+    only a noun says, leave the adapter to answer as asked."""
     keyed, model, base = memory
     taught = ["Which school does my son go to?", "My son is called what?", "My son Ewan plays the fiddle.",
-              "My cat Brennick sleeps in the attic."]
-    mem = keyed.extend(model, base.tokenizer, taught, base.device, sources=["h-son", "h-son", "h-son", "h-cat"])
-    school, called, statement, cat = range(2, 6)
+              "My cat Brennick sleeps in the attic.", "Where is the Tarnby depot?"]
+    mem = keyed.extend(model, base.tokenizer, taught, base.device,
+                       sources=["h-son", "h-son", "h-son", "h-cat", "h-depot"])
+    school, called, statement, cat, depot = range(2, 7)
 
     def resolve(key, q):
         got = mem.resolve(key, q)
@@ -300,6 +302,9 @@ def test_a_query_about_a_taught_thing_is_answered_by_what_was_taught_that_asks_t
     assert resolve(school, "Who is my son?") == (called, "My son is called what?")  # another of the example's
     assert resolve(statement, "Which school does my son attend?") == (school, "Which school does my son go to?")
     assert resolve(school, "How old is my son?") is None  # nothing taught about him asks a number
+    assert resolve(depot, "When does the Tarnby depot open?") is None  # a time, where a place was taught
+    # what only a noun says may be asked otherwise ("which building"): not for certain, so as asked
+    assert resolve(depot, "What colour is the Tarnby depot?") == (depot, None)
     assert resolve(cat, "Where does Brennick sleep?") == (cat, None)  # a statement alone: as asked
     assert resolve(cat, "How old is Brennick?") == (cat, None)
 

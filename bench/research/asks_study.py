@@ -27,6 +27,7 @@ from memzd.model import load_base  # noqa: E402
 from route_study import DATA, read, taught_keys  # noqa: E402
 
 CATEGORIES = ["personal", "said_updates", "chat", "conversation", "notes"]
+OTHERS = ["facts", "corrections", "updates", "lookalikes", "growth"]  # no asides
 HELD_OUT = [  # (taught question, the same in other words, the same thing asked something else)
     ("Where does my aunt Rosa live?", "Which town is my aunt Rosa's home?", "How old is my aunt Rosa?"),
     ("What is my cat's name?", "What did I call my cat?", "What colour is my cat?"),
@@ -100,7 +101,7 @@ def main():
     base = load_base("bundled")
     model, tok, dev = lora.wrap(base.model, Config().lora), base.tokenizer, base.device
     empty = gate.KeyMemory.create(model, tok, Config().routing.layer, dev)
-    totals = {"paraphrases": Counter(), "asides": Counter()}
+    totals = {"questions": Counter(), "paraphrases": Counter(), "asides": Counter()}
     for cat in CATEGORIES:
         rows = read(cat)
         keys, sources = taught_keys(rows)
@@ -113,10 +114,25 @@ def main():
             line.append(f"{kind} {tally(Counter(ways), len(qs))}")
             if args.v:
                 for q, way in zip(qs, ways):
-                    if way != "gate" and (way == "taught") != (kind == "paraphrases"):
+                    if way != "gate" and (way == "base" if kind == "questions"
+                                           else (way == "taught") != (kind == "paraphrases")):
                         print(f"  [{cat}] {kind}: {q!r} answered {WAYS[way]}")
         print(f"{cat:12s} " + "; ".join(line), flush=True)
     print("total        " + "; ".join(f"{k} {tally(c, sum(c.values()))}" for k, c in totals.items()))
+    for cat in OTHERS:  # taught questions and paraphrases only: none should go to the base model
+        rows = read(cat)
+        keys, sources = taught_keys(rows)
+        memory = empty.extend(model, tok, keys, dev, sources=sources)
+        line = []
+        for kind in ("questions", "paraphrases"):
+            qs = [q for r in rows for q in r.get(kind, [])]
+            ways = answered(memory, model, tok, dev, qs)
+            line.append(f"{kind} {tally(Counter(ways), len(qs))}")
+            if args.v:
+                for q, way in zip(qs, ways):
+                    if way == "base":
+                        print(f"  [{cat}] {kind}: {q!r} answered {WAYS[way]}")
+        print(f"{cat:12s} " + "; ".join(line), flush=True)
     pairs = [(q, t) for name in sorted(os.listdir(DATA)) if name.endswith(".jsonl") for r in read(name[:-6])
              for t in (e["input"] for e in r.get("teach", []) if e.get("input")) if gate._cue(t)
              for q in r.get("paraphrases", [])]
