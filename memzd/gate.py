@@ -413,12 +413,13 @@ def asks_for(question: str, other: str) -> str | None:
     return "deed" if _DEED.search(t) else None
 
 
-def asks_the_same(query: str, cue: str) -> bool:
+def asks_the_same(query: str, cue: str, certain: bool = False) -> bool:
     """Do `query` and the taught question `cue` ask for the same kind of answer? A name is
-    a person's or a place's; one that does not say asks for anything but a time or a number."""
+    a person's or a place's; one that does not say asks for anything but a time or a
+    number (`certain`: both must say)."""
     a, b = asks_for(query, cue), asks_for(cue, query)
     if a is None or b is None:
-        return (a or b) not in _COUNTED
+        return not certain and (a or b) not in _COUNTED
     return a == b or {a, b} in ({"name", "person"}, {"name", "place"})
 
 
@@ -677,17 +678,17 @@ class KeyMemory:
     def resolve(self, key: int, text: str) -> tuple[int, str | None] | None:
         """How `text`, which matched `key` (`matches`), is answered: (the key whose adapter
         answers it, the taught question it answers in its place: `cue`), or None where
-        the base model answers it. The keys as near to `text` by words as `key`, and the
-        others of the examples they were taught by, are what was taught about the thing
-        `text` names: where one of their questions asks for the kind of answer `text`
-        asks for, that one answers it; where they hold questions and each asks for
+        the base model answers it. Where `key`'s question asks for the kind of answer
+        `text` asks for, or `key` has none (a statement, a note), `cue` says. Where it
+        asks another kind, the keys as near to `text` by words and the others of the
+        examples they were taught by are what was taught about the thing `text` names:
+        one whose question says it asks the same kind answers it; where each asks
         another kind for certain (`asks_otherwise`: "How old is my son?" where only
-        "Where does my son go to school?" was taught), nothing taught answers it, and the
-        base model does, as it would have before. Otherwise (a kind only a noun says,
-        "What breed is my dog?"; a note, a statement no question was written about, keys
-        from before memz kept them) the adapter answers `text` as asked."""
+        "Where does my son go to school?" was taught), nothing taught answers it, and
+        the base model does, as it would have before; otherwise (a kind only a noun
+        says, "What breed is my dog?") the adapter answers `text` as asked."""
         cue = self.cues[key]
-        if cue is not None and (_same(cue, text) or asks_the_same(text, cue)):
+        if cue is None or _same(cue, text) or asks_the_same(text, cue):
             return key, self.cue(key, text)
         near = self._lexical_by_key(text)
         tied = [k for k, x in enumerate(near) if near[key] > 0 and x >= near[key] - 1e-9 and k != key]
@@ -695,12 +696,10 @@ class KeyMemory:
         same_example = [k for k, s in enumerate(self.sources) if s in taught_by and k != key and k not in tied]
         about = [k for k in (*sorted(same_example, key=lambda k: self.sources[k] != self.sources[key]), *tied)
                  if self.cues[k] is not None]
-        if cue is None and not about:
-            return key, None
-        fits = next((k for k in about if asks_the_same(text, self.cues[k])), None)
+        fits = next((k for k in about if asks_the_same(text, self.cues[k], certain=True)), None)
         if fits is not None:
             return fits, self.cue(fits, text)
-        if all(asks_otherwise(text, self.cues[k]) for k in [key, *about] if self.cues[k] is not None):
+        if all(asks_otherwise(text, self.cues[k]) for k in [key, *about]):
             return None
         return key, None
 

@@ -1,15 +1,19 @@
-"""Which questions asked in other words are answered as the taught question they
-match (`routing.answer_as: taught`), with memz's own gate code (no training).
+"""Which questions about a taught thing are answered as the taught question they
+match (`routing.answer_as: taught`), as asked by the adapter, or by the base model
+(`gate.KeyMemory.resolve`), with memz's own gate code (no training).
 
 For each category of bench/data with paraphrases and asides, the keys are built as
-route_study builds them; each paraphrase (the same question in other words) and each
-aside (a question about the same thing that asks something else) that the gate sends
-to the adapter is counted as answered as taught (a cue) or as asked. Paraphrases
-should get their cue; asides should not (answered as taught, "How old is my son?"
-would be told the school). Then every pair of a taught question (one that may be a
-cue) and a paraphrase of it in bench/data, whether or not the gate pairs them; and 18
-triples written after `gate.asks_the_same` was built, which it never saw: (taught
-question, paraphrase, aside).
+route_study builds them (each with the example it comes from); each taught question,
+each paraphrase (the same question in other words) and each aside (a question about
+the same thing that asks something else) that the gate sends to the adapter is
+counted by how it is answered. Paraphrases should get their cue; asides should not
+(answered as taught, "How old is my son?" would be told the school), and are best
+answered by the base model; no taught question may go to the base model. The
+categories without asides: taught questions and paraphrases. Then every pair of a
+taught question (one that may be a cue) and a paraphrase of it in bench/data, whether
+or not the gate pairs them; 18 triples written after `gate.asks_the_same` was built,
+which it never saw: (taught question, paraphrase, aside); and 12 more written after
+`resolve` sent asides to the base model, each taught question keyed alone.
 
 Usage: python bench/research/asks_study.py [-v]
 """
