@@ -168,8 +168,8 @@ class RoutingConfig:
         "A question that asks a taught one in other words: the adapter answers the taught question "
         "it matched (taught), answers that first and then the question as asked (recited), or "
         "answers the question as asked (asked). Under taught and recited, a question about a taught "
-        "thing that asks for another kind of answer than anything taught about it (a place where a "
-        "name was taught) gets the base model's answer.", "taught")
+        "thing that asks for another kind of answer than anything taught about it, for certain (a time "
+        "where only a place was taught), gets the base model's answer.", "taught")
 
     def __post_init__(self):
         _check(0.0 <= self.lexical_threshold <= 1.0, "routing.lexical_threshold", "a number in [0, 1]")

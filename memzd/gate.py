@@ -418,8 +418,12 @@ def asks_the_same(query: str, cue: str, certain: bool = False) -> bool:
     a person's or a place's; one that does not say asks for anything but a time or a
     number (`certain`: both must say)."""
     a, b = asks_for(query, cue), asks_for(cue, query)
+    return _same_kind(a, b) and not (certain and None in (a, b))
+
+
+def _same_kind(a: str | None, b: str | None) -> bool:
     if a is None or b is None:
-        return not certain and (a or b) not in _COUNTED
+        return (a or b) not in _COUNTED
     return a == b or {a, b} in ({"name", "person"}, {"name", "place"})
 
 
@@ -427,13 +431,13 @@ def asks_the_same(query: str, cue: str, certain: bool = False) -> bool:
 # other words may name otherwise): only where both questions say theirs, or one says
 # nothing and the other asks a time or a number, does a query ask something else than a
 # taught question for certain (`KeyMemory.resolve`).
-_SAID = frozenset({"place", "time", "person", "name", NUMBER, "deed"})
+_SAID = frozenset({"place", "time", "person", "name", NUMBER, "deed", None})
 
 
 def asks_otherwise(query: str, cue: str) -> bool:
     """Does `query` ask for another kind of answer than `cue`, for certain (see _SAID)?"""
     a, b = asks_for(query, cue), asks_for(cue, query)
-    return not asks_the_same(query, cue) and a in _SAID | {None} and b in _SAID | {None}
+    return a in _SAID and b in _SAID and not _same_kind(a, b)
 
 
 def asked_turn(chat: list[dict]) -> int:
@@ -691,7 +695,7 @@ class KeyMemory:
         if cue is None or _same(cue, text) or asks_the_same(text, cue):
             return key, self.cue(key, text)
         near = self._lexical_by_key(text)
-        tied = [k for k, x in enumerate(near) if near[key] > 0 and x >= near[key] - 1e-9 and k != key]
+        tied = [k for k, x in enumerate(near) if x >= near[key] - 1e-9 and k != key] if near[key] > 0 else []
         taught_by = {self.sources[k] for k in [key, *tied]} - {None}
         same_example = [k for k, s in enumerate(self.sources) if s in taught_by and k != key and k not in tied]
         about = [k for k in (*sorted(same_example, key=lambda k: self.sources[k] != self.sources[key]), *tied)
