@@ -371,6 +371,7 @@ _NOT_A_NOUN = frozenset("is are was were do does did am has have had will can co
                         "your our his her their it its this that these those you we they me to in on at of for "
                         "with from by up off".split())
 _NAMING = re.compile(r"\b(?:name|named|called|call)\b")
+_CAPITALISED = re.compile(r"(?<=\W)[A-Z][\w\-]*")  # a word capitalised past the first: a name
 _DEED = re.compile(r"\bwhat (?:do|does|did)\b.*\bdo\b")  # "What does my sister do for a living?"
 _COUNTED = frozenset({"time", NUMBER})  # never what a bare "what" asks
 
@@ -398,7 +399,7 @@ def asks_for(question: str, other: str) -> str | None:
     for wh, kind in _WH:
         if wh.search(t):
             return kind
-    named = {w.lower() for w in re.findall(r"(?<=\W)[A-Z][\w\-]*", question)}  # names say nothing of what is asked
+    named = {w.lower() for w in _CAPITALISED.findall(question)}  # names say nothing of what is asked
     nouns = [m.group(1) for p in _ASKED_NOUN for m in [p.search(t)]
              if m and m.group(1) not in _NOT_A_NOUN and m.group(1) not in named]
     if nouns:
@@ -692,8 +693,10 @@ class KeyMemory:
         the base model does, as it would have before; otherwise (a kind only a noun
         says, "What breed is my dog?") the adapter answers `text` as asked."""
         cue = self.cues[key]
-        if cue is None or _same(cue, text) or asks_the_same(text, cue):
-            return key, self.cue(key, text)
+        if cue is None or _same(cue, text):
+            return key, None
+        if asks_the_same(text, cue):
+            return key, cue
         near = self._lexical_by_key(text)
         tied = [k for k, x in enumerate(near) if x >= near[key] - 1e-9 and k != key] if near[key] > 0 else []
         taught_by = {self.sources[k] for k in [key, *tied]} - {None}

@@ -92,6 +92,23 @@ def answered(memory, model, tok, dev, questions: list[str]) -> list[str]:
     return ways
 
 
+def report(label: str, memory, model, tok, dev, asked: dict[str, list[str]], wrong, verbose: bool,
+           seen: dict[str, Counter] | None = None) -> str:
+    """One line of how each kind of question in `asked` is answered (added to `seen`),
+    printing first those where `wrong(kind, way)` (with -v)."""
+    line = []
+    for kind, qs in asked.items():
+        ways = answered(memory, model, tok, dev, qs)
+        if seen is not None:
+            seen[kind].update(ways)
+        line.append(f"{kind} {tally(Counter(ways), len(qs))}")
+        if verbose:
+            for q, way in zip(qs, ways):
+                if wrong(kind, way):
+                    print(f"  {label} {kind}: {q!r} answered {WAYS[way]}")
+    return "; ".join(line)
+
+
 def tally(ways: Counter, n: int) -> str:
     return (f"{ways['taught']} as taught, {ways['asked']} as asked, {ways['base']} by the base "
             f"(of {n - ways['gate']} routed; {n} asked)")
@@ -106,37 +123,20 @@ def main():
     model, tok, dev = lora.wrap(base.model, Config().lora), base.tokenizer, base.device
     empty = gate.KeyMemory.create(model, tok, Config().routing.layer, dev)
     totals = {"questions": Counter(), "paraphrases": Counter(), "asides": Counter()}
-    for cat in CATEGORIES:
+    for cat in CATEGORIES + OTHERS:
         rows = read(cat)
         keys, sources = taught_keys(rows)
         memory = empty.extend(model, tok, keys, dev, sources=sources)
-        line = []
-        for kind, seen in totals.items():
-            qs = [q for r in rows for q in r.get(kind, [])]
-            ways = answered(memory, model, tok, dev, qs)
-            seen.update(ways)
-            line.append(f"{kind} {tally(Counter(ways), len(qs))}")
-            if args.v:
-                for q, way in zip(qs, ways):
-                    if way != "gate" and (way == "base" if kind == "questions"
-                                           else (way == "taught") != (kind == "paraphrases")):
-                        print(f"  [{cat}] {kind}: {q!r} answered {WAYS[way]}")
-        print(f"{cat:12s} " + "; ".join(line), flush=True)
-    print("total        " + "; ".join(f"{k} {tally(c, sum(c.values()))}" for k, c in totals.items()))
-    for cat in OTHERS:  # taught questions and paraphrases only: none should go to the base model
-        rows = read(cat)
-        keys, sources = taught_keys(rows)
-        memory = empty.extend(model, tok, keys, dev, sources=sources)
-        line = []
-        for kind in ("questions", "paraphrases"):
-            qs = [q for r in rows for q in r.get(kind, [])]
-            ways = answered(memory, model, tok, dev, qs)
-            line.append(f"{kind} {tally(Counter(ways), len(qs))}")
-            if args.v:
-                for q, way in zip(qs, ways):
-                    if way == "base":
-                        print(f"  [{cat}] {kind}: {q!r} answered {WAYS[way]}")
-        print(f"{cat:12s} " + "; ".join(line), flush=True)
+        if cat in CATEGORIES:
+            wrong = (lambda kind, way: way != "gate" and (way == "base" if kind == "questions"
+                                                          else (way == "taught") != (kind == "paraphrases")))
+            kinds, seen = totals, totals
+        else:  # taught questions and paraphrases only: none should go to the base model
+            wrong, kinds, seen = (lambda kind, way: way == "base"), ("questions", "paraphrases"), None
+        asked = {kind: [q for r in rows for q in r.get(kind, [])] for kind in kinds}
+        print(f"{cat:12s} " + report(f"[{cat}]", memory, model, tok, dev, asked, wrong, args.v, seen), flush=True)
+        if cat == CATEGORIES[-1]:
+            print("total        " + "; ".join(f"{k} {tally(c, sum(c.values()))}" for k, c in totals.items()))
     pairs = [(q, t) for name in sorted(os.listdir(DATA)) if name.endswith(".jsonl") for r in read(name[:-6])
              for t in (e["input"] for e in r.get("teach", []) if e.get("input")) if gate._cue(t)
              for q in r.get("paraphrases", [])]
@@ -146,13 +146,9 @@ def main():
     memory = empty.extend(model, tok, [t for t, _, _ in HELD_OUT_2], dev,
                           sources=[f"held-out-{i}" for i in range(len(HELD_OUT_2))])
     for i, kind in ((1, "paraphrases"), (2, "asides")):
-        qs = [row[i] for row in HELD_OUT_2]
-        ways = answered(memory, model, tok, dev, qs)
-        print(f"held out 2   {kind} {tally(Counter(ways), len(qs))}")
-        if args.v:
-            for q, way in zip(qs, ways):
-                if way != "gate" and (way == "taught") != (kind == "paraphrases"):
-                    print(f"  held out 2 {kind}: {q!r} answered {WAYS[way]}")
+        line = report("held out 2", memory, model, tok, dev, {kind: [row[i] for row in HELD_OUT_2]},
+                      lambda kind, way: way != "gate" and (way == "taught") != (kind == "paraphrases"), args.v)
+        print(f"held out 2   {line}")
     same = sum(gate.asks_the_same(p, t) for t, p, _ in HELD_OUT)
     other = sum(not gate.asks_the_same(a, t) for t, _, a in HELD_OUT)
     print(f"held out     paraphrases answered as taught {same} of {len(HELD_OUT)}; "
