@@ -23,6 +23,8 @@ folder is written (tests replace it to fail or pause there).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import threading
@@ -40,9 +42,10 @@ from .config import Config, Home
 from .evaluator import (ADAPTER_ANCHORS, AnchorSet, evaluate, forgetting_loss, holds, prepare_anchor_set, verdict,
                         verdict_reasons)
 from .examples import about_others, answer_of, content_hash, expand, expand_with_sources, to_chat
+from .files import write_atomic
 from .inference import Cancelled, all_cores, greedy_answers
 from .model import cache_root
-from .nullspace import NullSpace
+from .nullspace import Inputs, NullSpace
 from .store import CheckpointRow, ParentMoved, Store, utcnow
 from .tokens import IGNORE, Encoded, encode
 from .trainer import Interrupted, TrainCallback, TrainResult, train
@@ -52,6 +55,21 @@ log = logging.getLogger("memz.learner")
 TRAINING_CURVE_ANCHORS = 8  # anchors sampled for the during-training forgetting curve (a few seconds each)
 REPLAY_POOL = 10            # replay draws from at most this many times training.replay earlier examples
 GENERAL_ANSWER_TOKENS = 16  # training.general trains the first this many tokens of each general answer
+HELD_INPUTS_BYTES = 2 << 30  # training.null_space: the anchors' input sums are held across batches up to this size
+INPUTS_FORMAT = 1  # bump when what the cached input sums hold changes
+
+
+@dataclass
+class _NullCache:
+    """training.null_space, kept from batch to batch while the anchors and the
+    LoRA-wrapped modules stay the same: the anchors' input sums (None until
+    gathered, or when too big to hold) and the null space of the anchors alone by
+    `keep`."""
+    anchors: AnchorSet
+    modules: frozenset
+    inputs: Inputs | None = None
+    too_big: bool = False
+    spaces: dict[float, NullSpace] = field(default_factory=dict)
 
 
 @dataclass
@@ -325,9 +343,10 @@ class Learner:
 
     def _constraint(self, anchor_set: AnchorSet | None, parent: bool, hooks: Hooks, examples: list[dict]):
         """training.null_space: the projection that keeps this batch's change to the
-        adapter out of what general text uses (memzd.nullspace): the anchors, measured
+        adapter out of what general text uses (memzd.nullspace): the anchors, gathered
         once, and with training.null_space_names the batch's questions asked about
-        well-known names (examples.about_others), measured with them for each batch."""
+        well-known names (examples.about_others), gathered for each batch and added
+        to them."""
         keep, a = self.config.training.null_space, self.adapters
         if not keep or anchor_set is None:
             return None
@@ -339,24 +358,60 @@ class Learner:
         asking = [gate.question_text(q) for q in self._questions(examples) if q and q[-1]["role"] == "user"]
         others = about_others(asking, self.config.training.null_space_names)
         modules = frozenset(n for n, m in a.model.named_modules() if lora.TRAIN in getattr(m, "lora_A", {}))
-        cached = self._null_cache
-        if others or cached is None or cached[0] is not anchor_set or cached[1] != (keep, modules):
-            hooks.activity("measuring the null space of general text (training.null_space)"
-                           + (f" and of {len(others)} of this batch's questions asked about well-known names" if others
-                              else ", once"))
-            t0 = time.perf_counter()
-            asked = self._about_others(others, hooks) if others else []
-            with all_cores():  # requests are answered while it measures, and a stop is not kept waiting
-                null = NullSpace.measure(a.model, texts + asked, keep, a.device, a.tokenizer.pad_token_id,
-                                         hooks.pause)
-            log.info("training.null_space %.3g: measured on %d general texts%s in %.1fs; LoRA A may use %d-%d "
-                     "input dimensions", keep, len(texts), f" and {len(asked)} taught questions about well-known "
-                     "names" if asked else "", time.perf_counter() - t0,
-                     min(null.kept.values()), max(null.kept.values()))
-            if not others:  # the anchors' alone is the same for every batch
-                self._null_cache = (anchor_set, (keep, modules), null)
-            return null.bind(a.model, lora.TRAIN, parent)
-        return cached[2].bind(a.model, lora.TRAIN, parent)
+        held = self._null_cache
+        if held is None or held.anchors is not anchor_set or held.modules != modules:
+            held = self._null_cache = _NullCache(anchor_set, modules)
+        if not others and keep in held.spaces:
+            return held.spaces[keep].bind(a.model, lora.TRAIN, parent)
+        hooks.activity("measuring the null space of general text (training.null_space)"
+                       + (f" and of {len(others)} of this batch's questions asked about well-known names" if others
+                          else ""))
+        t0 = time.perf_counter()
+        asked = self._about_others(others, hooks) if others else []
+        with all_cores():  # requests are answered while it measures, and a stop is not kept waiting
+            def gather(encoded: list[Encoded], onto: Inputs | None = None) -> Inputs:
+                return Inputs.gather(a.model, encoded, a.device, a.tokenizer.pad_token_id, hooks.pause, onto)
+
+            if held.inputs is None and not held.too_big:
+                inputs = self._general_inputs(texts, modules, gather)
+                if inputs.nbytes <= HELD_INPUTS_BYTES:
+                    held.inputs = inputs.copy() if asked else inputs
+                else:  # a large base's (~11 GB for a 7B): gathered again for every batch instead
+                    held.too_big = True
+            elif held.too_big:
+                inputs = gather(texts)
+            else:
+                inputs = held.inputs.copy() if asked else held.inputs
+            if asked:
+                gather(asked, onto=inputs)
+            null = inputs.null_space(keep, a.device)
+        log.info("training.null_space %.3g: measured on %d general texts%s in %.1fs; LoRA A may use %d-%d "
+                 "input dimensions", keep, len(texts), f" and {len(asked)} taught questions about well-known "
+                 "names" if asked else "", time.perf_counter() - t0, min(null.kept.values()), max(null.kept.values()))
+        if not asked:  # the anchors' alone is the same for every batch
+            held.spaces[keep] = null
+        return null.bind(a.model, lora.TRAIN, parent)
+
+    def _general_inputs(self, texts: list[Encoded], modules: frozenset, gather) -> Inputs:
+        """The general texts' input sums (memzd.nullspace.Inputs): cached for the machine
+        (model.cache_root) while they are small enough to hold (HELD_INPUTS_BYTES;
+        ~200 MB for the bundled model), as the anchors' answers are; else gathered."""
+        a = self.adapters
+        key = hashlib.sha256(json.dumps([INPUTS_FORMAT, self.anchors.base_name, a.device.type, sorted(modules),
+                                         [e.input_ids for e in texts]]).encode()).hexdigest()[:16]
+        path = cache_root() / "nullspace" / f"inputs-{key}.safetensors"
+        cached = Inputs.read(path)
+        if cached is not None:
+            log.info("training.null_space: the general texts' input sums read from %s", path)
+            return cached
+        inputs = gather(texts)
+        if inputs.nbytes <= HELD_INPUTS_BYTES:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, inputs.to_bytes())
+            except OSError as e:  # a cache: the next daemon gathers them again
+                log.warning("training.null_space: could not cache the general texts' input sums in %s: %s", path, e)
+        return inputs
 
     def _about_others(self, questions: list[str], hooks: Hooks) -> list[Encoded]:
         """The questions with the base model's own answers, encoded as general text."""

@@ -27,9 +27,12 @@ of the used and the unused directions, in_features × min(k, in_features - k).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from . import lora
 from .tokens import Encoded, causal_lm
@@ -57,28 +60,50 @@ class Subspace:
         return x - inside if self.used else inside
 
 
-class NullSpace:
-    """For each LoRA-wrapped module (by name), the input directions general text
-    leaves nearly unused."""
+class Inputs:
+    """What some texts put into each LoRA-wrapped module: for each distinct input
+    the sum of its x·xᵀ over every token (fp32, in host memory), and which modules
+    read the same input (q, k and v read one tensor, as do gate and up). Sums of
+    two sets of texts add up, so the anchors' can be gathered once and a batch's
+    own questions added to them."""
 
-    def __init__(self, spaces: dict[str, Subspace]):
-        self.spaces = spaces
+    def __init__(self, sums: dict[str, torch.Tensor], shares: dict[str, str]):
+        self.sums, self.shares = sums, shares
 
     @property
-    def kept(self) -> dict[str, int]:
-        """module -> input dimensions A may still use."""
-        return {name: space.free for name, space in self.spaces.items()}
+    def nbytes(self) -> int:
+        return sum(s.numel() * s.element_size() for s in self.sums.values())
+
+    def copy(self) -> "Inputs":
+        return Inputs({n: s.clone() for n, s in self.sums.items()}, dict(self.shares))
+
+    def to_bytes(self) -> bytes:
+        """As a safetensors file (the sums, and which modules share them in its metadata)."""
+        from safetensors.torch import save
+
+        return save({n: s.contiguous() for n, s in self.sums.items()}, metadata={"shares": json.dumps(self.shares)})
+
+    @classmethod
+    def read(cls, path: Path) -> "Inputs | None":
+        """What to_bytes wrote to `path`; None where it is missing or unreadable."""
+        try:
+            with safe_open(str(path), "pt") as f:
+                shares = json.loads((f.metadata() or {})["shares"])
+                sums = {k: f.get_tensor(k) for k in f.keys()}
+        except (OSError, SafetensorError, KeyError, ValueError):
+            return None
+        return cls(sums, shares) if set(shares.values()) == set(sums) else None
 
     @classmethod
     @torch.no_grad()
-    def measure(cls, model, texts: list[Encoded], keep: float, device: torch.device, pad_id: int,
-                between: Callable[[], None] | None = None) -> "NullSpace":
-        """Run the base model (no adapter) over `texts`; `keep` (0 < keep < 1) is
-        the share of each input's energy that A must stay out of. `between` runs
-        between two passes, outside them (the daemon answers requests there)."""
+    def gather(cls, model, texts: list[Encoded], device: torch.device, pad_id: int,
+               between: Callable[[], None] | None = None, onto: "Inputs | None" = None) -> "Inputs":
+        """Run the base model (no adapter) over `texts`, summing each LoRA input's
+        x·xᵀ (`onto`: into those sums, in place). `between` runs between two
+        passes, outside them (the daemon answers requests there)."""
         modules = {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")}
-        sums: dict[str, torch.Tensor] = {}
-        shares: dict[str, str] = {}  # module -> the module whose input it shares (q, k, v read one tensor)
+        sums: dict[str, torch.Tensor] = onto.sums if onto is not None else {}
+        shares: dict[str, str] = onto.shares if onto is not None else {}  # module -> the module whose input it shares
         seen: dict = {"x": None, "name": None, "mask": None}  # mask None: not measuring (another forward)
 
         def grab(name):
@@ -94,7 +119,10 @@ class NullSpace:
                 rows = x.reshape(-1, x.shape[-1])[seen["mask"]].float()
                 with torch.autocast(rows.device.type, enabled=False):  # the sums in fp32, whatever the layers ran in
                     # ...and in host memory: a 7B's sums (~11 GB) would not fit beside it on the GPU
-                    sums[name] = sums.get(name, 0) + (rows.T @ rows).cpu()
+                    if name in sums:
+                        sums[name] += (rows.T @ rows).cpu()
+                    else:
+                        sums[name] = (rows.T @ rows).cpu()
             return hook
 
         decoder = causal_lm(model).model  # the layers without the LM head: only their inputs are wanted
@@ -120,13 +148,15 @@ class NullSpace:
         finally:
             for h in hooks:
                 h.remove()
+        return onto if onto is not None else cls(sums, shares)
+
+    def null_space(self, keep: float, device: torch.device) -> "NullSpace":
+        """`keep` (0 < keep < 1): the share of each input's energy that A must stay
+        out of. The sums are left as they are."""
         spaces: dict[str, Subspace] = {}
-        for name in modules:
-            owner = shares.get(name)
-            if owner is None:
-                continue  # never reached (a layer the texts did not run through)
+        for name, owner in self.shares.items():
             if owner not in spaces:
-                values, vectors = torch.linalg.eigh(sums.pop(owner).to(device))  # ascending, one on the device at a time
+                values, vectors = torch.linalg.eigh(self.sums[owner].to(device))  # ascending, one on the device at a time
                 values, vectors = values.clamp(min=0).flip(0), vectors.flip(1)
                 energy = values.cumsum(0) / values.sum().clamp(min=1e-30)
                 n_used = min(int((energy < keep).sum().item()) + 1, len(values))  # the top ones holding `keep`
@@ -134,7 +164,26 @@ class NullSpace:
                 basis = vectors[:, :n_used] if used else vectors[:, n_used:]
                 spaces[owner] = Subspace(basis.contiguous(), used)
             spaces[name] = spaces[owner]
-        return cls(spaces)
+        return NullSpace(spaces)
+
+
+class NullSpace:
+    """For each LoRA-wrapped module (by name), the input directions general text
+    leaves nearly unused."""
+
+    def __init__(self, spaces: dict[str, Subspace]):
+        self.spaces = spaces
+
+    @property
+    def kept(self) -> dict[str, int]:
+        """module -> input dimensions A may still use."""
+        return {name: space.free for name, space in self.spaces.items()}
+
+    @classmethod
+    def measure(cls, model, texts: list[Encoded], keep: float, device: torch.device, pad_id: int,
+                between: Callable[[], None] | None = None) -> "NullSpace":
+        """Inputs.gather(...).null_space(keep): the null space of `texts` in one go."""
+        return Inputs.gather(model, texts, device, pad_id, between).null_space(keep, device)
 
     def bind(self, model, adapter: str, parent: bool) -> "Projection":
         """The projection of `adapter`'s A matrices as they are now (`parent`: they

@@ -15,7 +15,7 @@ from memzd.config import Config, LoraConfig, build
 from memzd.errors import ConfigError
 from memzd.examples import MAX_OTHERS, about_others
 from memzd.model import load_base
-from memzd.nullspace import NullSpace
+from memzd.nullspace import Inputs, NullSpace
 from memzd.store import Store
 from memzd.tokens import encode
 
@@ -39,11 +39,12 @@ def _taught_checkpoint(home, **training):
     return store.checkpoints()[0]
 
 
-def test_the_adapter_alone_drifts_less_on_general_prompts_and_still_learns(home, caplog):
+def test_the_adapter_alone_drifts_less_on_general_prompts_and_still_learns(home, caplog, tmp_path):
     caplog.set_level("INFO", logger="memz")
     (home / "anchors" / "a.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in GENERAL))
-    other = home.parent / "other"
+    other, third = home.parent / "other", home.parent / "third"
     shutil.copytree(home, other)
+    shutil.copytree(home, third)
     plain = _taught_checkpoint(home)
     null = _taught_checkpoint(other, null_space=0.9)
     assert plain.metrics["recall"] == 1.0 and null.metrics["recall"] == 1.0
@@ -53,6 +54,12 @@ def test_the_adapter_alone_drifts_less_on_general_prompts_and_still_learns(home,
     # ...and on the two taught questions, each asked about 4 well-known names
     assert "training.null_space 0.9: measured on 12 general texts and 8 taught questions about well-known" in (
         caplog.text)
+    # the general texts' sums are cached for the machine: another home on the same base reads them
+    (cached,) = (tmp_path / "cache" / "nullspace").glob("inputs-*.safetensors")
+    assert "input sums read from" not in caplog.text
+    again = _taught_checkpoint(third, null_space=0.9)
+    assert f"the general texts' input sums read from {cached}" in caplog.text
+    assert again.metrics["adapter_anchor_ce_delta"] == pytest.approx(null.metrics["adapter_anchor_ce_delta"], abs=1e-3)
 
 
 @pytest.mark.parametrize("question,asked", [
@@ -122,3 +129,25 @@ def test_the_setting_is_checked():
         build(Config, {"training": {"null_space_names": 13}})
     with pytest.raises(ConfigError, match="training.null_space.*anchor_provider"):
         build(Config, {"training": {"null_space": 0.99}, "evaluation": {"anchor_provider": "none"}})
+
+
+def test_sums_gathered_apart_add_up_to_those_gathered_together(tiny_model_dir):
+    """The daemon gathers the anchors' sums once and adds each batch's own questions
+    to a copy of them: the null space is the one measured on all the texts at once."""
+    base = load_base(str(tiny_model_dir))
+    model = lora.wrap(base.model, LoraConfig(layers="all"))
+    texts = [encode({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "Sure."}]},
+                    base.tokenizer, 64) for p in GENERAL]
+    general, asked = texts[:14], texts[14:]
+    gather = lambda encoded, onto=None: Inputs.gather(model, encoded, base.device,  # noqa: E731
+                                                      base.tokenizer.pad_token_id, onto=onto)
+    held = gather(general)
+    before = {n: s.clone() for n, s in held.sums.items()}
+    both = gather(asked, onto=held.copy())
+    assert all(torch.equal(held.sums[n], before[n]) for n in before)  # what is held is left as it was
+    together = NullSpace.measure(model, texts, 0.9, base.device, base.tokenizer.pad_token_id)
+    apart = both.null_space(0.9, base.device)
+    assert apart.kept == together.kept
+    for n, space in together.spaces.items():
+        assert (projector(apart.spaces[n]) - projector(space)).abs().max() < 1e-3  # summed in another order
+    assert apart.kept != held.null_space(0.9, base.device).kept  # the batch's own texts count
