@@ -13,7 +13,9 @@ categories without asides: taught questions and paraphrases. Then every pair of 
 taught question (one that may be a cue) and a paraphrase of it in bench/data, whether
 or not the gate pairs them; 18 triples written after `gate.asks_the_same` was built,
 which it never saw: (taught question, paraphrase, aside); and 12 more written after
-`resolve` sent asides to the base model, each taught question keyed alone.
+`resolve` sent asides to the base model, each taught question keyed alone; and 14
+more, taught as users write them (notes, chat turns, Q&A), written before the second
+widening of the kinds.
 
 Usage: python bench/research/asks_study.py [-v]
 """
@@ -75,6 +77,44 @@ HELD_OUT_2 = [
     ("How far is my office from home?", "What is the distance from my home to the office?",
      "Which floor is my office on?"),
     ("What sport does my daughter Mina play?", "Which sport is Mina on a team for?", "What position does Mina play?"),
+]
+# Written on 2026-12-03 before the kinds of answer were widened a second time (a
+# colour, a sort of thing, an organisation, what a thing makes or sells, where from and
+# where to), and not looked at while they were: taught as a user writes them (a note, a
+# chat turn, a Q&A pair), each with a paraphrase and an aside.
+
+
+def _said(text: str) -> dict:
+    return {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "Noted."}]}
+
+
+HELD_OUT_3 = [
+    ({"text": "The Hallam night train leaves from Corbridge station at 23:10."},
+     "Which station does the Hallam night train depart from?", "Where does the Hallam night train go to?"),
+    (_said("My wife works for Dalsgaard Shipping these days."), "Which company does my wife work for?",
+     "What time does my wife finish work?"),
+    ({"text": "The Brackwater mill on the river Ouse makes paper."}, "What is produced at the Brackwater mill?",
+     "Who owns the Brackwater mill?"),
+    ({"input": "What is my cat called?", "output": "My cat is called Pumpkin."}, "What's my cat's name?",
+     "What breed is my cat?"),
+    ({"text": "My front door is painted dark green."}, "What colour is my front door?", "Who painted my front door?"),
+    ({"input": "Who coaches the Dunmore hockey team?", "output": "Mara Lindqvist coaches the Dunmore hockey team."},
+     "Who is the coach of the Dunmore hockey team?", "What colour are the Dunmore hockey team's shirts?"),
+    (_said("I always fly with Nordair when I visit my parents."), "Which airline do I fly with to visit my parents?",
+     "Where do my parents live?"),
+    ({"input": "What car do I drive?", "output": "You drive a grey Volvo estate."}, "Which car is mine?",
+     "Which garage services my car?"),
+    ({"text": "For my back pain I take ibuprofen twice a day."}, "Which medicine do I take for my back?",
+     "Who treats my back pain?"),
+    ({"input": "Which band is my brother in?", "output": "Your brother plays in the Velvet Anchors."},
+     "What band does my brother play in?", "What instrument does my brother play?"),
+    ({"text": "The Farrow market opens at 7 on Saturdays."}, "What time does the Farrow market open?",
+     "What does the Farrow market sell?"),
+    ({"input": "What is my daughter's school called?", "output": "Your daughter goes to Linden Hill School."},
+     "Which school does my daughter attend?", "Who is my daughter's best friend?"),
+    ({"text": "My neighbour Jonas is a locksmith."}, "What does my neighbour Jonas do for a living?",
+     "Where did my neighbour Jonas grow up?"),
+    (_said("My favourite flower is the peony."), "Which flower do I like best?", "What colour is my favourite flower?"),
 ]
 WAYS = {"taught": "as taught", "asked": "as asked by the adapter", "base": "by the base model (nothing taught fits)",
         "gate": "by the base model (the gate)"}
@@ -149,6 +189,13 @@ def main():
         line = report("held out 2", memory, model, tok, dev, {kind: [row[i] for row in HELD_OUT_2]},
                       lambda kind, way: way != "gate" and (way == "taught") != (kind == "paraphrases"), args.v)
         print(f"held out 2   {line}")
+    rows = [{"teach": [e], "paraphrases": [p], "asides": [a]} for e, p, a in HELD_OUT_3]
+    keys, sources = taught_keys(rows)
+    memory = empty.extend(model, tok, keys, dev, sources=sources)
+    for kind in ("paraphrases", "asides"):
+        line = report("held out 3", memory, model, tok, dev, {kind: [r[kind][0] for r in rows]},
+                      lambda kind, way: way != "gate" and (way == "taught") != (kind == "paraphrases"), args.v)
+        print(f"held out 3   {line}")
     same = sum(gate.asks_the_same(p, t) for t, p, _ in HELD_OUT)
     other = sum(not gate.asks_the_same(a, t) for t, _, a in HELD_OUT)
     print(f"held out     paraphrases answered as taught {same} of {len(HELD_OUT)}; "
