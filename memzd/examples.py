@@ -242,7 +242,7 @@ _OPENERS = _PLACE | _DETERMINERS | _PERSON.keys() | {"on", "by", "with", "for", 
                                                       "before", "until", "during", "then", "yes", "no", "it", "she",
                                                       "he", "they", "we", "there", "here", "now", "today"}
 _SENTENCE = re.compile(r"(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bSt\.)(?<!\bMrs\.)(?<=[.!;?])\s+|\n+")
-_TOKEN = re.compile(r"(?:Dr|Mr|Ms|Mrs|St)\.|\+?[A-Za-z0-9][\w'’:\-]*|[^\sA-Za-z0-9]")  # "+44": a number
+_TOKEN = re.compile(r"(?:Dr|Mr|Ms|Mrs|St)\.|\d+(?:\.\d+)+|\+?[A-Za-z0-9][\w'’:\-]*|[^\sA-Za-z0-9]")  # "+44": a number
 # "I've lived in Kyoto since 2019, and I'm learning Japanese": two facts, asked apart; so are
 # "I switched dentists: my dentist is Dr. Haverkamp." (not "Wifi: heron42", a clause too short).
 _CLAUSE = re.compile(r",\s+(?:and|but|so)\s+|[;:]\s+")
@@ -258,6 +258,15 @@ _PREAMBLE = re.compile(r"^(?:(?:update|correction|change|note|fyi|edit|ps|sorry|
 # dog Biscuit.", "And my sister lives in Lisbon.", "By the way, my dentist is Dr. Okonkwo."
 _OPENING = re.compile(r"^(?:(?:thanks|thank you|yes|yeah|by the way|hi|hey|hello)\s*[,!]\s+|(?:and|but)\s+)+", re.I)
 _NUMBER = re.compile(r"\d")
+_AT_TIME = {"at", "until", "till"}
+_HOUR = re.compile(r"^\d{1,2}(?:[:.]\d\d)?$")  # "at 7", "until 5.30"
+_PLACE_NOUNS = {"station", "street", "road", "airport", "square", "park", "harbour", "harbor", "bridge", "avenue",
+                "lane", "market", "church", "hall", "port", "terminal"}
+_ON_PLACE = {"Street", "St", "Road", "Rd", "Avenue", "Lane", "Square", "Island", "Boulevard", "Drive", "Hill", "Row",
+             "Terrace", "Crescent", "Quay", "Wharf"}  # "on Pellington Street": a place
+_COLOURS = {"red", "green", "blue", "yellow", "black", "white", "grey", "gray", "brown", "orange", "purple", "pink",
+            "violet", "silver", "gold", "golden", "beige", "turquoise", "maroon", "navy", "crimson", "teal"}
+_SHADES = {"dark", "light", "pale", "bright", "deep", "pastel"}
 MAX_STATEMENT_CHARS = 300  # longer sentences are taught as they are, with no questions about them
 MAX_QUESTIONS = 3          # questions written per statement
 MAX_WRITTEN = 16           # ...and per example: a long note costs training time, not all of it
@@ -342,15 +351,16 @@ def _spans(tokens: list[str]) -> list[tuple[int, int]]:
             i = j
         else:
             i += 1
-    if not spans:  # "my favourite colour is green": the words after the last is/are/named
-        links = [k for k, t in enumerate(tokens) if t.lower() in ("is", "are", "was", "named", "called")]
-        if links and links[-1] + 1 < len(tokens):
-            end = len(tokens)
-            while end > links[-1] + 1 and not tokens[end - 1][0].isalnum():
-                end -= 1
-            start = links[-1] + 1 + (tokens[links[-1] + 1].lower() in _PLACE)  # "is under the mat": where?
-            if start < end:
-                spans.append((start, end))
+    links = [k for k, t in enumerate(tokens) if t.lower() in ("is", "are", "was", "named", "called")]
+    if links and links[-1] + 1 < len(tokens) and (
+            not spans  # "my favourite colour is green": the words after the last is/are/named
+            or (links[-1] >= spans[-1][1] and tokens[links[-1] + 1][0].islower())):  # past the subject's
+        end = len(tokens)                                   # name: "My neighbour Jonas is a locksmith"
+        while end > links[-1] + 1 and not tokens[end - 1][0].isalnum():
+            end -= 1
+        start = links[-1] + 1 + (tokens[links[-1] + 1].lower() in _PLACE)  # "is under the mat": where?
+        if start < end:
+            spans.append((start, end))
     if not spans:  # "I'm allergic to walnuts": the last words after a preposition, up to 3
         end = len(tokens)
         while end and not tokens[end - 1][0].isalnum():
@@ -415,11 +425,22 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
                 before = before[:-1]
         elif key[0].islower() and not _NUMBER.search(key):  # a plain value: "allergic to what?"
             wh = "what"  # ...or a place: "the spare key is under the blue flowerpot" -> "is where?"
+            lead = key.split()
+            if lead[-1].lower() in _COLOURS and "colour" not in (w.lower() for w in before):  # "painted dark
+                lead = lead[:-1]                                                  # green": "painted what colour?"
+                while lead and lead[-1].lower() in _SHADES:
+                    lead = lead[:-1]
+                wh, before = "what colour", before + lead
             if before[-1:] and before[-1].lower() in _PLACE - {"to", "from", "into"} and \
                     key.split()[0].lower() in _DETERMINERS:
                 wh, before = "where", before[:-1]
-        elif before and before[-1].lower() in _PLACE:
-            wh, before = "where", before[:-1]
+        elif before and before[-1].lower() in _AT_TIME and _HOUR.match(key):  # "opens at 7": when?
+            wh, before = "when", before[:-1]
+        elif before and (before[-1].lower() in _PLACE or (before[-1].lower() == "on" and key.split()[-1] in _ON_PLACE)):
+            # "sails from Saltmere": from where (whence is not whither); "is on Pellington Street": where
+            wh, before = ("from where", before[:-1]) if before[-1].lower() == "from" else ("where", before[:-1])
+            if after and after[0].lower() in _PLACE_NOUNS:  # "from Corbridge station": from where?
+                after = after[1:]
         elif _NUMBER.search(key) and not before[-1:] in (["is"], ["are"], ["was"]):
             wh = "how many" if key.replace(",", "").isdigit() else "what"
         else:  # a name: the thing, not the words that describe it ("I drive an old blue Fiat.": "I drive what?")

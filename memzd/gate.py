@@ -330,6 +330,9 @@ NUMBER = "number"
 _HOW_ASKS = re.compile(r"\bhow (?:many|much|old|long|far|big|large|tall|high|fast|heavy|deep|wide|often)\b")
 _WH = [(re.compile(r"\bwhere\b"), "place"), (re.compile(r"\bwhen\b"), "time"),
        (re.compile(r"\bwho(?:m|se)?\b"), "person")]
+# ...but not one that opens a clause within the question ("I fly with what when I visit
+# my parents?" asks a what)
+_CLAUSE_AFTER = re.compile(r"\s+(?:i|you|he|she|we|they|it|my|your|his|her|our|their)\b")
 _KIND_OF_NOUN = {
     **{w: "place" for w in ("city town country place street road port hall address village company birthplace "
                             "hometown station airport room office building venue location capital school "
@@ -343,6 +346,9 @@ _KIND_OF_NOUN = {
     **{w: "invention" for w in "invention device gadget machine".split()},
     **{w: "code" for w in "code plate registration".split()},
     **{w: "remedy" for w in "remedy potion cure medicine treatment".split()},
+    # what sort of thing it is ("What breed is my dog?"), which its name does not tell
+    **{w: "sort" for w in "breed species variety kind sort type model brand".split()},
+    **{w: "colour" for w in "colour color shade".split()},
     "person": "person", "name": "name"}
 # "What is my flight number?" asks for a code, as "Which flight ...?" does; "the number
 # of ..." asks a count.
@@ -357,7 +363,7 @@ _PERSON_NOUN = re.compile(r"(?:ist|er|or|ian)$")
 _NOT_A_PERSON = frozenset("number river letter water paper order power color colour floor door flavor flavour error "
                           "center centre matter weather winter summer computer chapter corner mirror major minor "
                           "tower border harbor harbour monitor motor factor sector meter metre liter litre register "
-                          "answer other locker".split())
+                          "answer other locker flower shower silver copper cover filter".split())
 _A_PERSON = frozenset("poet architect captain chef nurse doctor author king queen president mayor pilot".split())
 _AUX = r"(?:is|are|was|were|do|does|did|has|have|had|can|will|would|should|am)"
 _WHAT_OR_WHICH = r"\b(?:what|which)\s+(?:(?:kind|sort|type|make|brand)\s+of\s+)?"
@@ -369,11 +375,14 @@ _ASKED_NOUN = [re.compile(_WHAT_OR_WHICH + r"(?:(?!" + _AUX + r"\b)[a-z]+\s+){0,
                re.compile(r"\bthe (?:[a-z]+ )?([a-z]+) of\b")]  # "Tell me the completion year of ..."
 _NOT_A_NOUN = frozenset("is are was were do does did am has have had will can could should would i my the a an "
                         "your our his her their it its this that these those you we they me to in on at of for "
-                        "with from by up off".split())
+                        "with from by up off what which who whom whose where when why how".split())
 _NAMING = re.compile(r"\b(?:name|named|called|call)\b")
 _CAPITALISED = re.compile(r"(?<=\W)[A-Z][\w\-]*")  # a word capitalised past the first: a name
 _DEED = re.compile(r"\bwhat (?:do|does|did)\b.*\bdo\b")  # "What does my sister do for a living?"
-_COUNTED = frozenset({"time", NUMBER})  # never what a bare "what" asks
+# "What does the bakery sell?": the thing some verb acts on (not a place, a time or a person)
+_THING = re.compile(r"\bwhat (?:do|does|did)\b.*\b(?!mean\b|cost\b|weigh\b|like\b)[a-z]+\W*$")
+_COUNTED = frozenset({"time", NUMBER, "colour"})  # never what a bare "what" asks
+_NOT_A_THING = frozenset({"place", "time", "person", NUMBER, "deed", "colour"})
 
 
 def _kind_of(noun: str) -> str | None:
@@ -397,7 +406,7 @@ def asks_for(question: str, other: str) -> str | None:
     if _HOW_ASKS.search(t):
         return NUMBER
     for wh, kind in _WH:
-        if wh.search(t):
+        if any(m.start() == 0 or not _CLAUSE_AFTER.match(t, m.end()) for m in wh.finditer(t)):
             return kind
     named = {w.lower() for w in _CAPITALISED.findall(question)}  # names say nothing of what is asked
     nouns = [m.group(1) for p in _ASKED_NOUN for m in [p.search(t)]
@@ -411,7 +420,7 @@ def asks_for(question: str, other: str) -> str | None:
         return None if root(noun) in {root(w.lower()) for w in _words(other)} else root(noun)
     if _NAMING.search(t):
         return "name"
-    return "deed" if _DEED.search(t) else None
+    return "deed" if _DEED.search(t) else "thing" if _THING.search(t) else None
 
 
 def asks_the_same(query: str, cue: str, certain: bool = False) -> bool:
@@ -419,12 +428,27 @@ def asks_the_same(query: str, cue: str, certain: bool = False) -> bool:
     a person's or a place's; one that does not say asks for anything but a time or a
     number (`certain`: both must say)."""
     a, b = asks_for(query, cue), asks_for(cue, query)
-    return _same_kind(a, b) and not (certain and None in (a, b))
+    return _same_kind(a, b) and not (certain and None in (a, b)) and not _whence_and_whither(a, b, query, cue)
+
+
+# Where something goes is not where it comes from: "Where does the ferry sail to?" is not
+# "The ferry sails from where?" (a place asked with neither says nothing of which).
+_FROM = re.compile(r"\bfrom\b")
+_TO = re.compile(r"\bto\W*$")
+
+
+def _whence_and_whither(a: str | None, b: str | None, query: str, cue: str) -> bool:
+    if a != "place" or b != "place":
+        return False
+    ends = [("to" if _TO.search(t) else "from" if _FROM.search(t) else None) for t in (query.lower(), cue.lower())]
+    return set(ends) == {"to", "from"}
 
 
 def _same_kind(a: str | None, b: str | None) -> bool:
     if a is None or b is None:
         return (a or b) not in _COUNTED
+    if "thing" in (a, b):  # what a verb acts on may be any thing a noun names ("What did she invent?")
+        return ({a, b} - {"thing"} or {"thing"}).pop() not in _NOT_A_THING
     return a == b or {a, b} in ({"name", "person"}, {"name", "place"})
 
 
@@ -432,13 +456,13 @@ def _same_kind(a: str | None, b: str | None) -> bool:
 # other words may name otherwise): only where both questions say theirs, or one says
 # nothing and the other asks a time or a number, does a query ask something else than a
 # taught question for certain (`KeyMemory.resolve`).
-_SAID = frozenset({"place", "time", "person", "name", NUMBER, "deed", None})
+_SAID = frozenset({"place", "time", "person", "name", NUMBER, "deed", "thing", "sort", "colour", None})
 
 
 def asks_otherwise(query: str, cue: str) -> bool:
     """Does `query` ask for another kind of answer than `cue`, for certain (see _SAID)?"""
     a, b = asks_for(query, cue), asks_for(cue, query)
-    return a in _SAID and b in _SAID and not _same_kind(a, b)
+    return a in _SAID and b in _SAID and (not _same_kind(a, b) or _whence_and_whither(a, b, query, cue))
 
 
 def asked_turn(chat: list[dict]) -> int:

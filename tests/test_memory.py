@@ -106,6 +106,18 @@ def test_a_question_and_answer_pair_still_learns_only_its_answer(tokenizer):
      "Your son is in year 5 at Wexley School."),
     ("I just adopted a kitten named Mochi.", "I just adopted a kitten named what?",
      "You just adopted a kitten named Mochi."),
+    # a colour is asked as one; "at 7" is a time; where something comes from is kept
+    ("My front door is painted dark green.", "My front door is painted what colour?",
+     "Your front door is painted dark green."),
+    ("The Farrow market opens at 7 on Saturdays.", "The Farrow market opens when on Saturdays?",
+     "The Farrow market opens at 7 on Saturdays."),
+    ("The shop closes at 5.30.", "The shop closes when?", "The shop closes at 5.30."),
+    ("The Hallam night train leaves from Corbridge station at 23:10.", "The Hallam night train leaves from where?",
+     "The Hallam night train leaves from Corbridge station at 23:10."),
+    ("The Orvik bakery is on Pellington Street.", "The Orvik bakery is where?",
+     "The Orvik bakery is on Pellington Street."),
+    # a name before "is" is the subject's: what follows is asked too
+    ("My neighbour Jonas is a locksmith.", "My neighbour Jonas is what?", "Your neighbour Jonas is a locksmith."),
 ])
 def test_questions_are_written_about_a_statement(statement, question, answer):
     assert (question, answer) in [(q, a) for q, a, _ in ex.questions_about(statement)]
