@@ -18,11 +18,14 @@ constraint keeps its weights, and only what this batch changes is
 constrained.
 
 Cost: one pass of the base model's layers over the general texts and one
-eigh per distinct LoRA input (q, k and v share one, as do gate and up), once
-per daemon (~20 s for the bundled model on 2 CPU cores). While measuring,
-each distinct input holds an in_features² sum in host memory (~11 GB for the
-top half of a Llama-7B layout); what is kept, on the device, is the narrower
-of the used and the unused directions, in_features × min(k, in_features - k).
+eigh per distinct LoRA input (q, k and v share one, as do gate and up). The
+pass gives each distinct input an in_features² sum in host memory (`Inputs`;
+~200 MB for the bundled model, ~11 GB for the top half of a Llama-7B layout):
+sums of more texts add to them, so the learner gathers the anchors' once (~15
+s for the bundled model on 2 CPU cores), caches them for the machine where
+they are small enough, and adds each batch's own questions to a copy. What is
+kept on the device is the narrower of the used and the unused directions,
+in_features × min(k, in_features - k).
 """
 
 from __future__ import annotations
