@@ -321,8 +321,10 @@ def _same(cue: str | None, text: str) -> bool:
 
 # What a question asks for (classic question answering's expected answer type): a place,
 # a time, a person or a name, a number (a count, a size, an age), a deed ("What does my
-# sister do for a living?"), or the thing named after "what"/"which" ("What breed is my
-# dog?": a breed); None when it does not say ("My landlord is what?"). A query matched to
+# sister do for a living?"), a colour, a sort of thing ("What breed is my dog?"), a thing
+# some verb acts on ("What does the bakery sell?"), or the thing named after
+# "what"/"which" ("What instrument ...": an instrument); None when it does not say ("My
+# landlord is what?"). A query matched to
 # a taught key is answered as the taught question only where the two ask for the same
 # kind of answer: "How old is my son?" is about what "Which school does my son go to?"
 # was taught for, but does not ask it, and answered as taught it would be told the school.
@@ -452,10 +454,10 @@ def _same_kind(a: str | None, b: str | None) -> bool:
     return a == b or {a, b} in ({"name", "person"}, {"name", "place"})
 
 
-# The kinds a question says outright (not a noun such as "breed", which a question in
-# other words may name otherwise): only where both questions say theirs, or one says
-# nothing and the other asks a time or a number, does a query ask something else than a
-# taught question for certain (`KeyMemory.resolve`).
+# The kinds a question says outright (not a noun such as "instrument", which a question
+# in other words may name otherwise): only where both questions say theirs, or one says
+# nothing and the other asks a time, a number or a colour, does a query ask something
+# else than a taught question for certain (`KeyMemory.resolve`).
 _SAID = frozenset({"place", "time", "person", "name", NUMBER, "deed", "thing", "sort", "colour", None})
 
 
