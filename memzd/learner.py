@@ -56,6 +56,7 @@ TRAINING_CURVE_ANCHORS = 8  # anchors sampled for the during-training forgetting
 REPLAY_POOL = 10            # replay draws from at most this many times training.replay earlier examples
 GENERAL_ANSWER_TOKENS = 16  # training.general trains the first this many tokens of each general answer
 HELD_INPUTS_BYTES = 2 << 30  # training.null_space: the anchors' input sums are held across batches up to this size
+NAMES_ANSWER_TOKENS = 16  # training.null_space_names: the base model's answers to the questions about names
 INPUTS_FORMAT = 1  # bump when what the cached input sums hold changes
 
 
@@ -417,17 +418,18 @@ class Learner:
         """The questions with the base model's own answers, encoded as general text."""
         chats = [[{"role": "user", "content": q}] for q in questions]
         with all_cores():
-            answers = self._base_greedy(chats, hooks)
+            answers = self._base_greedy(chats, hooks, NAMES_ANSWER_TOKENS)
         return [encode({"messages": c + [{"role": "assistant", "content": ans}]}, self.adapters.tokenizer,
                        self.config.training.max_seq_len) for c, ans in zip(chats, answers) if ans]
 
-    def _base_greedy(self, chats: list[list[dict]], hooks: Hooks) -> list[str]:
-        """The base model's own greedy answers (evaluation.anchor_max_tokens), answering
-        requests between passes; a stop raises Interrupted."""
+    def _base_greedy(self, chats: list[list[dict]], hooks: Hooks, max_tokens: int | None = None) -> list[str]:
+        """The base model's own greedy answers (up to `max_tokens`, else
+        evaluation.anchor_max_tokens), answering requests between passes; a stop raises
+        Interrupted."""
         a = self.adapters
         try:
             return greedy_answers(a.model, a.tokenizer, chats, adapter=None, device=a.device,
-                                  max_tokens=self.config.evaluation.anchor_max_tokens,
+                                  max_tokens=min(max_tokens or 10**9, self.config.evaluation.anchor_max_tokens),
                                   between=hooks.between, cancelled=hooks.stop.is_set)
         except Cancelled:
             raise Interrupted() from None
