@@ -423,13 +423,13 @@ class Learner:
                        self.config.training.max_seq_len) for c, ans in zip(chats, answers) if ans]
 
     def _base_greedy(self, chats: list[list[dict]], hooks: Hooks, max_tokens: int | None = None) -> list[str]:
-        """The base model's own greedy answers (up to `max_tokens`, else
+        """The base model's own greedy answers (`max_tokens` each, else
         evaluation.anchor_max_tokens), answering requests between passes; a stop raises
         Interrupted."""
         a = self.adapters
         try:
             return greedy_answers(a.model, a.tokenizer, chats, adapter=None, device=a.device,
-                                  max_tokens=min(max_tokens or 10**9, self.config.evaluation.anchor_max_tokens),
+                                  max_tokens=max_tokens or self.config.evaluation.anchor_max_tokens,
                                   between=hooks.between, cancelled=hooks.stop.is_set)
         except Cancelled:
             raise Interrupted() from None
