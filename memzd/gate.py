@@ -383,6 +383,10 @@ _CAPITALISED = re.compile(r"(?<=\W)[A-Z][\w\-]*")  # a word capitalised past the
 _DEED = re.compile(r"\bwhat (?:do|does|did)\b.*\bdo\b")  # "What does my sister do for a living?"
 # "What does the bakery sell?": the thing some verb acts on (not a place, a time or a person)
 _THING = re.compile(r"\bwhat (?:do|does|did)\b.*\b(?!mean\b|cost\b|weigh\b|like\b)[a-z]+\W*$")
+# "Your sister what moved to Lisbon?" (a question written about "My sister Ilse moved to
+# Lisbon."): a "what" right after someone's noun asks its name
+_NAME_AFTER = re.compile(r"\b(?:my|your|his|her|our|their) (?:(" + "|".join(sorted(_BEFORE_THE_THING))
+                         + r") )?([a-z]+) what\b")
 _COUNTED = frozenset({"time", NUMBER, "colour"})  # never what a bare "what" asks
 _NOT_A_THING = frozenset({"place", "time", "person", NUMBER, "deed", "colour"})
 
@@ -410,6 +414,8 @@ def asks_for(question: str, other: str) -> str | None:
     for wh, kind in _WH:
         if any(m.start() == 0 or not _CLAUSE_AFTER.match(t, m.end()) for m in wh.finditer(t)):
             return kind
+    if (after := _NAME_AFTER.search(t)) and after.group(2) not in _NOT_A_NOUN:
+        return "name"
     named = {w.lower() for w in _CAPITALISED.findall(question)}  # names say nothing of what is asked
     nouns = [m.group(1) for p in _ASKED_NOUN for m in [p.search(t)]
              if m and m.group(1) not in _NOT_A_NOUN and m.group(1) not in named]

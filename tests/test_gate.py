@@ -279,6 +279,8 @@ def test_a_question_asked_in_other_words_names_the_taught_question_it_matched(me
     ("I always fly with what when I visit my parents?", "Which airline do I fly with to visit my parents?",
      "When do I visit my parents?"),
     ("My favourite flower is what?", "Which flower do I like best?", "What colour is my favourite flower?"),
+    # a "what" after someone's noun asks a name
+    ("Your sister what moved to Lisbon?", "What is my sister called?", "What does my sister do for work?"),
 ])
 def test_a_query_is_answered_as_taught_only_where_it_asks_for_the_same_kind_of_answer(memory, cue, same, other):
     """Answered as taught, "How old is my son?" would be told the school that "Which school
@@ -319,6 +321,10 @@ def test_a_query_about_a_taught_thing_is_answered_by_what_was_taught_that_asks_t
     assert resolve(depot, "Which material is the Tarnby depot built from?") == (depot, None)
     assert resolve(cat, "Where does Brennick sleep?") == (cat, None)  # a statement alone: as asked
     assert resolve(cat, "How old is Brennick?") == (cat, None)
+    # the questions written about "My sister Ilse moved to Lisbon.": her name and where she lives
+    ilse = keyed.extend(model, base.tokenizer, ["Your sister what moved to Lisbon?", "Your sister Ilse lives where?"],
+                        base.device, sources=["h-ilse", "h-ilse"])
+    assert ilse.resolve(3, "What does my sister Ilse do for work?") is None  # neither asks what she does
 
 
 def test_a_key_that_belongs_to_no_shard_is_refused(memory):
