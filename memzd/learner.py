@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -45,7 +46,7 @@ from .examples import about_others, answer_of, content_hash, expand, expand_with
 from .files import write_atomic
 from .inference import Cancelled, all_cores, greedy_answers
 from .model import cache_root
-from .nullspace import Inputs, NullSpace
+from .nullspace import Inputs, NullSpace, sums_bytes
 from .store import CheckpointRow, ParentMoved, Store, utcnow
 from .tokens import IGNORE, Encoded, encode
 from .trainer import Interrupted, TrainCallback, TrainResult, train
@@ -58,6 +59,7 @@ GENERAL_ANSWER_TOKENS = 16  # training.general trains the first this many tokens
 HELD_INPUTS_BYTES = 2 << 30  # training.null_space: the anchors' input sums are held across batches up to this size
 NAMES_ANSWER_TOKENS = 16  # training.null_space_names: the base model's answers to the questions about names
 INPUTS_FORMAT = 1  # bump when what the cached input sums hold changes
+NULL_SPACE_MEMORY_SHARE = 0.5  # training.null_space is skipped where its input sums would take more of the memory
 
 
 @dataclass
@@ -70,7 +72,16 @@ class _NullCache:
     modules: frozenset
     inputs: Inputs | None = None
     too_big: bool = False
+    off: bool = False  # the sums would take more than training.null_space_max_gb or the machine can spare
     spaces: dict[float, NullSpace] = field(default_factory=dict)
+
+
+def _machine_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 @dataclass
@@ -362,6 +373,19 @@ class Learner:
         held = self._null_cache
         if held is None or held.anchors is not anchor_set or held.modules != modules:
             held = self._null_cache = _NullCache(anchor_set, modules)
+            need, memory, cap = sums_bytes(a.model), _machine_memory(), self.config.training.null_space_max_gb
+            if cap and need > cap * 1e9:
+                held.off = True
+                log.warning("training.null_space is off for this base model: its input sums would take up to %.1f "
+                            "GB, more than training.null_space_max_gb (%g); raise it to keep the adapter alone's "
+                            "general answers on this base too", need / 1e9, cap)
+            elif memory and need > NULL_SPACE_MEMORY_SHARE * memory:
+                held.off = True
+                log.warning("training.null_space is off for this base model: its input sums would take up to %.1f "
+                            "GB, more than %d%% of this machine's %.1f GB of memory", need / 1e9,
+                            NULL_SPACE_MEMORY_SHARE * 100, memory / 1e9)
+        if held.off:
+            return None
         if not others and keep in held.spaces:
             return held.spaces[keep].bind(a.model, lora.TRAIN, parent)
         hooks.activity("measuring the null space of general text (training.null_space)"

@@ -63,6 +63,14 @@ class Subspace:
         return x - inside if self.used else inside
 
 
+def sums_bytes(model) -> int:
+    """At most how many bytes Inputs.gather's sums take for `model`'s LoRA-wrapped
+    modules (an in_features² fp32 sum each; modules that share an input share one,
+    which this does not count)."""
+    return sum(m.base_layer.in_features ** 2 * 4 for m in model.modules()
+               if hasattr(m, "lora_A") and hasattr(m, "base_layer") and hasattr(m.base_layer, "in_features"))
+
+
 class Inputs:
     """What some texts put into each LoRA-wrapped module: for each distinct input
     the sum of its x·xᵀ over every token (fp32, in host memory), and which modules

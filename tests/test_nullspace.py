@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from memzd import lora
+from memzd import learner, lora
 from memzd.config import Config, LoraConfig, build
 from memzd.errors import ConfigError
 from memzd.examples import MAX_OTHERS, about_others
@@ -45,7 +45,7 @@ def test_the_adapter_alone_drifts_less_on_general_prompts_and_still_learns(home,
     other, third = home.parent / "other", home.parent / "third"
     shutil.copytree(home, other)
     shutil.copytree(home, third)
-    plain = _taught_checkpoint(home)
+    plain = _taught_checkpoint(home, null_space=0)
     null = _taught_checkpoint(other, null_space=0.9)
     assert plain.metrics["recall"] == 1.0 and null.metrics["recall"] == 1.0
     # measured on the first 8 anchors, which the null space never saw
@@ -122,13 +122,30 @@ def test_a_parents_weights_are_kept_and_only_the_change_is_projected(tiny_model_
     assert fresh.weights
 
 
+def test_a_base_whose_sums_would_not_fit_in_memory_trains_without_it(home, caplog, monkeypatch):
+    caplog.set_level("INFO", logger="memz")
+    (home / "anchors" / "a.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in GENERAL))
+    capped = home.parent / "capped"
+    shutil.copytree(home, capped)
+    row = _taught_checkpoint(capped, null_space=0.9, null_space_max_gb=1e-6)  # 1 kB
+    assert row.metrics["recall"] == 1.0
+    assert "more than training.null_space_max_gb (1e-06)" in caplog.text
+    assert "training.null_space 0.9: measured on" not in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(learner, "_machine_memory", lambda: 4096)  # a machine with 4 kB
+    row = _taught_checkpoint(home, null_space=0.9)
+    assert row.metrics["recall"] == 1.0
+    assert "more than 50% of this machine's 0.0 GB of memory" in caplog.text
+    assert "training.null_space 0.9: measured on" not in caplog.text
+
+
 def test_the_setting_is_checked():
     with pytest.raises(ConfigError, match="training.null_space"):
         build(Config, {"training": {"null_space": 1.0}})
+    with pytest.raises(ConfigError, match="training.null_space_max_gb"):
+        build(Config, {"training": {"null_space_max_gb": -1}})
     with pytest.raises(ConfigError, match="training.null_space_names"):
         build(Config, {"training": {"null_space_names": 13}})
-    with pytest.raises(ConfigError, match="training.null_space.*anchor_provider"):
-        build(Config, {"training": {"null_space": 0.99}, "evaluation": {"anchor_provider": "none"}})
 
 
 def test_sums_gathered_apart_add_up_to_those_gathered_together(tiny_model_dir):
