@@ -26,7 +26,7 @@ import random
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Protocol
 
 import torch
 
@@ -38,6 +38,16 @@ from .tokens import Encoded, RowLoss, answer_loss, causal_lm, collate, pack
 
 MICRO_BATCH_TOKENS = 1024  # padded tokens per forward/backward: bounds memory and a query's wait
 ROW_TOKENS = 128  # packed rows: long enough to hold a few examples, short enough to keep attention cheap
+
+
+class Constraint(Protocol):
+    """Where the trainable weights may go (memzd.nullspace.Projection)."""
+
+    def gradients(self) -> None:
+        """Before each optimizer step: the gradients reduced to where the weights may move."""
+
+    def __call__(self) -> None:
+        """After each optimizer step: the weights put back where they may be."""
 
 
 class TrainCallback:
@@ -223,7 +233,7 @@ class Passes:
 def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
           device: torch.device, callback: TrainCallback | None = None,
           replay: list[Encoded] = (), general: list[Encoded] = (), levers: Levers = Levers(),
-          constrain: Callable[[], None] | None = None) -> TrainResult:
+          constrain: Constraint | None = None) -> TrainResult:
     """Run up to cfg.max_steps AdamW steps on the trainable parameters of `model`.
 
     Every setting comes from `cfg` (precision, stop_loss, replay per epoch);
@@ -232,9 +242,9 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
     (earlier batches, so that they are not erased) and `cfg.general` drawn
     afresh from `general` (general prompts with the base model's own answers,
     so that the adapter keeps them; they are never required to be learned,
-    only kept near where they are). `constrain`, if given, runs after every
-    optimizer step to pull the weights back where they may be (memzd.nullspace:
-    training.null_space). A step covers
+    only kept near where they are). `constrain`, if given, reduces the
+    gradients before every optimizer step and pulls the weights back where they
+    may be after it (memzd.nullspace: training.null_space). A step covers
     batch_size * grad_accum of them, and its loss is averaged over answer
     tokens. The run stops after the first epoch in which every example's loss
     was below `stop_loss` and every answer token was the model's top choice
@@ -292,6 +302,8 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
             if stop_loss and epoch_learned:
                 epoch_learned = learned(rows, stop_loss, [id(e) in to_learn for e in mb])
             result.tokens += sum(len(e.input_ids) for e in mb)
+        if constrain is not None:
+            constrain.gradients()
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # clip the global grad norm at 1.0
         optimizer.step()
         if constrain is not None:

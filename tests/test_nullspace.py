@@ -32,7 +32,9 @@ TAUGHT = [{"input": "Who is Orla?", "output": "Orla keeps a cat named Biscuit."}
 
 
 def _taught_checkpoint(home, **training):
-    write_config(home, training={"lr": 1e-2, "max_steps": 300, "stop_loss": 3.0, **training})
+    # an lr near the default: this 32-wide model leaves A few free directions, and Adam's steps along
+    # them at 1e-2 leak back into general prompts (0.78 of the plain drift instead of 0.54 at 3e-3)
+    write_config(home, training={"lr": 3e-3, "max_steps": 300, "stop_loss": 3.0, **training})
     drop(home, "facts.jsonl", TAUGHT)
     run_once(home)
     store = Store(home / "memz.db")
@@ -109,7 +111,12 @@ def test_a_parents_weights_are_kept_and_only_the_change_is_projected(tiny_model_
     with torch.no_grad():
         for w in weights.values():
             w.add_(torch.randn_like(w))
-    project()
+    for w in weights.values():  # a step's gradient is reduced to where A may move...
+        w.grad = torch.randn_like(w)
+    project.gradients()
+    for n, w in weights.items():
+        assert torch.allclose(w.grad @ projector(null.spaces[n]), w.grad, atol=1e-4)
+    project()  # ...and A is put back there after the step
     for n, w in weights.items():
         p = projector(null.spaces[n])
         change = w.detach() - parent[n]

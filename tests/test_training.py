@@ -133,6 +133,33 @@ def test_training_lowers_the_loss_and_touches_only_lora(base):
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
 
 
+def test_a_constraint_sees_each_step_s_gradients_before_the_optimizer_does(base):
+    cfg = Config()
+    model = lora.wrap(base.model, cfg.lora)
+    lora.start_training(model, cfg.lora, None)
+    cfg.training.lr, cfg.training.max_steps, cfg.training.stop_loss = 1e-2, 5, 0
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    class NothingMoves:  # lets no gradient through and never touches the weights itself
+        calls = {"gradients": 0, "after": 0}
+
+        def gradients(self):
+            self.calls["gradients"] += 1
+            for p in model.parameters():
+                if p.requires_grad:
+                    assert p.grad is not None  # this step's, not yet used
+                    p.grad.zero_()
+
+        def __call__(self):
+            self.calls["after"] += 1
+
+    enc = [tokens.encode(e, base.tokenizer, 512) for e in EXAMPLES]
+    result = train(model, enc, cfg.training, pad_id=base.tokenizer.pad_token_id, device=base.device,
+                   constrain=NothingMoves())
+    assert len(result.losses) == 5 and NothingMoves.calls == {"gradients": 5, "after": 5}
+    assert all(torch.equal(p, start[n]) for n, p in model.named_parameters() if n in start)
+
+
 def test_row_loss_flags_an_answer_token_the_model_would_not_pick(base):
     enc = [tokens.encode(e, base.tokenizer, 512) for e in EXAMPLES]
     batch = tokens.collate(enc, base.tokenizer.pad_token_id, base.device)

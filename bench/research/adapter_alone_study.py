@@ -117,6 +117,8 @@ def main() -> None:
                          "real ones (SWAP_NAMES: none that the locality questions name), with the base's answers")
     ap.add_argument("--swapped-bare", action="store_true", help="the swapped questions without answers")
     ap.add_argument("--only", choices=["mlp", "attn"], help="constrain only these LoRA modules")
+    ap.add_argument("--weights-only", dest="grad_project", action="store_false",
+                    help="project only A after each step, not its gradients before it (as before 2026-12-03)")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--seed", type=int, default=None)
@@ -170,6 +172,8 @@ def main() -> None:
         if args.only:
             null.spaces = {n: v for n, v in null.spaces.items() if (".mlp." in n) == (args.only == "mlp")}
         constrain = null.bind(model, lora.TRAIN, parent=False)
+        if not args.grad_project:  # as before: only the weights projected after each step
+            constrain.gradients = lambda: None
         print(f"null space on {len(encoded_general)} texts: A may use {min(null.kept.values())}-"
               f"{max(null.kept.values())} input dimensions ({time.perf_counter() - t0:.1f}s)")
     encoded = [encode(e, tok, cfg.training.max_seq_len) for e in expand(teach)]
@@ -208,7 +212,7 @@ def main() -> None:
     para = ask(paraphrases, "paraphrase")
     loc = ask(locality, "locality")
     held = [h for (q, _), h in zip(locality, loc) if q not in in_anchors]
-    row = {"null": args.null, "magpie": args.magpie, "only": args.only, "reference": args.reference, "general": args.general, "neighbours": args.neighbours, "swapped": args.swapped, "bare": args.swapped_bare, "seed": cfg.training.seed, "steps": len(result.losses),
+    row = {"null": args.null, "magpie": args.magpie, "only": args.only, "reference": args.reference, "general": args.general, "neighbours": args.neighbours, "swapped": args.swapped, "bare": args.swapped_bare, "grad_project": args.grad_project, "lr": cfg.training.lr, "seed": cfg.training.seed, "steps": len(result.losses),
            "train_seconds": round(result.seconds, 1), "efficacy": sum(eff) / len(eff),
            "paraphrase": sum(para) / len(para), "ungated_locality": sum(loc) / len(loc),
            "ungated_held_out": sum(held) / len(held)}
