@@ -369,8 +369,6 @@ class Learner:
             log.warning("training.null_space is set but there are no general texts to measure it on (the "
                         "anchors past the first %d, with answers): this batch trains without it", ADAPTER_ANCHORS)
             return None
-        asking = [gate.question_text(q) for q in self._questions(examples) if q and q[-1]["role"] == "user"]
-        others = about_others(asking, self.config.training.null_space_names)
         modules = frozenset(n for n, m in a.model.named_modules() if lora.TRAIN in getattr(m, "lora_A", {}))
         held = self._null_cache
         if held is None or held.anchors is not anchor_set or held.modules != modules:
@@ -388,6 +386,8 @@ class Learner:
                             NULL_SPACE_MEMORY_SHARE * 100, memory / 1e9)
         if held.off:
             return None
+        asking = [gate.question_text(q) for q in self._questions(examples) if q and q[-1]["role"] == "user"]
+        others = about_others(asking, self.config.training.null_space_names)
         if not others and keep in held.spaces:
             return held.spaces[keep].bind(a.model, lora.TRAIN, parent)
         hooks.activity("measuring the null space of general text (training.null_space)"

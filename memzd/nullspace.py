@@ -64,12 +64,17 @@ class Subspace:
         return x - inside if self.used else inside
 
 
+def _wrapped(model) -> dict[str, torch.nn.Module]:
+    """`model`'s LoRA-wrapped modules by name."""
+    return {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")}
+
+
 def sums_bytes(model) -> int:
     """At most how many bytes Inputs.gather's sums take for `model`'s LoRA-wrapped
     modules (an in_features² fp32 sum each; modules that share an input share one,
     which this does not count)."""
-    return sum(m.base_layer.in_features ** 2 * 4 for m in model.modules()
-               if hasattr(m, "lora_A") and hasattr(m, "base_layer") and hasattr(m.base_layer, "in_features"))
+    return sum(m.base_layer.in_features ** 2 * 4 for m in _wrapped(model).values()
+               if hasattr(m.base_layer, "in_features"))
 
 
 class Inputs:
@@ -113,7 +118,7 @@ class Inputs:
         """Run the base model (no adapter) over `texts`, summing each LoRA input's
         x·xᵀ (`onto`: into those sums, in place). `between` runs between two
         passes, outside them (the daemon answers requests there)."""
-        modules = {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")}
+        modules = _wrapped(model)
         sums: dict[str, torch.Tensor] = onto.sums if onto is not None else {}
         shares: dict[str, str] = onto.shares if onto is not None else {}  # module -> the module whose input it shares
         seen: dict = {"x": None, "name": None, "mask": None}  # mask None: not measuring (another forward)
