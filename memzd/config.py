@@ -98,9 +98,9 @@ class TrainingConfig:
                          "measure the adapter alone) mixed into every epoch, so that the adapter keeps them.", 0)
     null_space: float = _help("Keep what a batch changes out of the input directions holding this share of general "
                               "text's energy (the anchors with the base model's answers), so that the adapter alone "
-                              "keeps general answers (0: off, ~2.5x faster batches with the null space's "
-                              "measuring; measured at 0.999 with max_steps 80). Needs the anchors: off with "
-                              "evaluation.anchor_provider none.", 0.999)
+                              "keeps general answers (0: off, batches ~2.5x faster on 2 CPU cores; measured at 0.999 "
+                              "with max_steps 80). Needs the anchors: off with evaluation.anchor_provider none.",
+                              0.999)
     null_space_max_gb: float = _help("With null_space: a base whose input sums (an in_features² fp32 sum per "
                                      "LoRA input, in host memory; ~0.2 GB for the bundled model, ~4 GB for a "
                                      "1.7B, ~14 GB for a 7B's top half) would take more than this many GB, or "

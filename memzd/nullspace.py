@@ -227,7 +227,8 @@ class Projection:
     def gradients(self) -> None:
         """Before a step: Adam's moments then see only the directions A may move in. Left
         in, the used directions' large gradients fill its second moment and shrink the
-        steps the free ones get (the batch needed 80 steps to be learned, 36 without them)."""
+        steps the free ones get (one batch of the bench's facts needed 80 steps at keep 0.99,
+        36 with its gradients projected too)."""
         for a, _, space in self.weights:
             if a.grad is not None:
                 a.grad.copy_(space.project(a.grad))
