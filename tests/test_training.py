@@ -141,7 +141,8 @@ def test_a_constraint_sees_each_step_s_gradients_before_the_optimizer_does(base)
     start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
     class NothingMoves:  # lets no gradient through and never touches the weights itself
-        calls = {"gradients": 0, "after": 0}
+        def __init__(self):
+            self.calls = {"gradients": 0, "after": 0}
 
         def gradients(self):
             self.calls["gradients"] += 1
@@ -154,9 +155,10 @@ def test_a_constraint_sees_each_step_s_gradients_before_the_optimizer_does(base)
             self.calls["after"] += 1
 
     enc = [tokens.encode(e, base.tokenizer, 512) for e in EXAMPLES]
+    constraint = NothingMoves()
     result = train(model, enc, cfg.training, pad_id=base.tokenizer.pad_token_id, device=base.device,
-                   constrain=NothingMoves())
-    assert len(result.losses) == 5 and NothingMoves.calls == {"gradients": 5, "after": 5}
+                   constrain=constraint)
+    assert len(result.losses) == 5 and constraint.calls == {"gradients": 5, "after": 5}
     assert all(torch.equal(p, start[n]) for n, p in model.named_parameters() if n in start)
 
 
