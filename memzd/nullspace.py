@@ -44,10 +44,6 @@ from .tokens import Encoded, causal_lm
 from .trainer import autocast_for
 
 BATCH = 16  # general texts per forward pass while measuring
-# Rows of an input held on its device before their x·xᵀ is summed into host memory: a
-# generation's step gives a few rows a pass, and a GPU's sum goes to the host once for
-# many of them (2.4 MB an input of the bundled model, 576 wide; 10 MB of a 360M's 2560).
-PENDING_ROWS = 1024
 
 
 class Subspace:
@@ -162,11 +158,11 @@ class Recorder:
     """Adds to `inputs` what the model's forward passes put into each LoRA-wrapped
     module while it is entered: passes over whole texts (Inputs.gather) or those of
     a generation, so that the base model's answers to questions are measured as it
-    writes them, not read again; the sums are complete once it is left. Padding is
-    told apart by each pass's attention mask (a prompt, padded on either side) and,
-    while a generation feeds one token a row, by where each row's answer ended:
-    past a row's first token in `ends` come only pads. Whatever runs under
-    `paused(f)` is not recorded (the daemon answers requests between passes)."""
+    writes them, not read again. Padding is told apart by each pass's attention
+    mask (a prompt, padded on either side) and, while a generation feeds one token
+    a row, by where each row's answer ended: past a row's first token in `ends`
+    come only pads. Whatever runs under `paused(f)` is not recorded (the daemon
+    answers requests between passes)."""
 
     def __init__(self, model, inputs: Inputs, ends: Iterable[int] = ()):
         self.inputs, self.ends = inputs, sorted(set(ends))
@@ -176,8 +172,6 @@ class Recorder:
         self._mask: torch.Tensor | None = None  # this pass's real tokens, flat; None: not recorded
         self._done: torch.Tensor | None = None  # the rows of a generation past their answer's end
         self._x, self._name = None, None  # the input of this pass that modules read in turn
-        self._pending: dict[str, list[torch.Tensor]] = {}  # rows not yet summed, on their device
-        self._rows: dict[str, int] = {}
         self._hooks: list = []
 
     def __enter__(self) -> "Recorder":
@@ -185,14 +179,10 @@ class Recorder:
         self._hooks += [m.base_layer.register_forward_pre_hook(self._grab(n)) for n, m in self.modules.items()]
         return self
 
-    def __exit__(self, failed, *exc) -> None:
+    def __exit__(self, *exc) -> None:
         for h in self._hooks:
             h.remove()
         self._hooks = []
-        if failed is None:
-            for name in list(self._pending):
-                self._sum(name)
-        self._pending, self._rows = {}, {}
 
     def paused(self, run: Callable[[], None] | None) -> Callable[[], None] | None:
         """`run`, unrecorded."""
@@ -225,33 +215,25 @@ class Recorder:
         self._mask = mask.reshape(-1)
 
     def _grab(self, name: str):
+        sums, shares = self.inputs.sums, self.inputs.shares
+
         def hook(module, args) -> None:
             x = args[0]
             if self._mask is None:
                 return
             if x is self._x:
-                self.inputs.shares[name] = self._name
+                shares[name] = self._name
                 return
             self._x, self._name = x, name
-            self.inputs.shares[name] = name
+            shares[name] = name
             rows = x.reshape(-1, x.shape[-1])[self._mask].float()
-            self._pending.setdefault(name, []).append(rows)
-            self._rows[name] = self._rows.get(name, 0) + len(rows)
-            if self._rows[name] >= PENDING_ROWS:
-                self._sum(name)
+            with torch.autocast(rows.device.type, enabled=False):  # the sums in fp32, whatever the layers ran in
+                # ...and in host memory: a 7B's sums (~11 GB) would not fit beside it on the GPU
+                if name in sums:
+                    sums[name] += (rows.T @ rows).cpu()
+                else:
+                    sums[name] = (rows.T @ rows).cpu()
         return hook
-
-    def _sum(self, name: str) -> None:
-        rows = torch.cat(self._pending.pop(name))
-        del self._rows[name]
-        sums = self.inputs.sums
-        # in fp32, whatever the layers ran in; under inference mode, where a pass made the sums
-        with torch.autocast(rows.device.type, enabled=False), torch.inference_mode():
-            # ...and in host memory: a 7B's sums (~11 GB) would not fit beside it on the GPU
-            if name in sums:
-                sums[name] += (rows.T @ rows).cpu()
-            else:
-                sums[name] = (rows.T @ rows).cpu()
 
 
 class NullSpace:

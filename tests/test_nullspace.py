@@ -178,14 +178,12 @@ def test_sums_gathered_apart_add_up_to_those_gathered_together(tiny_model_dir):
     assert apart.kept != held.null_space(0.9, base.device).kept  # the batch's own texts count
 
 
-@pytest.mark.parametrize("pending", [nullspace.PENDING_ROWS, 8])  # summed once as it ends, or as it goes
 def test_what_the_base_model_reads_as_it_answers_is_measured_as_a_pass_over_it_would_be(tiny_model_dir,
-                                                                                          monkeypatch, pending):
+                                                                                          monkeypatch):
     """The learner measures the base model's answers to a batch's questions about
     well-known names as it writes them: the sums are those of one pass over each
     prompt and the tokens the generation fed back, without the left padding, the
     pads fed after a row's answer ended, or a request answered in between."""
-    monkeypatch.setattr(nullspace, "PENDING_ROWS", pending)
     base = load_base(str(tiny_model_dir))
     model = lora.wrap(base.model, LoraConfig(layers="all"))
     tok, pad = base.tokenizer, base.tokenizer.pad_token_id
