@@ -46,7 +46,7 @@ from .examples import about_others, answer_of, content_hash, expand, expand_with
 from .files import write_atomic
 from .inference import Cancelled, all_cores, greedy_answers
 from .model import cache_root
-from .nullspace import Inputs, NullSpace, Recorder, sums_bytes
+from .nullspace import Inputs, NullSpace, sums_bytes
 from .store import CheckpointRow, ParentMoved, Store, utcnow
 from .tokens import IGNORE, Encoded, encode
 from .trainer import Interrupted, TrainCallback, TrainResult, train
@@ -394,27 +394,28 @@ class Learner:
                        + (f" and of {len(others)} of this batch's questions asked about well-known names" if others
                           else ""))
         t0 = time.perf_counter()
+        asked = self._about_others(others, hooks) if others else []
         with all_cores():  # requests are answered while it measures, and a stop is not kept waiting
-            def gather(encoded: list[Encoded]) -> Inputs:
-                return Inputs.gather(a.model, encoded, a.device, a.tokenizer.pad_token_id, hooks.pause)
+            def gather(encoded: list[Encoded], onto: Inputs | None = None) -> Inputs:
+                return Inputs.gather(a.model, encoded, a.device, a.tokenizer.pad_token_id, hooks.pause, onto)
 
             if held.inputs is None and not held.too_big:
                 inputs = self._general_inputs(texts, modules, gather)
                 if inputs.nbytes <= HELD_INPUTS_BYTES:
-                    held.inputs = inputs.copy() if others else inputs
+                    held.inputs = inputs.copy() if asked else inputs
                 else:  # a large base's (~11 GB for a 7B): gathered again for every batch instead
                     held.too_big = True
             elif held.too_big:
                 inputs = gather(texts)
             else:
-                inputs = held.inputs.copy() if others else held.inputs
-            if others:
-                self._about_others(others, hooks, onto=inputs)
+                inputs = held.inputs.copy() if asked else held.inputs
+            if asked:
+                gather(asked, onto=inputs)
             null = inputs.null_space(keep, a.device)
         log.info("training.null_space %.3g: measured on %d general texts%s in %.1fs; LoRA A may use %d-%d "
-                 "input dimensions", keep, len(texts), f" and {len(others)} taught questions about well-known "
-                 "names" if others else "", time.perf_counter() - t0, min(null.kept.values()), max(null.kept.values()))
-        if not others:  # the anchors' alone is the same for every batch
+                 "input dimensions", keep, len(texts), f" and {len(asked)} taught questions about well-known "
+                 "names" if asked else "", time.perf_counter() - t0, min(null.kept.values()), max(null.kept.values()))
+        if not asked:  # the anchors' alone is the same for every batch
             held.spaces[keep] = null
         return null.bind(a.model, lora.TRAIN, parent)
 
@@ -439,25 +440,24 @@ class Learner:
                 log.warning("training.null_space: could not cache the general texts' input sums in %s: %s", path, e)
         return inputs
 
-    def _about_others(self, questions: list[str], hooks: Hooks, onto: Inputs) -> None:
-        """The base model answers `questions`, and what it reads and writes is added to
-        `onto` as general text as it goes (nullspace.Recorder: not read a second time)."""
+    def _about_others(self, questions: list[str], hooks: Hooks) -> list[Encoded]:
+        """The questions with the base model's own answers, encoded as general text."""
         chats = [[{"role": "user", "content": q}] for q in questions]
-        tokenizer = self.adapters.tokenizer
-        with Recorder(self.adapters.model, onto, ends={tokenizer.eos_token_id, tokenizer.pad_token_id}) as recorder:
-            self._base_greedy(chats, hooks, NAMES_ANSWER_TOKENS, NAMES_BATCH, between=recorder.paused(hooks.between))
+        with all_cores():
+            answers = self._base_greedy(chats, hooks, NAMES_ANSWER_TOKENS, NAMES_BATCH)
+        return [encode({"messages": c + [{"role": "assistant", "content": ans}]}, self.adapters.tokenizer,
+                       self.config.training.max_seq_len) for c, ans in zip(chats, answers) if ans]
 
     def _base_greedy(self, chats: list[list[dict]], hooks: Hooks, max_tokens: int | None = None,
-                     batch_size: int = 16, between: Callable[[], None] | None = None) -> list[str]:
+                     batch_size: int = 16) -> list[str]:
         """The base model's own greedy answers (`max_tokens` each, else
         evaluation.anchor_max_tokens), `batch_size` a pass, answering requests between
-        passes (`between`, else hooks.between); a stop raises Interrupted."""
+        passes; a stop raises Interrupted."""
         a = self.adapters
         try:
             return greedy_answers(a.model, a.tokenizer, chats, adapter=None, device=a.device,
                                   max_tokens=max_tokens or self.config.evaluation.anchor_max_tokens,
-                                  batch_size=batch_size, between=between or hooks.between,
-                                  cancelled=hooks.stop.is_set)
+                                  batch_size=batch_size, between=hooks.between, cancelled=hooks.stop.is_set)
         except Cancelled:
             raise Interrupted() from None
 

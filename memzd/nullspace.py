@@ -24,17 +24,16 @@ pass gives each distinct input an in_features² sum in host memory (`Inputs`;
 ~200 MB for the bundled model, ~11 GB for the top half of a Llama-7B layout):
 sums of more texts add to them, so the learner gathers the anchors' once (~15
 s for the bundled model on 2 CPU cores), caches them for the machine where
-they are small enough, and adds each batch's own questions to a copy, measured
-as the base model answers them (`Recorder`: its answers are not read a second
-time). What is kept on the device is the narrower of the used and the unused
-directions, in_features × min(k, in_features - k).
+they are small enough, and adds each batch's own questions to a copy. What is
+kept on the device is the narrower of the used and the unused directions,
+in_features × min(k, in_features - k).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -119,23 +118,54 @@ class Inputs:
         """Run the base model (no adapter) over `texts`, summing each LoRA input's
         x·xᵀ (`onto`: into those sums, in place). `between` runs between two
         passes, outside them (the daemon answers requests there)."""
-        inputs = onto if onto is not None else cls({}, {})
+        modules = _wrapped(model)
+        sums: dict[str, torch.Tensor] = onto.sums if onto is not None else {}
+        shares: dict[str, str] = onto.shares if onto is not None else {}  # module -> the module whose input it shares
+        seen: dict = {"x": None, "name": None, "mask": None}  # mask None: not measuring (another forward)
+
+        def grab(name):
+            def hook(module, args):
+                x = args[0]
+                if seen["mask"] is None:
+                    return
+                if x is seen["x"]:
+                    shares[name] = seen["name"]
+                    return
+                seen["x"], seen["name"] = x, name
+                shares[name] = name
+                rows = x.reshape(-1, x.shape[-1])[seen["mask"]].float()
+                with torch.autocast(rows.device.type, enabled=False):  # the sums in fp32, whatever the layers ran in
+                    # ...and in host memory: a 7B's sums (~11 GB) would not fit beside it on the GPU
+                    if name in sums:
+                        sums[name] += (rows.T @ rows).cpu()
+                    else:
+                        sums[name] = (rows.T @ rows).cpu()
+            return hook
+
         decoder = causal_lm(model).model  # the layers without the LM head: only their inputs are wanted
-        ordered = sorted(texts, key=lambda e: len(e.input_ids))
-        with Recorder(model, inputs) as recorder:
+        hooks = [m.base_layer.register_forward_pre_hook(grab(n)) for n, m in modules.items()]
+        try:
+            ordered = sorted(texts, key=lambda e: len(e.input_ids))
             for start in range(0, len(ordered), BATCH):
                 if start and between is not None:
-                    recorder.paused(between)()
+                    between()
                 chunk = ordered[start:start + BATCH]
                 width = max(len(e.input_ids) for e in chunk)
                 ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.bool)
                 for row, e in enumerate(chunk):
                     ids[row, :len(e.input_ids)] = torch.tensor(e.input_ids)
-                    mask[row, :len(e.input_ids)] = 1
-                with lora.using(model, None), autocast_for(device, "auto"):
-                    decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-        return inputs
+                    mask[row, :len(e.input_ids)] = True
+                seen.update(x=None, name=None, mask=mask.reshape(-1).to(device))
+                try:
+                    with lora.using(model, None), autocast_for(device, "auto"):
+                        decoder(input_ids=ids.to(device), attention_mask=mask.long().to(device), use_cache=False)
+                finally:
+                    seen.update(x=None, mask=None)
+        finally:
+            for h in hooks:
+                h.remove()
+        return onto if onto is not None else cls(sums, shares)
 
     def null_space(self, keep: float, device: torch.device) -> "NullSpace":
         """`keep` (0 < keep < 1): the share of each input's energy that A must stay
@@ -152,88 +182,6 @@ class Inputs:
                 spaces[owner] = Subspace(basis.contiguous(), used)
             spaces[name] = spaces[owner]
         return NullSpace(spaces)
-
-
-class Recorder:
-    """Adds to `inputs` what the model's forward passes put into each LoRA-wrapped
-    module while it is entered: passes over whole texts (Inputs.gather) or those of
-    a generation, so that the base model's answers to questions are measured as it
-    writes them, not read again. Padding is told apart by each pass's attention
-    mask (a prompt, padded on either side) and, while a generation feeds one token
-    a row, by where each row's answer ended: past a row's first token in `ends`
-    come only pads. Whatever runs under `paused(f)` is not recorded (the daemon
-    answers requests between passes)."""
-
-    def __init__(self, model, inputs: Inputs, ends: Iterable[int] = ()):
-        self.inputs, self.ends = inputs, sorted(set(ends))
-        self.modules = _wrapped(model)
-        self.decoder = causal_lm(model).model
-        self.recording = True
-        self._mask: torch.Tensor | None = None  # this pass's real tokens, flat; None: not recorded
-        self._done: torch.Tensor | None = None  # the rows of a generation past their answer's end
-        self._x, self._name = None, None  # the input of this pass that modules read in turn
-        self._hooks: list = []
-
-    def __enter__(self) -> "Recorder":
-        self._hooks = [self.decoder.register_forward_pre_hook(self._pass, with_kwargs=True)]
-        self._hooks += [m.base_layer.register_forward_pre_hook(self._grab(n)) for n, m in self.modules.items()]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
-
-    def paused(self, run: Callable[[], None] | None) -> Callable[[], None] | None:
-        """`run`, unrecorded."""
-        if run is None:
-            return None
-
-        def unrecorded() -> None:
-            self.recording = False
-            try:
-                run()
-            finally:
-                self.recording = True
-        return unrecorded
-
-    def _pass(self, module, args, kwargs) -> None:
-        self._x = self._name = None
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if not self.recording or ids is None:
-            self._mask = None
-            return
-        width = ids.shape[1]
-        if width > 1 or self._done is None or len(self._done) != len(ids):  # a prompt, a whole text
-            seen = kwargs.get("attention_mask")
-            mask = seen[:, -width:].bool() if seen is not None else torch.ones_like(ids, dtype=torch.bool)
-            self._done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
-        else:  # a generation's next token in each row: a row that fed an end before feeds pads
-            mask = ~self._done[:, None]
-            ended = torch.isin(ids[:, 0], torch.tensor(self.ends, dtype=ids.dtype, device=ids.device))
-            self._done = self._done | ended
-        self._mask = mask.reshape(-1)
-
-    def _grab(self, name: str):
-        sums, shares = self.inputs.sums, self.inputs.shares
-
-        def hook(module, args) -> None:
-            x = args[0]
-            if self._mask is None:
-                return
-            if x is self._x:
-                shares[name] = self._name
-                return
-            self._x, self._name = x, name
-            shares[name] = name
-            rows = x.reshape(-1, x.shape[-1])[self._mask].float()
-            with torch.autocast(rows.device.type, enabled=False):  # the sums in fp32, whatever the layers ran in
-                # ...and in host memory: a 7B's sums (~11 GB) would not fit beside it on the GPU
-                if name in sums:
-                    sums[name] += (rows.T @ rows).cpu()
-                else:
-                    sums[name] = (rows.T @ rows).cpu()
-        return hook
 
 
 class NullSpace:

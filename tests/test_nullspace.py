@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import json
 import shutil
-from contextlib import nullcontext
 
 import pytest
 import torch
 
-from memzd import learner, lora, nullspace
+from memzd import learner, lora
 from memzd.config import Config, LoraConfig, build
 from memzd.errors import ConfigError
 from memzd.examples import MAX_OTHERS, about_others
 from memzd.model import load_base
-from memzd.nullspace import Inputs, NullSpace, Recorder
+from memzd.nullspace import Inputs, NullSpace
 from memzd.store import Store
-from memzd.tokens import Encoded, encode
+from memzd.tokens import encode
 
 from conftest import drop, run_once, write_config
 
@@ -176,42 +175,3 @@ def test_sums_gathered_apart_add_up_to_those_gathered_together(tiny_model_dir):
     for n, space in together.spaces.items():
         assert (projector(apart.spaces[n]) - projector(space)).abs().max() < 1e-3  # summed in another order
     assert apart.kept != held.null_space(0.9, base.device).kept  # the batch's own texts count
-
-
-def test_what_the_base_model_reads_as_it_answers_is_measured_as_a_pass_over_it_would_be(tiny_model_dir,
-                                                                                          monkeypatch):
-    """The learner measures the base model's answers to a batch's questions about
-    well-known names as it writes them: the sums are those of one pass over each
-    prompt and the tokens the generation fed back, without the left padding, the
-    pads fed after a row's answer ended, or a request answered in between."""
-    base = load_base(str(tiny_model_dir))
-    model = lora.wrap(base.model, LoraConfig(layers="all"))
-    tok, pad = base.tokenizer, base.tokenizer.pad_token_id
-    prompts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                       tokenize=True, return_dict=True)["input_ids"] for p in GENERAL[:6]]
-    width = max(len(p) for p in prompts)
-    assert len({len(p) for p in prompts}) > 1  # padded on the left
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-
-    def generate(end: int | None) -> torch.Tensor:
-        with lora.using(model, None):
-            return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
-                                  pad_token_id=pad, eos_token_id=end)[:, width:]
-
-    end = int(generate(None)[0, 2])  # row 0 ends on its third token: the others may end too, or never
-    recorded = Inputs({}, {})
-    with Recorder(model, recorded, ends={end, pad}) as recorder:
-        made = generate(end)
-        recorder.paused(lambda: model(input_ids=torch.tensor([[5, 6, 7] * 9])))()
-    fed = []
-    for p, row in zip(prompts, made.tolist()):
-        row = row[:-1]  # the last token made is never fed back
-        stop = next((i + 1 for i, t in enumerate(row) if t == end), len(row))
-        fed.append(Encoded(p + row[:stop], [0] * (len(p) + stop)))
-    assert any(len(e.input_ids) < len(p) + 7 for e, p in zip(fed, prompts))  # an answer ended early
-    monkeypatch.setattr(nullspace, "autocast_for", lambda *_: nullcontext())  # in fp32 as the generation ran
-    read = Inputs.gather(model, fed, base.device, pad)
-    assert recorded.shares == read.shares and set(recorded.sums) == set(read.sums)
-    for n, s in read.sums.items():
-        assert torch.allclose(recorded.sums[n], s, rtol=1e-4, atol=1e-5 * s.abs().max().item()), n
