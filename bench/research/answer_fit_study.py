@@ -13,21 +13,19 @@ import os
 
 import torch
 
-from common import DATA, load_base, prompt_ids
+from common import DATA, encode_example, load_base
 
 NEUTRAL = "Tell me something."
 
 
 def answer_logprob(model, tok, question: str, answer: str) -> float:
-    prompt = prompt_ids(tok, question)
-    full = tok.apply_chat_template([{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-                                   return_tensors="pt")
-    full = (full if torch.is_tensor(full) else full["input_ids"])[0]
+    """The base model's log-likelihood of `answer`'s tokens after `question` (its end token left out)."""
+    ids, labels = encode_example(tok, question, answer)
     with torch.no_grad():
-        logits = model(full.unsqueeze(0)).logits[0]
-    per_token = torch.log_softmax(logits[:-1].float(), -1).gather(1, full[1:].unsqueeze(1))[:, 0]
-    n = len(tok(answer, add_special_tokens=False)["input_ids"])
-    return per_token[len(prompt) - 1:len(prompt) - 1 + n].sum().item()
+        logits = model(ids.unsqueeze(0)).logits[0]
+    per_token = torch.log_softmax(logits[:-1].float(), -1).gather(1, ids[1:].unsqueeze(1))[:, 0]
+    answered = (labels[1:] != -100).nonzero()[:-1, 0]
+    return per_token[answered].sum().item()
 
 
 def main() -> None:

@@ -9,9 +9,7 @@ answers that hold the words in capitals.
 import json
 import os
 
-import torch
-
-from common import DATA, load_base, prompt_ids
+from common import DATA, greedy, load_base
 
 ASKS = ["Write '{w}' in capital letters.", "Convert to uppercase: {w}", "Repeat in all caps: {w}"]
 
@@ -24,10 +22,7 @@ def main() -> None:
     for ask in ASKS:
         right = 0
         for w in words:
-            ids = prompt_ids(tok, ask.format(w=w)).unsqueeze(0)
-            with torch.no_grad():
-                out = model.generate(ids, max_new_tokens=12, do_sample=False)
-            said = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+            said = greedy(model, tok, ask.format(w=w), max_new_tokens=12).strip()
             right += w.upper() in said
             print(f"  {ask.format(w=w)!r} -> {said!r}")
         print(f"{ask}: {right} of {len(words)} in capitals")
