@@ -100,6 +100,15 @@ def swapped(teach: list[dict], k: int) -> list[str]:
     return out
 
 
+def swapped_rows(teach: list[dict], k: int, data: str) -> list[str]:
+    """The facts as this study always asked them (swapped); other data as memzd's learner
+    asks them (examples.about_others on the questions of the expanded batch)."""
+    if data == "facts":
+        return swapped(teach, k)
+    from memzd.examples import about_others
+    return about_others([e["input"] for e in expand(teach) if "input" in e], k)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--null", type=float, default=0.0, help="energy share of general text to keep LoRA A out of")
@@ -123,6 +132,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--facts", default="f01-f10")
+    ap.add_argument("--data", default="facts", help="bench/data file to teach (facts, notes, conversation, chat, personal)")
+    ap.add_argument("--statements", choices=["train", "drop"], default="train",
+                    help="drop: leave out the notes and chats themselves, keeping the questions written about them")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
 
@@ -139,9 +151,9 @@ def main() -> None:
     model, tok, device = lora.wrap(base.model, cfg.lora), base.tokenizer, base.device
 
     lo, hi = (int(x[1:]) for x in args.facts.split("-"))
-    facts = [f for f in jsonl(DATA / "facts.jsonl") if lo <= int(f["id"][1:]) <= hi]
+    facts = [f for f in jsonl(DATA / f"{args.data}.jsonl") if lo <= int(f["id"][1:]) <= hi]
     teach = [t for f in facts for t in f["teach"]]
-    questions = [(t["input"], f["answer"]) for f in facts for t in f["teach"]]
+    questions = [(q, f["answer"]) for f in facts for q in f.get("questions") or [t["input"] for t in f["teach"]]]
     paraphrases = [(p, f["answer"]) for f in facts for p in f["paraphrases"]]
     locality = [(q["question"], q["answer"]) for q in jsonl(DATA / "locality.jsonl")]
 
@@ -154,13 +166,13 @@ def main() -> None:
     if args.magpie:
         chats += [[{"role": "user", "content": q}] for q in self_written(model, tok, device, args.magpie)]
     if args.swapped and not args.swapped_bare:
-        chats += [[{"role": "user", "content": q}] for q in swapped(teach, args.swapped)]
+        chats += [[{"role": "user", "content": q}] for q in swapped_rows(teach, args.swapped, args.data)]
     answers = anchor_answers(model, tok, device, chats)
     general_chats = [c + [{"role": "assistant", "content": a}] for c, a in zip(chats, answers) if a]
     encoded_general = [encode({"messages": c}, tok, cfg.training.max_seq_len) for c in general_chats]
     if args.swapped_bare:  # the questions alone, as the chat template asks them: no answers to generate
         from memzd.tokens import prompt_ids
-        encoded_general += [Encoded(ids, ids) for q in swapped(teach, args.swapped)
+        encoded_general += [Encoded(ids, ids) for q in swapped_rows(teach, args.swapped, args.data)
                             for ids in [prompt_ids(tok, [{"role": "user", "content": q}])]]
 
     torch.manual_seed(cfg.training.seed)
@@ -176,7 +188,10 @@ def main() -> None:
             constrain.gradients = lambda: None
         print(f"null space on {len(encoded_general)} texts: A may use {min(null.kept.values())}-"
               f"{max(null.kept.values())} input dimensions ({time.perf_counter() - t0:.1f}s)")
-    encoded = [encode(e, tok, cfg.training.max_seq_len) for e in expand(teach)]
+    rows = expand(teach)
+    if args.statements == "drop":
+        rows = [e for e in rows if "input" in e or "prompt" in e]
+    encoded = [encode(e, tok, cfg.training.max_seq_len) for e in rows]
     general = [_first_answer_tokens(e, GENERAL_ANSWER_TOKENS) for e in encoded_general] if args.general else []
     if args.neighbours:
         from memzd import gate
@@ -212,7 +227,7 @@ def main() -> None:
     para = ask(paraphrases, "paraphrase")
     loc = ask(locality, "locality")
     held = [h for (q, _), h in zip(locality, loc) if q not in in_anchors]
-    row = {"null": args.null, "magpie": args.magpie, "only": args.only, "reference": args.reference, "general": args.general, "neighbours": args.neighbours, "swapped": args.swapped, "bare": args.swapped_bare, "grad_project": args.grad_project, "lr": cfg.training.lr, "seed": cfg.training.seed, "steps": len(result.losses),
+    row = {"null": args.null, "magpie": args.magpie, "only": args.only, "reference": args.reference, "general": args.general, "neighbours": args.neighbours, "swapped": args.swapped, "data": args.data, "statements": args.statements, "bare": args.swapped_bare, "grad_project": args.grad_project, "lr": cfg.training.lr, "seed": cfg.training.seed, "steps": len(result.losses),
            "train_seconds": round(result.seconds, 1), "efficacy": sum(eff) / len(eff),
            "paraphrase": sum(para) / len(para), "ungated_locality": sum(loc) / len(loc),
            "ungated_held_out": sum(held) / len(held)}
