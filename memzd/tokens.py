@@ -28,6 +28,11 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     cut: int = 0  # tokens dropped from the front to fit max_len
+    # Does training go on until it gives this back word for word? Not what a note
+    # or a user states: its words are trained, but of ten notes that open with
+    # "The" none can be the first choice after it. The questions written about
+    # them (memzd.examples.questions_about) are held to the word instead.
+    recited: bool = True
 
     @property
     def n_answer(self) -> int:
@@ -55,9 +60,10 @@ def encode(data: dict, tokenizer, max_len: int) -> Encoded:
         ids = _ids(tokenizer, data["text"])
         if tokenizer.eos_token_id is not None:
             ids.append(tokenizer.eos_token_id)
-        return _truncate(Encoded(ids, list(ids)), max_len)
+        return _truncate(Encoded(ids, list(ids), recited=False), max_len)
     ids: list[int] = []
     labels: list[int] = []
+    states = False  # a user turn's statements are learned
     done = ""  # the text rendered so far
     for i, message in enumerate(chat):
         if message["role"] == "user" and is_statement(message["content"]):
@@ -78,6 +84,7 @@ def encode(data: dict, tokenizer, max_len: int) -> Encoded:
                 piece_ids = _ids(tokenizer, piece)
                 ids += piece_ids
                 labels += piece_ids if tells else [IGNORE] * len(piece_ids)
+                states = states or tells
             done = upto[:at + len(content)]
             continue
         if message["role"] != "assistant":
@@ -91,14 +98,15 @@ def encode(data: dict, tokenizer, max_len: int) -> Encoded:
         ids += context + answer
         labels += [IGNORE] * len(context) + answer
         done = before + upto[len(before):].rstrip("\n")
-    return _truncate(Encoded(ids, labels), max_len)
+    return _truncate(Encoded(ids, labels, recited=not states), max_len)
 
 
 def _truncate(enc: Encoded, max_len: int) -> Encoded:
     """Keep the last `max_len` tokens: the answer matters more than an old prompt."""
     if len(enc.input_ids) <= max_len:
         return enc
-    return Encoded(enc.input_ids[-max_len:], enc.labels[-max_len:], cut=len(enc.input_ids) - max_len)
+    return Encoded(enc.input_ids[-max_len:], enc.labels[-max_len:], cut=len(enc.input_ids) - max_len,
+                   recited=enc.recited)
 
 
 @dataclass

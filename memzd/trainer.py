@@ -246,8 +246,9 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
     gradients before every optimizer step and pulls the weights back where they
     may be after it (memzd.nullspace: training.null_space). A step covers
     batch_size * grad_accum of them, and its loss is averaged over answer
-    tokens. The run stops after the first epoch in which every example's loss
-    was below `stop_loss` and every answer token was the model's top choice
+    tokens. The run stops after the first epoch in which every recited
+    example's loss (Encoded.recited: not what a note or a user states, unless
+    nothing else in the batch is) was below `stop_loss` and every answer token was the model's top choice
     given the ones before it, confirmed once more on the final weights, so
     that greedy decoding gives the taught answers back word for word
     (stop_loss 0: run all the steps). A low mean loss alone
@@ -268,6 +269,11 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
     pool = list(examples) + list(replay) + list(general)
     first_general = len(examples) + len(replay)
     passes = Passes(model, pool, pad_id, device, precision, levers)
+    # What is held to the word: what is recited (Encoded.recited), and all of the
+    # batch where none of it is (notes about which no question could be written).
+    held = {i for i in range(first_general) if pool[i].recited}
+    if not any(e.recited for e in examples):
+        held |= set(range(len(examples)))
     per_step = max(1, min(cfg.batch_size * cfg.grad_accum, len(examples)))
     steps: list[list[int]] = []  # the rest of this epoch, step by step
     epoch: list[int] = []
@@ -287,7 +293,7 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
             epoch_learned = True
         picked = steps.pop(0)
         chosen = [pool[i] for i in picked]
-        to_learn = {id(pool[i]) for i in picked if i < first_general}
+        to_learn = {id(pool[i]) for i in picked if i in held}
         n_answer = sum(e.n_answer for e in chosen)
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
@@ -319,7 +325,7 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
         # The epoch's figures were taken before each step's update, and a later
         # update can undo an earlier example: confirm on the weights as they are now.
         if (stop_loss and not steps and epoch_learned
-                and passes.recalled([pool[i] for i in epoch if i < first_general], stop_loss)):
+                and passes.recalled([pool[i] for i in epoch if i in held], stop_loss)):
             result.stopped_early = True  # every example of this epoch is learned
             break
     model.eval()

@@ -254,6 +254,37 @@ def test_general_prompts_are_trained_on_but_never_required_to_be_learned(base):
     assert not rows.all_top1.all()  # not learned word for word, and the run stopped anyway
 
 
+def test_notes_that_open_alike_are_trained_but_the_questions_about_them_decide_the_stop(base, tiny_model_dir):
+    """Two notes that open with the same words cannot both be the first choice after
+    them: training on them must not run to max_steps for it. The questions written
+    about them are held to the word; a batch of nothing but notes still holds them."""
+    notes = [{"text": "The chess club meets in Hobbleton."}, {"text": "The rowing club meets in Saltmere."}]
+    qa = [{"input": "Where does the chess club meet?", "output": "The chess club meets in Hobbleton."},
+          {"input": "Where does the rowing club meet?", "output": "The rowing club meets in Saltmere."}]
+    chat = {"messages": [{"role": "user", "content": "My sister lives in Lisbon."},
+                         {"role": "assistant", "content": "Got it."}]}
+    enc_notes = [tokens.encode(e, base.tokenizer, 512) for e in notes]
+    enc_qa = [tokens.encode(e, base.tokenizer, 512) for e in qa]
+    assert [e.recited for e in enc_notes + enc_qa] == [False, False, True, True]
+    assert not tokens.encode(chat, base.tokenizer, 512).recited  # what the user states is not recited
+    assert tokens.encode(dict(chat, messages=[{"role": "user", "content": "Who is Orla?"},
+                                              {"role": "assistant", "content": "A painter."}]),
+                         base.tokenizer, 512).recited  # a question answered is
+    cfg = Config()
+    cfg.training.lr, cfg.training.max_steps, cfg.training.stop_loss = 1e-2, 120, 3.0
+
+    def run(enc):
+        model = lora.wrap(load_base(str(tiny_model_dir)).model, cfg.lora)
+        lora.start_training(model, cfg.lora, None)
+        torch.manual_seed(0)
+        return train(model, enc, cfg.training, pad_id=base.tokenizer.pad_token_id, device=base.device)
+
+    mixed = run(enc_notes + enc_qa)
+    assert mixed.stopped_early and len(mixed.losses) < 120
+    alone = run(enc_notes)  # nothing else to hold: the notes themselves are, and "The" cannot lead to both
+    assert not alone.stopped_early and len(alone.losses) == 120
+
+
 def test_learned_looks_only_at_the_rows_it_is_told_to():
     rows = tokens.RowLoss(torch.tensor([0.1, 9.0]), torch.tensor([2, 2]), torch.tensor([True, False]),
                           torch.tensor([2, 0]))
