@@ -92,7 +92,7 @@ class TrainingConfig:
     eval_every: int = _help("Sample forgetting_loss on anchors every N steps (0: never during training).", 16)
     max_seq_len: int = _help("Tokens kept per example; longer ones are cut from the left of the prompt.", 512)
     seed: int = _help("Seed for shuffling, dropout and anchor sampling.", 0)
-    stop_loss: float = _help("Stop after the first epoch in which every example's answer loss is below this and every answer token is the model's top choice (0: never).", 0.1)
+    stop_loss: float = _help("Stop after the first epoch in which every example's answer loss is below this and every answer token is the model's top choice (0: never); notes and what a user states are trained but not held to this, unless the batch holds nothing else: the questions written about them are.", 0.1)
     replay: int = _help("Earlier examples of the lineage mixed into every epoch (drawn afresh), so they are not erased.", 20)
     general: int = _help("General prompts with the base model's own answers (the anchors, less the first 8 that "
                          "measure the adapter alone) mixed into every epoch, so that the adapter keeps them.", 0)

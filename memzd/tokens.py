@@ -11,7 +11,7 @@ is a large share of the work, and the prompt's logits are never used.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -28,15 +28,25 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     cut: int = 0  # tokens dropped from the front to fit max_len
-    # Does training go on until it gives this back word for word? Not what a note
-    # or a user states: its words are trained, but of ten notes that open with
-    # "The" none can be the first choice after it. The questions written about
-    # them (memzd.examples.questions_about) are held to the word instead.
-    recited: bool = True
+    # Per position, where the label is what a note or a user states: trained on,
+    # but not held to the word (of ten notes that open with "The", none can be the
+    # first choice after it); the questions written about it are
+    # (memzd.examples.questions_about). None: every label is held.
+    stated: list[bool] | None = None
 
     @property
     def n_answer(self) -> int:
         return sum(1 for t in self.labels if t != IGNORE)
+
+    @property
+    def n_held(self) -> int:
+        """Answer tokens held to the word (not stated)."""
+        stated = self.stated or [False] * len(self.labels)
+        return sum(1 for t, free in zip(self.labels, stated) if t != IGNORE and not free)
+
+    def all_held(self) -> "Encoded":
+        """The same example with every label held to the word."""
+        return replace(self, stated=None)
 
 
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
@@ -60,10 +70,10 @@ def encode(data: dict, tokenizer, max_len: int) -> Encoded:
         ids = _ids(tokenizer, data["text"])
         if tokenizer.eos_token_id is not None:
             ids.append(tokenizer.eos_token_id)
-        return _truncate(Encoded(ids, list(ids), recited=False), max_len)
+        return _truncate(Encoded(ids, list(ids), stated=[True] * len(ids)), max_len)
     ids: list[int] = []
     labels: list[int] = []
-    states = False  # a user turn's statements are learned
+    stated: list[bool] = []
     done = ""  # the text rendered so far
     for i, message in enumerate(chat):
         if message["role"] == "user" and is_statement(message["content"]):
@@ -80,11 +90,12 @@ def encode(data: dict, tokenizer, max_len: int) -> Encoded:
             context = _ids(tokenizer, upto[len(done):at])
             ids += context
             labels += [IGNORE] * len(context)
+            stated += [False] * len(context)
             for piece, tells in sentences(content):
                 piece_ids = _ids(tokenizer, piece)
                 ids += piece_ids
                 labels += piece_ids if tells else [IGNORE] * len(piece_ids)
-                states = states or tells
+                stated += [tells] * len(piece_ids)
             done = upto[:at + len(content)]
             continue
         if message["role"] != "assistant":
@@ -97,8 +108,9 @@ def encode(data: dict, tokenizer, max_len: int) -> Encoded:
         answer = _ids(tokenizer, upto[len(before):].rstrip("\n"))
         ids += context + answer
         labels += [IGNORE] * len(context) + answer
+        stated += [False] * (len(context) + len(answer))
         done = before + upto[len(before):].rstrip("\n")
-    return _truncate(Encoded(ids, labels, recited=not states), max_len)
+    return _truncate(Encoded(ids, labels, stated=stated if any(stated) else None), max_len)
 
 
 def _truncate(enc: Encoded, max_len: int) -> Encoded:
@@ -106,7 +118,7 @@ def _truncate(enc: Encoded, max_len: int) -> Encoded:
     if len(enc.input_ids) <= max_len:
         return enc
     return Encoded(enc.input_ids[-max_len:], enc.labels[-max_len:], cut=len(enc.input_ids) - max_len,
-                   recited=enc.recited)
+                   stated=enc.stated[-max_len:] if enc.stated else None)
 
 
 @dataclass
@@ -127,6 +139,7 @@ class Batch:
     places: list[tuple[int, int]]  # each example's (row, first position)
     mask: torch.Tensor | None = None
     positions: torch.Tensor | None = None
+    stated: torch.Tensor | None = None  # bool, where a label is stated (Encoded.stated); None: nowhere
 
     @property
     def n_examples(self) -> int:
@@ -140,14 +153,17 @@ def collate(batch: list[Encoded], pad_id: int, device: torch.device) -> Batch:
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
     owner = torch.full((len(batch), width), -1, dtype=torch.long)
+    stated = torch.zeros((len(batch), width), dtype=torch.bool) if any(e.stated for e in batch) else None
     for row, e in enumerate(batch):
         n = len(e.input_ids)
         ids[row, :n] = torch.tensor(e.input_ids)
         mask[row, :n] = 1
         labels[row, :n] = torch.tensor(e.labels)
         owner[row, :n] = row
+        if stated is not None and e.stated:
+            stated[row, :n] = torch.tensor(e.stated)
     return Batch(ids.to(device), labels.to(device), owner.to(device), [(row, 0) for row in range(len(batch))],
-                 mask=mask.to(device))
+                 mask=mask.to(device), stated=stated.to(device) if stated is not None else None)
 
 
 def _fill_rows(lengths: list[int], cap: int) -> list[list[int]]:
@@ -176,27 +192,30 @@ def pack(batch: list[Encoded], pad_id: int, device: torch.device, row_tokens: in
     lengths = [len(e.input_ids) for e in batch]
     rows = _fill_rows(lengths, max(row_tokens, max(lengths)))
     width = max(sum(lengths[i] for i in row) for row in rows)
-    ids, labels, owner, positions = [], [], [], []
+    ids, labels, owner, positions, stated = [], [], [], [], []
     places: list[tuple[int, int]] = [(0, 0)] * len(batch)
     for r, row in enumerate(rows):
-        r_ids, r_labels, r_owner, r_positions = [], [], [], []
+        r_ids, r_labels, r_owner, r_positions, r_stated = [], [], [], [], []
         for i in row:
             places[i] = (r, len(r_ids))
             r_ids += batch[i].input_ids
             r_labels += [IGNORE] + batch[i].labels[1:]
             r_owner += [i] * lengths[i]
             r_positions += range(lengths[i])
+            r_stated += batch[i].stated or [False] * lengths[i]
         pad = width - len(r_ids)  # padding continues the row's last example, which cannot see it
         last = lengths[row[-1]]
         ids.append(r_ids + [pad_id] * pad)
         labels.append(r_labels + [IGNORE] * pad)
         owner.append(r_owner + [-1] * pad)
         positions.append(r_positions + list(range(last, last + pad)))
+        stated.append(r_stated + [False] * pad)
 
-    def tensor(values):
-        return torch.tensor(values, dtype=torch.long, device=device)
+    def tensor(values, dtype=torch.long):
+        return torch.tensor(values, dtype=dtype, device=device)
 
-    return Batch(tensor(ids), tensor(labels), tensor(owner), places, positions=tensor(positions))
+    return Batch(tensor(ids), tensor(labels), tensor(owner), places, positions=tensor(positions),
+                 stated=tensor(stated, torch.bool) if any(e.stated for e in batch) else None)
 
 
 def causal_lm(model):
@@ -209,12 +228,15 @@ def causal_lm(model):
 
 class RowLoss(NamedTuple):
     """Per-row answer figures: summed loss, answer tokens, and whether every
-    answer token was the model's first choice (teacher-forced exact recall)."""
+    answer token held to the word (not stated, see Encoded.stated) was the
+    model's first choice (teacher-forced exact recall)."""
 
     loss: torch.Tensor
     tokens: torch.Tensor
     all_top1: torch.Tensor
     first_miss: torch.Tensor  # how many answer tokens, from the first, were the first choice
+    held_loss: torch.Tensor | None = None  # the summed loss and the count of the held tokens
+    held_tokens: torch.Tensor | None = None  # (None: every token is held; loss and tokens say it)
 
 
 CE_ROWS = 16  # logit rows per chunk on the CPU: 16 x 49k fp32 stays in cache
@@ -298,6 +320,11 @@ def answer_loss(model, batch: Batch, reduction: str = "sum", hidden=None):
         start = torch.full_like(counts, owner.numel()).scatter_reduce(0, owner, index, "amin")
         place = index - start[owner]
         first_miss = counts.clone().scatter_reduce(0, owner, torch.where(top1, counts[owner], place), "amin")
-        return RowLoss(zeros.index_add(0, owner, token_loss), counts,
-                       zeros.index_add(0, owner, (~top1).float()) == 0, first_miss)
+        loss = zeros.index_add(0, owner, token_loss)
+        if batch.stated is None:
+            return RowLoss(loss, counts, zeros.index_add(0, owner, (~top1).float()) == 0, first_miss)
+        held = ~batch.stated[:, 1:][keep]
+        return RowLoss(loss, counts, zeros.index_add(0, owner, ((~top1) & held).float()) == 0, first_miss,
+                       zeros.index_add(0, owner, token_loss * held),
+                       torch.bincount(owner[held], minlength=batch.n_examples))
     return token_loss.sum(), n

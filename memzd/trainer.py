@@ -147,14 +147,16 @@ def _split(epoch: list[int], per_step: int) -> list[list[int]]:
 
 
 def learned(rows: RowLoss, stop_loss: float, which: list[bool] | None = None) -> bool:
-    """Has every row (of those `which` marks) been learned: each answer token the
-    model's top choice, and the row's mean answer loss below `stop_loss`?"""
+    """Has every row (of those `which` marks) been learned: each answer token held
+    to the word the model's top choice, and the mean loss on them below `stop_loss`?
+    (A row with none, a note, has.)"""
     if which is not None:
         keep = torch.tensor(which, device=rows.loss.device)
         if not keep.any():
             return True
-        rows = RowLoss(*(field[keep] for field in rows))
-    return bool(rows.all_top1.all()) and (rows.loss.detach() / rows.tokens.clamp(min=1)).max().item() < stop_loss
+        rows = RowLoss(*(None if field is None else field[keep] for field in rows))
+    loss, tokens = (rows.loss, rows.tokens) if rows.held_loss is None else (rows.held_loss, rows.held_tokens)
+    return bool(rows.all_top1.all()) and (loss.detach() / tokens.clamp(min=1)).max().item() < stop_loss
 
 
 @dataclass(frozen=True)
@@ -246,10 +248,10 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
     gradients before every optimizer step and pulls the weights back where they
     may be after it (memzd.nullspace: training.null_space). A step covers
     batch_size * grad_accum of them, and its loss is averaged over answer
-    tokens. The run stops after the first epoch in which every recited
-    example's loss (Encoded.recited: not what a note or a user states, unless
-    nothing else in the batch is) was below `stop_loss` and every answer token was the model's top choice
-    given the ones before it, confirmed once more on the final weights, so
+    tokens. The run stops after the first epoch in which every example's loss
+    was below `stop_loss` and every answer token was the model's top choice
+    given the ones before it (what a note or a user states is trained on but
+    not held to this, Encoded.stated, unless the batch holds nothing else), confirmed once more on the final weights, so
     that greedy decoding gives the taught answers back word for word
     (stop_loss 0: run all the steps). A low mean loss alone
     is not enough: one missed token ("Fenwick is credited..." for "Fenwick
@@ -266,14 +268,11 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.max_steps) / cfg.max_steps)))
     rng = random.Random(cfg.seed)
+    if not any(e.n_held for e in examples):  # nothing but notes, about which no question could be written:
+        examples = [e.all_held() for e in examples]  # they are held to the word themselves
     pool = list(examples) + list(replay) + list(general)
     first_general = len(examples) + len(replay)
     passes = Passes(model, pool, pad_id, device, precision, levers)
-    # What is held to the word: what is recited (Encoded.recited), and all of the
-    # batch where none of it is (notes about which no question could be written).
-    held = {i for i in range(first_general) if pool[i].recited}
-    if not any(e.recited for e in examples):
-        held |= set(range(len(examples)))
     per_step = max(1, min(cfg.batch_size * cfg.grad_accum, len(examples)))
     steps: list[list[int]] = []  # the rest of this epoch, step by step
     epoch: list[int] = []
@@ -293,7 +292,7 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
             epoch_learned = True
         picked = steps.pop(0)
         chosen = [pool[i] for i in picked]
-        to_learn = {id(pool[i]) for i in picked if i in held}
+        to_learn = {id(pool[i]) for i in picked if i < first_general}
         n_answer = sum(e.n_answer for e in chosen)
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
@@ -325,7 +324,7 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
         # The epoch's figures were taken before each step's update, and a later
         # update can undo an earlier example: confirm on the weights as they are now.
         if (stop_loss and not steps and epoch_learned
-                and passes.recalled([pool[i] for i in epoch if i in held], stop_loss)):
+                and passes.recalled([pool[i] for i in epoch if i < first_general], stop_loss)):
             result.stopped_early = True  # every example of this epoch is learned
             break
     model.eval()

@@ -265,11 +265,10 @@ def test_notes_that_open_alike_are_trained_but_the_questions_about_them_decide_t
                          {"role": "assistant", "content": "Got it."}]}
     enc_notes = [tokens.encode(e, base.tokenizer, 512) for e in notes]
     enc_qa = [tokens.encode(e, base.tokenizer, 512) for e in qa]
-    assert [e.recited for e in enc_notes + enc_qa] == [False, False, True, True]
-    assert not tokens.encode(chat, base.tokenizer, 512).recited  # what the user states is not recited
-    assert tokens.encode(dict(chat, messages=[{"role": "user", "content": "Who is Orla?"},
-                                              {"role": "assistant", "content": "A painter."}]),
-                         base.tokenizer, 512).recited  # a question answered is
+    assert [e.n_held for e in enc_notes] == [0, 0] and all(e.n_held == e.n_answer for e in enc_qa)
+    said = tokens.encode(chat, base.tokenizer, 512)  # what the user states is not held; the answer is
+    assert base.tokenizer.decode([t for t, s in zip(said.labels, said.stated) if t != tokens.IGNORE and not s]) \
+        .startswith("Got it.")
     cfg = Config()
     cfg.training.lr, cfg.training.max_steps, cfg.training.stop_loss = 1e-2, 120, 3.0
 
@@ -283,6 +282,8 @@ def test_notes_that_open_alike_are_trained_but_the_questions_about_them_decide_t
     assert mixed.stopped_early and len(mixed.losses) < 120
     alone = run(enc_notes)  # nothing else to hold: the notes themselves are, and "The" cannot lead to both
     assert not alone.stopped_early and len(alone.losses) == 120
+    with_chat = run(enc_notes + [said])  # the chat's answer is held, and learned
+    assert with_chat.stopped_early and len(with_chat.losses) < 120
 
 
 def test_learned_looks_only_at_the_rows_it_is_told_to():
