@@ -269,7 +269,8 @@ def status(ctx: typer.Context, as_json: bool = _JSON, user: Optional[str] = _USE
               f"retention {_fmt(fs['retention_score'])}")
     if fs.get("adapter_anchor_ce_delta") is not None:
         t.add_row("", f"adapter alone: anchor_ce_delta {_fmt(fs['adapter_anchor_ce_delta'])}, "
-                  f"retention {_fmt(fs['adapter_retention_score'])}")
+                  f"retention {_fmt(fs['adapter_retention_score'])} (answers that start word for word as the "
+                  "base model's: stricter than the answer kept)")
     for name, curve in data["loss_curves"].items():
         last = curve[-1] if curve else fs.get(name)  # a batch that stopped before eval_every: the checkpoint's
         t.add_row(name, f"{sparkline(curve)}  {_fmt(last)}")
