@@ -192,7 +192,7 @@ def _first_answer_tokens(e: Encoded, n: int) -> Encoded:
     """`e` ending after its first `n` answer tokens (a general answer drifts at its start,
     and its tail would only dilute the batch's own loss)."""
     first = next((i for i, t in enumerate(e.labels) if t != IGNORE), len(e.labels))
-    return Encoded(e.input_ids[:first + n], e.labels[:first + n], e.cut, e.stated[:first + n] if e.stated else None)
+    return e.part(slice(first + n))
 
 
 class Learner:

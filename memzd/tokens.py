@@ -41,12 +41,18 @@ class Encoded:
     @property
     def n_held(self) -> int:
         """Answer tokens held to the word (not stated)."""
-        stated = self.stated or [False] * len(self.labels)
-        return sum(1 for t, free in zip(self.labels, stated) if t != IGNORE and not free)
+        if not self.stated:
+            return self.n_answer
+        return sum(1 for t, free in zip(self.labels, self.stated) if t != IGNORE and not free)
 
     def all_held(self) -> "Encoded":
         """The same example with every label held to the word."""
         return replace(self, stated=None)
+
+    def part(self, span: slice) -> "Encoded":
+        """These positions only, each with its label and whether it is stated."""
+        return replace(self, input_ids=self.input_ids[span], labels=self.labels[span],
+                       stated=self.stated[span] if self.stated else None)
 
 
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
@@ -117,8 +123,7 @@ def _truncate(enc: Encoded, max_len: int) -> Encoded:
     """Keep the last `max_len` tokens: the answer matters more than an old prompt."""
     if len(enc.input_ids) <= max_len:
         return enc
-    return Encoded(enc.input_ids[-max_len:], enc.labels[-max_len:], cut=len(enc.input_ids) - max_len,
-                   stated=enc.stated[-max_len:] if enc.stated else None)
+    return replace(enc.part(slice(-max_len, None)), cut=len(enc.input_ids) - max_len)
 
 
 @dataclass
@@ -192,6 +197,7 @@ def pack(batch: list[Encoded], pad_id: int, device: torch.device, row_tokens: in
     lengths = [len(e.input_ids) for e in batch]
     rows = _fill_rows(lengths, max(row_tokens, max(lengths)))
     width = max(sum(lengths[i] for i in row) for row in rows)
+    has_stated = any(e.stated for e in batch)
     ids, labels, owner, positions, stated = [], [], [], [], []
     places: list[tuple[int, int]] = [(0, 0)] * len(batch)
     for r, row in enumerate(rows):
@@ -202,20 +208,22 @@ def pack(batch: list[Encoded], pad_id: int, device: torch.device, row_tokens: in
             r_labels += [IGNORE] + batch[i].labels[1:]
             r_owner += [i] * lengths[i]
             r_positions += range(lengths[i])
-            r_stated += batch[i].stated or [False] * lengths[i]
+            if has_stated:
+                r_stated += batch[i].stated or [False] * lengths[i]
         pad = width - len(r_ids)  # padding continues the row's last example, which cannot see it
         last = lengths[row[-1]]
         ids.append(r_ids + [pad_id] * pad)
         labels.append(r_labels + [IGNORE] * pad)
         owner.append(r_owner + [-1] * pad)
         positions.append(r_positions + list(range(last, last + pad)))
-        stated.append(r_stated + [False] * pad)
+        if has_stated:
+            stated.append(r_stated + [False] * pad)
 
     def tensor(values, dtype=torch.long):
         return torch.tensor(values, dtype=dtype, device=device)
 
     return Batch(tensor(ids), tensor(labels), tensor(owner), places, positions=tensor(positions),
-                 stated=tensor(stated, torch.bool) if any(e.stated for e in batch) else None)
+                 stated=tensor(stated, torch.bool) if has_stated else None)
 
 
 def causal_lm(model):

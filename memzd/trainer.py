@@ -251,8 +251,9 @@ def train(model, examples: list[Encoded], cfg: TrainingConfig, *, pad_id: int,
     tokens. The run stops after the first epoch in which every example's loss
     was below `stop_loss` and every answer token was the model's top choice
     given the ones before it (what a note or a user states is trained on but
-    not held to this, Encoded.stated, unless the batch holds nothing else), confirmed once more on the final weights, so
-    that greedy decoding gives the taught answers back word for word
+    not held to this, Encoded.stated, unless the batch holds nothing else),
+    confirmed once more on the final weights, so that greedy decoding gives
+    the taught answers back word for word
     (stop_loss 0: run all the steps). A low mean loss alone
     is not enough: one missed token ("Fenwick is credited..." for "Fenwick
     Strauder is credited...") hides in an average below 0.1.
