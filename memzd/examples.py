@@ -246,6 +246,15 @@ _TOKEN = re.compile(r"(?:Dr|Mr|Ms|Mrs|St)\.|\d+(?:\.\d+)+|\+?[A-Za-z0-9][\w'’:
 # "I've lived in Kyoto since 2019, and I'm learning Japanese": two facts, asked apart; so are
 # "I switched dentists: my dentist is Dr. Haverkamp." (not "Wifi: heron42", a clause too short).
 _CLAUSE = re.compile(r",\s+(?:and|but|so)\s+|[;:]\s+")
+# A second clause with its own subject, joined without a comma, where the first already
+# says something (`_SAYS`; "My brother Tomas and I are flying to Oslo" is one subject):
+# "My yoga class is on Tuesdays and my teacher is called Sunniva" is two facts, asked apart
+# where the second says something too ("I moved here with my wife and my son" is one);
+# "My dentist is Dr. Haverkamp and I see him every March" is asked apart in its first
+# clause only, since "him" needs the dentist.
+_AND_NOUN = re.compile(r"\s+and\s+(?=(?:my|our|his|her|their|the)\s)")
+_AND_PRONOUN = re.compile(r"\s+and\s+(?=(?:I|I'm|I've|we|he|she|they)\s)")
+_SAYS = re.compile(r"\s(?:is|are|was|were|am|has|have|had|[a-z]+ed)\s", re.I)
 # "My landlord, Mr. Achterberg, lives upstairs": a name set beside what it names.
 _APPOSITION = re.compile(r"^((?:[Mm]y|[Oo]ur|[Tt]he)(?: [a-z]+){1,2}), ((?:(?:Dr|Mr|Ms|Mrs|St)\. )?[A-Z][\w'’\-]*"
                          r"(?: [A-Z][\w'’\-]*)*), (.+)$")
@@ -255,8 +264,12 @@ _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")  # "- Mum's birthday is 
 _PREAMBLE = re.compile(r"^(?:(?:update|correction|change|note|fyi|edit|ps|sorry|oops|actually)\b[^:.!?]{0,40}:\s+"
                        r"|(?:actually|no|oh|ok|okay|so|well|also|btw|anyway|sorry|oops)\s*,\s+)+", re.I)
 # An opening that is neither the fact nor news of it: "Thanks, but we already called our
-# dog Biscuit.", "And my sister lives in Lisbon.", "By the way, my dentist is Dr. Okonkwo."
-_OPENING = re.compile(r"^(?:(?:thanks|thank you|yes|yeah|by the way|hi|hey|hello)\s*[,!]\s+|(?:and|but)\s+)+", re.I)
+# dog Biscuit.", "And my sister lives in Lisbon.", "By the way, my dentist is Dr. Okonkwo.",
+# "Quick one for later: my dentist is ...", "For the record, ...", "Remember this: ...".
+_OPENING = re.compile(r"^(?:(?:thanks|thank you|yes|yeah|by the way|hi|hey|hello|for the record|just so you know"
+                      r"|for your information|remember this|for later)\s*[,!:]\s+|(?:and|but)\s+"
+                      r"|(?:quick one|one more thing|reminder|remember|heads up|something to remember|note to self)"
+                      r"\b[^:.!?]{0,30}:\s+)+", re.I)
 _NUMBER = re.compile(r"\d")
 _AT_TIME = {"at", "until", "till"}
 _HOUR = re.compile(r"^\d{1,2}(?:[:.]\d\d)?$")  # "at 7", "until 5.30"
@@ -382,8 +395,13 @@ def _join(tokens: list[str]) -> str:
 
 def _clauses(statement: str) -> list[str]:
     """A statement's clauses when it joins facts of three words or more each (", and",
-    ", but", ", so", ";", ":"), else the statement itself."""
-    clauses = _CLAUSE.split(statement.strip().rstrip(".!;"))
+    ", but", ", so", ";", ":", or "and" before a subject that says something, `_AND_NOUN`),
+    else the statement itself."""
+    def apart(clause: str) -> list[str]:  # "...and my teacher is called Sunniva"
+        parts = _AND_NOUN.split(clause, maxsplit=1)
+        return parts if len(parts) == 2 and all(_SAYS.search(f" {p} ") for p in parts) else [clause]
+
+    clauses = [part for clause in _CLAUSE.split(statement.strip().rstrip(".!;")) for part in apart(clause)]
     if len(clauses) > 1 and all(len(c.split()) >= 3 for c in clauses):
         return [c[0].upper() + c[1:] for c in clauses]
     return [statement]
@@ -400,7 +418,8 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
     later question share. Where someone moved or has lived is asked as where they
     live, in the present, as a person asks it: "My sister Ilse moved to Lisbon last
     spring." -> "My sister Ilse lives where?" (`_lives`). Clauses joined by ', and',
-    ', but', ';' or ':' are asked one at a time, each answered by its own clause.
+    ', but', ';' or ':' (or 'and my ...') are asked one at a time, each answered by
+    its own clause; so is a first clause that says something before 'and I' ('and she').
     """
     if len(statement) > MAX_STATEMENT_CHARS:
         return []
@@ -408,10 +427,22 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
     if len(clauses) > 1:  # one fact each: asked apart
         return [q for c in clauses for q in questions_about(c)][-MAX_QUESTIONS:]
     body = statement.strip().rstrip(".!;")
+    first = _AND_PRONOUN.split(body, maxsplit=1)[0]
+    if first != body and _SAYS.search(first + " ") and (asked := questions_about(first)):
+        # "My dentist is what?", not "My dentist is what and I see him?"; then the rest
+        # asked in the whole statement's words ("... and I see him when?").
+        keys = {key for _, _, key in asked}
+        return (asked + [q for q in _asked(body) if q[2] not in keys])[-MAX_QUESTIONS:]
     named = _APPOSITION.match(body)
     if named:  # "My landlord, Mr. Achterberg, lives upstairs": who the landlord is, then the rest
         who, name, rest = named.groups()
         return (questions_about(f"{who} is {name}") + questions_about(f"{who} {rest}"))[-MAX_QUESTIONS:]
+    return _asked(body)
+
+
+def _asked(body: str) -> list[tuple[str, str, str]]:
+    """`questions_about` one clause (`body`, without its full stop): a question for each
+    answer span, in the clause's own words."""
     tokens = _TOKEN.findall(body)
     out = []
     for a, b in _spans(tokens)[-MAX_QUESTIONS:]:

@@ -287,6 +287,11 @@ def owned(text: str) -> set[str]:
     return out - {root("name")}
 
 
+def _content(text: str) -> set[str]:
+    """The stems of a text's words that say what it is about (no function words, no "I")."""
+    return {stem(w.lower()) for w in _words(text) if w.lower() not in STOPWORDS and w.lower() not in _FIRST_PERSON}
+
+
 def query_words(text: str) -> set[str]:
     """Every word of a query, lower-cased; hyphenated words also give their parts;
     PERSONAL when it is in the first person, ADVICE when it asks for advice, and
@@ -719,7 +724,8 @@ class KeyMemory:
         `text` asks for, or `key` has none (a statement, a note), `cue` says. Where it
         asks another kind, the keys as near to `text` by words and the others of the
         examples they were taught by are what was taught about the thing `text` names:
-        one whose question says it asks the same kind answers it; where each asks
+        one whose question says it asks the same kind answers it (of several, the one
+        that shares most words with `text`); where each asks
         another kind for certain (`asks_otherwise`: "How old is my son?" where only
         "Where does my son go to school?" was taught), nothing taught answers it, and
         the base model does, as it would have before; otherwise (a kind only a noun
@@ -735,8 +741,10 @@ class KeyMemory:
         same_example = [k for k, s in enumerate(self.sources) if s in taught_by and k != key and k not in tied]
         about = [k for k in (*sorted(same_example, key=lambda k: self.sources[k] != self.sources[key]), *tied)
                  if self.cues[k] is not None]
-        fits = next((k for k in about if asks_the_same(text, self.cues[k], certain=True)), None)
-        if fits is not None:
+        fitting = [k for k in about if asks_the_same(text, self.cues[k], certain=True)]
+        if fitting:  # of those, the one that shares most words with `text`: "When is my yoga
+            # class?" of a chat that told when the class is and when the dentist is seen
+            fits = max(fitting, key=lambda k: len(_content(text) & _content(self.cues[k])))
             return fits, self.cue(fits, text)
         if all(asks_otherwise(text, self.cues[k]) for k in [key, *about]):
             return None

@@ -325,6 +325,11 @@ def test_a_query_about_a_taught_thing_is_answered_by_what_was_taught_that_asks_t
     ilse = keyed.extend(model, base.tokenizer, ["Your sister what moved to Lisbon?", "Your sister Ilse lives where?"],
                         base.device, sources=["h-ilse", "h-ilse"])
     assert ilse.resolve(3, "What does my sister Ilse do for work?") is None  # neither asks what she does
+    # of a chat's questions that ask the same kind, the one about what the query names
+    said = ["My yoga class is at what hall?", "My dentist is Dr. Haverkamp and I see him when?",
+            "My yoga class is when at the Linden hall?"]
+    chat = keyed.extend(model, base.tokenizer, said, base.device, sources=["h-chat"] * 3)
+    assert chat.resolve(2, "When is my yoga class?") == (4, "My yoga class is when at the Linden hall?")
 
 
 def test_a_key_that_belongs_to_no_shard_is_refused(memory):

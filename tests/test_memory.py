@@ -132,10 +132,38 @@ def test_where_one_lives_is_asked_only_of_having_moved_or_lived_there(statement)
     assert not [q for q, _, _ in ex.questions_about(statement) if " live" in q]
 
 
+@pytest.mark.parametrize("said", ["Quick one for later: my dentist is Dr. Haverkamp.",
+                                  "For the record, my dentist is Dr. Haverkamp.",
+                                  "Remember this: my dentist is Dr. Haverkamp."])
+def test_an_opening_that_asks_to_remember_is_not_the_fact(said):
+    assert ex.statements({"text": said}) == ["My dentist is Dr. Haverkamp."]
+    assert [q for q, _, _ in ex.questions_about(ex.statements({"text": said})[0])] == ["My dentist is what?"]
+
+
 def test_each_item_of_a_list_in_a_note_is_a_statement():
     note = {"text": "Birthdays:\n- Mum's birthday is 12 May\n- Dad's birthday is 3 June\n2) Tom's is on 9 July"}
     assert ex.statements(note) == ["Mum's birthday is 12 May", "Dad's birthday is 3 June", "Tom's is on 9 July"]
     assert [d["input"] for d in ex.derived(note)][:2] == ["Mum's birthday is when?", "Dad's birthday is when?"]
+
+
+def test_a_clause_joined_by_and_before_a_subject_of_its_own_is_asked_apart():
+    written = ex.questions_about("My dentist is Dr. Haverkamp and I see him every March.")
+    assert [(q, a) for q, a, _ in written] == [
+        ("My dentist is what?", "Your dentist is Dr. Haverkamp."),
+        ("My dentist is Dr. Haverkamp and I see him when?",  # "him" needs the dentist
+         "Your dentist is Dr. Haverkamp and you see him every March.")]
+    # one subject ("my brother Tomas and I"); a first clause with nothing to ask
+    assert [q for q, _, _ in ex.questions_about("My brother Tomas and I are flying to Oslo.")][-1] == \
+        "My brother Tomas and I are flying where?"
+    assert [q for q, _, _ in ex.questions_about("I adopted a kitten and I named her Mochi.")] == [
+        "I adopted a kitten and I named her what?"]
+
+
+def test_two_facts_joined_by_and_are_asked_apart_where_each_says_something():
+    written = ex.questions_about("My mother was born in Cork and my father was born in Derry.")
+    assert [(q, a) for q, a, _ in written] == [("My mother was born where?", "Your mother was born in Cork."),
+                                                ("My father was born where?", "Your father was born in Derry.")]
+    assert [q for q, _, _ in ex.questions_about("I moved to Leeds with my wife and my son.")] == ["I live where?"]
 
 
 def test_a_name_that_opens_the_statement_is_its_subject_not_asked_for():
