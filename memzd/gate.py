@@ -185,6 +185,26 @@ def distinctive_words(tokenizer, text: str) -> list[str]:
     return mark
 
 
+# Between a key's words and another set that keys it too (`key_words`).
+OR = "|"
+
+
+def key_words(tokenizer, text: str) -> list[str]:
+    """The words that key a taught question: its `distinctive_words`, and where names key
+    a question about the asker's own things, OR the words without them. "My son Ewan
+    started at Wexley School." is keyed by "ewan" and "wexley", and "Which school does my
+    son go to?" names neither, so it also keys by "school" with the first person."""
+    words = distinctive_words(tokenizer, text)
+    if not words or PERSONAL in words or not personal(text):
+        return words
+    plain = text
+    for w in words:
+        plain = re.sub(rf"\b{re.escape(w)}\b", " ", plain, flags=re.I)
+    other = distinctive_words(tokenizer, plain)
+    named = PERSONAL in other and any(w not in _MARKERS and not w.startswith(OWNS) for w in other)
+    return words + [OR] + other if named else words
+
+
 # A question about the asker's own things ("What is my dog's name?") is another
 # question than the same words without them ("What is a good name for a dog?").
 # Its key carries this marker, and only a query in the first person meets it.
@@ -233,6 +253,14 @@ def root(word: str) -> str:
     ("called" and "name", "home" and "lives", "job", "employer" and "worked")."""
     s = stem(word)
     return _SAME_AS.get(s, s)
+
+
+def _alternatives(words: list[str]) -> list[list[str]]:
+    """A key's sets of words (`key_words`: split at OR)."""
+    out = [[]]
+    for w in words:
+        out.append([]) if w == OR else out[-1].append(w)
+    return out
 
 
 def lexical_score(found: set[str], words: list[str]) -> float:
@@ -608,7 +636,7 @@ class KeyMemory:
         """A copy that also holds these taught questions (`sources`: the content hash of
         the example each was taught by, which `without` finds it by)."""
         keys = self.embed(model, tokenizer, questions, device)
-        words = [distinctive_words(tokenizer, q) for q in questions]
+        words = [key_words(tokenizer, q) for q in questions]
         sources = list(sources) if sources is not None else [None] * len(words)
         if len(sources) != len(words):
             raise ValueError(f"{len(words)} questions with {len(sources)} sources")
@@ -769,7 +797,7 @@ class KeyMemory:
     def _lexical_by_key(self, text: str) -> list[float]:
         """The share of each taught question's distinctive words that `text` holds."""
         found = {w if w in _MARKERS or w.startswith(OWNS) else stem(w) for w in query_words(text)}
-        return [lexical_score(found, w) for w in self.words]
+        return [max(lexical_score(found, w) for w in _alternatives(words)) for words in self.words]
 
     # -- stored beside the adapter as memz_keys.safetensors --------------------------
 

@@ -148,6 +148,31 @@ def test_a_personal_key_does_not_meet_a_question_about_another_of_the_askers_thi
     assert gate.lexical_score(found, ["live", "sister", gate.PERSONAL, gate.RECALL]) == 0.5  # as written before
 
 
+def test_a_fact_about_the_askers_own_named_thing_is_met_without_the_name(memory):
+    """"My son Ewan swims at the Wexley pool." is keyed by its names, and also, since it is
+    about the asker's son, by its other words: "Which pool does my son swim at?" names
+    neither. Only in the first person, and only about the son."""
+    tok = WordPieces()
+    words = gate.key_words(tok, "My son Ewanberto swims at the Wexleyford pool.")
+    assert words == ["ewanberto", "wexleyford", gate.OR, "pool", "son", "swims", gate.PERSONAL, gate.RECALL,
+                     f"{gate.OWNS}son"]
+
+    def met(query):
+        found = {gate.stem(w) if w[0] != "@" else w for w in gate.query_words(query)}
+        return max(gate.lexical_score(found, part) for part in gate._alternatives(words))
+
+    assert met("Which pool does my son swim at?") == 1.0
+    assert met("Where does Ewanberto swim?") == 0.5  # by the names, as before
+    assert met("Which pool does my brother swim at?") == 0.0
+    assert met("Which pool does Tomas swim at?") == 0.0  # not the first person
+    assert gate.key_words(tok, "Where does Orla Vantrees's cat sleep?") == ["vantrees"]  # not the asker's
+    mem, model, base = memory  # as the gate reads its keys, through their file
+    mem = mem.extend(model, base.tokenizer, ["My son Ewanberto swims at the Wexleyford pool."], base.device)
+    mem = gate.KeyMemory.from_file(*mem.to_file())
+    assert mem.lexical("Which pool does my son swim at?") == 1.0
+    assert mem.lexical("Which pool does my brother swim at?") == 0.0
+
+
 def test_memory_round_trips_through_its_file(memory):
     mem, model, base = memory
     again = gate.KeyMemory.from_file(*mem.to_file())
