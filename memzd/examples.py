@@ -280,6 +280,11 @@ _ON_PLACE = {"Street", "St", "Road", "Rd", "Avenue", "Lane", "Square", "Island",
 _COLOURS = {"red", "green", "blue", "yellow", "black", "white", "grey", "gray", "brown", "orange", "purple", "pink",
             "violet", "silver", "gold", "golden", "beige", "turquoise", "maroon", "navy", "crimson", "teal"}
 _SHADES = {"dark", "light", "pale", "bright", "deep", "pastel"}
+# "My bike needs new brakes.", "My daughter plays the violin.": what one of the asker's
+# things does, to up to three words that end the sentence (not "lives abroad": where).
+_OWNED_DOES = re.compile(r"^(?:[Mm]y|[Oo]ur)(?: [a-z]+){1,2} ([a-z]+[^s\W]s) ((?:[a-z]+ ){0,2}[a-z]+)[.!]?$")
+_NOT_A_THING = re.compile(r"^(?:abroad|nearby|upstairs|downstairs|here|there|home|alone|away|well|hard|fast|late|early"
+                          r"|a lot|too much|every \w+|[a-z]+ly)\b")
 MAX_STATEMENT_CHARS = 300  # longer sentences are taught as they are, with no questions about them
 MAX_QUESTIONS = 3          # questions written per statement
 MAX_WRITTEN = 16           # ...and per example: a long note costs training time, not all of it
@@ -383,6 +388,9 @@ def _spans(tokens: list[str]) -> list[tuple[int, int]]:
             start -= 1
         if start > 1 and tokens[start - 1].lower() in _AFTER and 0 < end - start <= 3:
             spans.append((start, end))
+    if not spans and (said := _OWNED_DOES.match(_join(tokens))) and not _NOT_A_THING.match(said.group(2)):
+        end = len(tokens) - (not tokens[-1][0].isalnum())  # "My bike needs new brakes": needs what?
+        spans.append((end - len(said.group(2).split()), end))
     return spans
 
 

@@ -116,6 +116,9 @@ def test_a_question_and_answer_pair_still_learns_only_its_answer(tokenizer):
      "The Hallam night train leaves from Corbridge station at 23:10."),
     ("The Orvik bakery is on Pellington Street.", "The Orvik bakery is where?",
      "The Orvik bakery is on Pellington Street."),
+    # what one of the asker's things does, with no name, place or "is"
+    ("My bike needs new brakes.", "My bike needs what?", "Your bike needs new brakes."),
+    ("My daughter plays the violin.", "My daughter plays what?", "Your daughter plays the violin."),
     # a name before "is" is the subject's: what follows is asked too
     ("My neighbour Jonas is a locksmith.", "My neighbour Jonas is what?", "Your neighbour Jonas is a locksmith."),
 ])
@@ -138,6 +141,11 @@ def test_where_one_lives_is_asked_only_of_having_moved_or_lived_there(statement)
 def test_an_opening_that_asks_to_remember_is_not_the_fact(said):
     assert ex.statements({"text": said}) == ["My dentist is Dr. Haverkamp."]
     assert [q for q, _, _ in ex.questions_about(ex.statements({"text": said})[0])] == ["My dentist is what?"]
+
+
+@pytest.mark.parametrize("statement", ["My brother lives abroad.", "My son walks slowly."])
+def test_how_or_where_one_of_the_askers_things_does_something_is_not_asked_as_a_thing(statement):
+    assert ex.questions_about(statement) == []
 
 
 def test_each_item_of_a_list_in_a_note_is_a_statement():
