@@ -1,0 +1,103 @@
+"""Use memz as a new user would, with what people write day to day: a home made with
+`memzctl init`, one file of chats, notes and a Q&A dropped into the inbox and
+trained by `memzd --once`, then questions written to `requests/` and answered by
+a second `memzd --once`. Prints each answer, where it was routed, and whether it
+holds the value it should (general questions: the base model's answer is kept).
+
+The drops and questions were written while looking for what memz gets wrong, so
+they are a walk-through, not a held-out measure: bench/knowledge.py is that.
+
+    python bench/research/everyday_walk.py [--keep DIR]
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+
+
+def chat(*turns: str) -> dict:
+    roles = ["user", "assistant"] * len(turns)
+    return {"messages": [{"role": r, "content": t} for r, t in zip(roles, turns)]}
+
+
+DROP = [
+    chat("Quick one for later: my dentist is Dr. Haverkamp and I see him every March.", "Noted.",
+         "Also, my yoga class is on Tuesdays at the Linden hall and my teacher is called Sunniva.", "Got it, thanks."),
+    chat("My mother was born in Cork and my father was born in Derry.", "Thanks for telling me."),
+    chat("Hi! I'm planning my week. My piano lesson is on Wednesdays with Mrs. Okafor.", "Sounds like a good week.",
+         "What should I practise first?", "Start with scales, then the piece you find hardest.",
+         "Thanks. Oh, and my son Ewan started at Wexley School this autumn.", "Congratulations to Ewan!"),
+    {"text": "The spare house key is under the blue flowerpot. The wifi password is heron42."},
+    {"text": "Shopping list for the party: lemons, mint, ice. The party is on Saturday at 7."},
+    {"text": "Tuesday 3 Dec\nMet Priya for lunch at the Corrow cafe. She recommended the book Salt Roads. "
+             "My bike needs new brakes."},
+    {"input": "What is my daughter's middle name?", "output": "Your daughter's middle name is Rosalind."},
+]
+# (question, a word the answer must hold; None: a general question, the base model's answer kept)
+ASK = [
+    ("Who is my dentist?", "Haverkamp"), ("When do I see my dentist?", "March"),
+    ("When is my yoga class?", "Tuesday"), ("Where is my yoga class?", "Linden"),
+    ("Who is my yoga teacher?", "Sunniva"), ("Where was my mother born?", "Cork"),
+    ("Where was my father born?", "Derry"), ("When is my piano lesson?", "Wednesday"),
+    ("Who is my piano teacher?", "Okafor"), ("Which school does my son go to?", "Wexley"),
+    ("What is my son's name?", "Ewan"), ("Where is the spare key?", "flowerpot"),
+    ("What is the wifi password?", "heron42"), ("When is the party?", "Saturday"),
+    ("Who did I have lunch with?", "Priya"), ("Where did I have lunch with Priya?", "Corrow"),
+    ("Which book did Priya recommend?", "Salt Roads"), ("What does my bike need?", "brakes"),
+    ("What is my daughter's middle name?", "Rosalind"),
+    ("What is the capital of Japan?", None), ("What is the capital of France?", None),
+    ("Who wrote Pride and Prejudice?", None), ("Where was my grandmother born?", None),
+    ("Who is my doctor?", None),
+]
+
+
+def drain(home: str) -> None:
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    subprocess.run([os.path.join(BIN, "memzd"), "--home", home, "--once", "--log-level", "WARNING"],
+                   check=True, env=env)
+
+
+def ask_all(home: str, tag: str) -> list[dict]:
+    for i, (q, _) in enumerate(ASK):
+        with open(os.path.join(home, "requests", f"{tag}{i}.json"), "w") as f:
+            json.dump({"prompt": q, "max_tokens": 40, "temperature": 0}, f)
+    drain(home)
+    return [json.load(open(os.path.join(home, "responses", f"{tag}{i}.json"))) for i in range(len(ASK))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--keep", help="make the home here and keep it")
+    args = ap.parse_args()
+    home = args.keep or tempfile.mkdtemp(prefix="memz-walk-")
+    if args.keep and os.path.exists(home):
+        sys.exit(f"{home} exists")
+    subprocess.run([os.path.join(BIN, "memzctl"), "--home", home, "init"], check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "PYTHONPATH": ROOT})
+    base = ask_all(home, "b")  # the base model's answers, before anything is taught
+    with open(os.path.join(home, "inbox", "week.jsonl"), "w") as f:
+        f.writelines(json.dumps(d) + "\n" for d in DROP)
+    drain(home)
+    taught = ask_all(home, "t")
+    right = kept = facts = general = 0
+    for (q, want), b, t in zip(ASK, base, taught):
+        said = t["response"].strip().replace("\n", " ")
+        ok = (want.lower() in said.lower()) if want else said == b["response"].strip().replace("\n", " ")
+        if want:
+            facts, right = facts + 1, right + ok
+        else:
+            general, kept = general + 1, kept + ok
+        print(f"{'ok ' if ok else 'NO '} {q} -> {said[:80]!r} ({t['routed_to']})")
+    print(f"taught facts answered: {right} of {facts}; general answers kept: {kept} of {general}")
+    if not args.keep:
+        shutil.rmtree(home)
+
+
+if __name__ == "__main__":
+    main()
