@@ -255,6 +255,13 @@ _CLAUSE = re.compile(r",\s+(?:and|but|so)\s+|[;:]\s+")
 _AND_NOUN = re.compile(r"\s+and\s+(?=(?:my|our|his|her|their|the)\s)")
 _AND_PRONOUN = re.compile(r"\s+and\s+(?=(?:I|I'm|I've|we|he|she|they)\s)")
 _SAYS = re.compile(r"\s(?:is|are|was|were|am|has|have|had|[a-z]+ed)\s", re.I)
+
+
+def _says(clause: str) -> bool:
+    """Does a clause hold a verb that says something of its subject (`_SAYS`)?"""
+    return bool(_SAYS.search(f" {clause} "))
+
+
 # "My landlord, Mr. Achterberg, lives upstairs": a name set beside what it names.
 _APPOSITION = re.compile(r"^((?:[Mm]y|[Oo]ur|[Tt]he)(?: [a-z]+){1,2}), ((?:(?:Dr|Mr|Ms|Mrs|St)\. )?[A-Z][\w'’\-]*"
                          r"(?: [A-Z][\w'’\-]*)*), (.+)$")
@@ -407,7 +414,7 @@ def _clauses(statement: str) -> list[str]:
     else the statement itself."""
     def apart(clause: str) -> list[str]:  # "...and my teacher is called Sunniva"
         parts = _AND_NOUN.split(clause, maxsplit=1)
-        return parts if len(parts) == 2 and all(_SAYS.search(f" {p} ") for p in parts) else [clause]
+        return parts if len(parts) == 2 and all(map(_says, parts)) else [clause]
 
     clauses = [part for clause in _CLAUSE.split(statement.strip().rstrip(".!;")) for part in apart(clause)]
     if len(clauses) > 1 and all(len(c.split()) >= 3 for c in clauses):
@@ -436,7 +443,7 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
         return [q for c in clauses for q in questions_about(c)][-MAX_QUESTIONS:]
     body = statement.strip().rstrip(".!;")
     first = _AND_PRONOUN.split(body, maxsplit=1)[0]
-    if first != body and _SAYS.search(first + " ") and (asked := questions_about(first)):
+    if first != body and _says(first) and (asked := questions_about(first)):
         # "My dentist is what?", not "My dentist is what and I see him?"; then the rest
         # asked in the whole statement's words ("... and I see him when?").
         keys = {key for _, _, key in asked}
