@@ -4,10 +4,12 @@ trained by `memzd --once`, then questions written to `requests/` and answered by
 a second `memzd --once`. Prints each answer, where it was routed, and whether it
 holds the value it should (general questions: the base model's answer is kept).
 
-The drops and questions were written while looking for what memz gets wrong, so
-they are a walk-through, not a held-out measure: bench/knowledge.py is that.
+Week 1's drops and questions were written while looking for what memz gets wrong, so
+they are a walk-through, not a held-out measure. Week 2's (two drops, a few days
+apart; the second moves a time the first gave) were written and committed before
+memz was run on them; bench/knowledge.py is the measure of record.
 
-    python bench/research/everyday_walk.py [--keep DIR]
+    python bench/research/everyday_walk.py [--week 1|2] [--keep DIR]
 """
 import argparse
 import json
@@ -26,7 +28,7 @@ def chat(*turns: str) -> dict:
     return {"messages": [{"role": r, "content": t} for r, t in zip(roles, turns)]}
 
 
-DROP = [
+WEEK1 = [
     chat("Quick one for later: my dentist is Dr. Haverkamp and I see him every March.", "Noted.",
          "Also, my yoga class is on Tuesdays at the Linden hall and my teacher is called Sunniva.", "Got it, thanks."),
     chat("My mother was born in Cork and my father was born in Derry.", "Thanks for telling me."),
@@ -40,7 +42,7 @@ DROP = [
     {"input": "What is my daughter's middle name?", "output": "Your daughter's middle name is Rosalind."},
 ]
 # (question, a word the answer must hold; None: a general question, the base model's answer kept)
-ASK = [
+ASK1 = [
     ("Who is my dentist?", "Haverkamp"), ("When do I see my dentist?", "March"),
     ("When is my yoga class?", "Tuesday"), ("Where is my yoga class?", "Linden"),
     ("Who is my yoga teacher?", "Sunniva"), ("Where was my mother born?", "Cork"),
@@ -56,6 +58,40 @@ ASK = [
     ("Who is my doctor?", None),
 ]
 
+WEEK2_MONDAY = [
+    chat("Can you help me plan a birthday dinner? My wife Marta turns 40 on the 14th of February.",
+         "Of course! Does she have a favourite cuisine?",
+         "She loves Thai food, and her favourite restaurant is Baan Suan.", "Baan Suan sounds perfect for it."),
+    chat("Ugh, my car failed its inspection. It's at Kessler Motors on Mill Road.", "Sorry to hear that.",
+         "They said it needs a new exhaust before it can pass.", "That's a common fix, at least."),
+    chat("I started learning Portuguese last month. My tutor is Joana and we meet on Thursday evenings.",
+         "Boa sorte! Regular lessons help a lot."),
+    chat("My neighbour's dog is called Biscuit and he barks at the postman every morning.", "Poor postman!"),
+    {"text": "Gym locker combination: 2719. Locker number 48."},
+    {"text": "Book club: the March pick is The Glass Orchard by Lena Moss. We meet at Hugo's flat."},
+    {"text": "Called the plumber, Mr. Dunmore. He's coming Friday morning to fix the boiler."},
+    {"text": "Note to self: the kids' school play is on the 18th at 6pm in the Ashgrove hall. Leo plays the king."},
+    {"input": "What's my employee number?", "output": "Your employee number is 55872."},
+]
+WEEK2_THURSDAY = [
+    chat("The plumber rang. He can't make Friday, he's coming on Monday instead.", "Thanks, I'll remember Monday."),
+]
+ASK2 = [
+    ("When is my wife's birthday?", "February"), ("How old is Marta turning?", "40"),
+    ("What is my wife's favourite restaurant?", "Baan Suan"), ("What food does Marta like?", "Thai"),
+    ("What's my wife called?", "Marta"), ("Which garage is my car at?", "Kessler"),
+    ("What does my car need?", "exhaust"), ("Who is my Portuguese tutor?", "Joana"),
+    ("When do I have Portuguese lessons?", "Thursday"), ("What is my gym locker combination?", "2719"),
+    ("What is the book club reading in March?", "Glass Orchard"), ("Where does the book club meet?", "Hugo"),
+    ("Who is the plumber?", "Dunmore"), ("When is the plumber coming?", "Monday"),
+    ("What is my employee number?", "55872"), ("What is my neighbour's dog called?", "Biscuit"),
+    ("When is the school play?", "18"), ("Who does Leo play?", "king"), ("Where is the school play?", "Ashgrove"),
+    ("What is the capital of Italy?", None), ("Who painted the Mona Lisa?", None),
+    ("How many days are in a week?", None), ("Who is my boss?", None), ("What is my sister's name?", None),
+    ("What is the boiling point of water?", None),
+]
+WEEKS = {"1": ([WEEK1], ASK1), "2": ([WEEK2_MONDAY, WEEK2_THURSDAY], ASK2)}
+
 
 def drain(home: str) -> None:
     env = {**os.environ, "PYTHONPATH": ROOT}
@@ -63,16 +99,17 @@ def drain(home: str) -> None:
                    check=True, env=env)
 
 
-def ask_all(home: str, tag: str) -> list[dict]:
-    for i, (q, _) in enumerate(ASK):
+def ask_all(home: str, tag: str, ask: list) -> list[dict]:
+    for i, (q, _) in enumerate(ask):
         with open(os.path.join(home, "requests", f"{tag}{i}.json"), "w") as f:
             json.dump({"prompt": q, "max_tokens": 40, "temperature": 0}, f)
     drain(home)
-    return [json.load(open(os.path.join(home, "responses", f"{tag}{i}.json"))) for i in range(len(ASK))]
+    return [json.load(open(os.path.join(home, "responses", f"{tag}{i}.json"))) for i in range(len(ask))]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--week", choices=sorted(WEEKS), default="1", help="which week's drops and questions")
     ap.add_argument("--keep", help="make the home here and keep it")
     args = ap.parse_args()
     home = args.keep or tempfile.mkdtemp(prefix="memz-walk-")
@@ -80,13 +117,15 @@ def main() -> None:
         sys.exit(f"{home} exists")
     subprocess.run([os.path.join(BIN, "memzctl"), "--home", home, "init"], check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "PYTHONPATH": ROOT})
-    base = ask_all(home, "b")  # the base model's answers, before anything is taught
-    with open(os.path.join(home, "inbox", "week.jsonl"), "w") as f:
-        f.writelines(json.dumps(d) + "\n" for d in DROP)
-    drain(home)
-    taught = ask_all(home, "t")
+    drops, ask = WEEKS[args.week]
+    base = ask_all(home, "b", ask)  # the base model's answers, before anything is taught
+    for n, drop in enumerate(drops):  # each drop trained before the next is made
+        with open(os.path.join(home, "inbox", f"day{n}.jsonl"), "w") as f:
+            f.writelines(json.dumps(d) + "\n" for d in drop)
+        drain(home)
+    taught = ask_all(home, "t", ask)
     right = kept = facts = general = 0
-    for (q, want), b, t in zip(ASK, base, taught):
+    for (q, want), b, t in zip(ask, base, taught):
         said = t["response"].strip().replace("\n", " ")
         ok = (want.lower() in said.lower()) if want else said == b["response"].strip().replace("\n", " ")
         if want:
