@@ -221,7 +221,8 @@ _MONTH = "(?:january|february|march|april|may|june|july|august|september|october
 _DAY = r"\d{1,2}(?:st|nd|rd|th)?"
 _WHEN = re.compile(r"^(?:1\d{3}|20\d\d|(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday)s?|"
                    rf"{_MONTH}|\d{{1,2}}(?::\d\d)?\s*(?:am|pm)|\d{{1,2}}:\d\d|"
-                   rf"{_MONTH}\s+{_DAY}|{_DAY}\s+{_MONTH})(?:,?\s+\d{{4}})?$", re.I)
+                   rf"{_MONTH}\s+{_DAY}|{_DAY}\s+(?:of\s+)?{_MONTH})(?:,?\s+\d{{4}})?$", re.I)
+_ORDINAL = re.compile(r"^\d{1,2}(?:st|nd|rd|th)$")  # "on the 18th": a day of the month
 # Words of a question that say nothing of what it is about, as _asks stems them
 # ("called" -> "call"; "does", "was", "this" are too short to stem).
 _ASKING = {"what", "which", "who", "whom", "whose", "where", "when", "why", "how", "does", "did", "the", "and",
@@ -269,14 +270,18 @@ _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")  # "- Mum's birthday is 
 # An opening that says a sentence is news, not what it is about: "Update: the wifi password
 # is ...", "Change of plan: ...", "Sorry, I got that wrong: ...", "Actually, ...".
 _PREAMBLE = re.compile(r"^(?:(?:update|correction|change|note|fyi|edit|ps|sorry|oops|actually)\b[^:.!?]{0,40}:\s+"
-                       r"|(?:actually|no|oh|ok|okay|so|well|also|btw|anyway|sorry|oops)\s*,\s+)+", re.I)
+                       r"|(?:actually|no|oh|ok|okay|so|well|also|btw|anyway|sorry|oops|ugh|argh|phew|oh no)\s*,\s+)+", re.I)
 # An opening that is neither the fact nor news of it: "Thanks, but we already called our
 # dog Biscuit.", "And my sister lives in Lisbon.", "By the way, my dentist is Dr. Okonkwo.",
 # "Quick one for later: my dentist is ...", "For the record, ...", "Remember this: ...".
 _OPENING = re.compile(r"^(?:(?:thanks|thank you|yes|yeah|by the way|hi|hey|hello|for the record|just so you know"
                       r"|for your information|remember this|for later)\s*[,!:]\s+|(?:and|but)\s+"
                       r"|(?:quick one|one more thing|reminder|remember|heads up|something to remember|note to self)"
-                      r"\b[^:.!?]{0,30}:\s+)+", re.I)
+                      r"\b[^:.!?]{0,30}:\s+"
+                      # "They said it needs a new exhaust.": what was said, not who said it
+                      r"|(?:they|he|she) (?:said|say|says|told me)(?: that)? (?=(?:it|he|she|his|her|the|my)\b))+", re.I)
+# A note's heading that names what the sentence after it is about.
+_LABEL = re.compile(r"^([A-Z][a-z]+(?: [a-z]+){0,2}): the ")
 _NUMBER = re.compile(r"\d")
 _AT_TIME = {"at", "until", "till"}
 _HOUR = re.compile(r"^\d{1,2}(?:[:.]\d\d)?$")  # "at 7", "until 5.30"
@@ -289,7 +294,11 @@ _COLOURS = {"red", "green", "blue", "yellow", "black", "white", "grey", "gray", 
 _SHADES = {"dark", "light", "pale", "bright", "deep", "pastel"}
 # "My bike needs new brakes.", "My daughter plays the violin.": what one of the asker's
 # things does, to up to three words that end the sentence (not "lives abroad": where).
-_OWNED_DOES = re.compile(r"^(?:[Mm]y|[Oo]ur)(?: [a-z]+){1,2} ([a-z]+[^s\W]s) ((?:[a-z]+ ){0,2}[a-z]+)[.!]?$")
+# So for one named: "Leo plays the king." -> "Leo plays what?"
+_OWNED_DOES = re.compile(r"^(?:(?:[Mm]y|[Oo]ur)(?: [a-z]+){1,2}|(?!(?:It|He|She|They|We|There|This|That)\b)[A-Z][a-z]+)"
+                         r" ([a-z]+[^s\W]s) ((?:[a-z]+ ){0,2}[a-z]+)[.!]?$")
+# "My car needs a new exhaust before it can pass.": what comes after it is asked apart, if at all
+_THEN = re.compile(r"\s+(?:before|after|because|until|unless|once|so that)\s+(?:it|he|she|they|we|I|you)\b.*$")
 _NOT_A_THING = re.compile(r"^(?:abroad|nearby|upstairs|downstairs|here|there|home|alone|away|well|hard|fast|late|early"
                           r"|a lot|too much|every \w+|[a-z]+ly)\b")
 MAX_STATEMENT_CHARS = 300  # longer sentences are taught as they are, with no questions about them
@@ -321,6 +330,8 @@ def _statement(piece: str) -> str | None:
     while (shorter := _OPENING.sub("", _PREAMBLE.sub("", said))) != said:
         said = shorter
     said = said[:1].upper() + said[1:]
+    if label := _LABEL.match(said):  # "Book club: the March pick is ..." -> "The book club's March pick is ..."
+        said = f"The {label.group(1).lower()}'s {said[label.end():]}"
     return said if len(said.split()) >= 3 else None
 
 
@@ -334,10 +345,125 @@ def _pieces(data: dict) -> list[str]:
     return []
 
 
+def _stated(data: dict) -> list[tuple[str, str | None]]:
+    """Each sentence an example says that tells (`_pieces`), with the statement it makes
+    (`_statement`, a "he", "she" or "it" that opens it put as the one before named them:
+    `_resolved`), or None."""
+    pieces = _pieces(data)
+    said = [_statement(piece) for piece in pieces]
+    resolved = iter(_resolved([s for s in said if s]))
+    return [(piece, next(resolved) if s else None) for piece, s in zip(pieces, said)]
+
+
 def statements(data: dict) -> list[str]:
     """What an example states: the sentences of a note, or of the user's turns, that tell
-    rather than ask (three words or more), each as `_statement` reads it."""
-    return [s for s in map(_statement, _pieces(data)) if s]
+    rather than ask (three words or more), each as `_stated` reads it."""
+    return [s for _, s in _stated(data) if s]
+
+
+# -- who "he", "she" and "it" are: the sentence before says ---------------------------
+
+# What someone is to the asker or to others: "my wife Marta", "the plumber, Mr. Dunmore".
+_KIN = frozenset("wife husband partner son daughter child kid sister brother mother father mum mom dad parent "
+                 "grandmother grandfather grandma grandpa granny aunt uncle cousin niece nephew friend girlfriend "
+                 "boyfriend fiance fiancee neighbour neighbor boss manager colleague coworker tutor teacher coach "
+                 "dentist doctor nurse vet landlord landlady plumber electrician builder mechanic lawyer "
+                 "accountant therapist trainer instructor babysitter nanny roommate flatmate housemate".split())
+_TITLE_NAME = r"(?:Dr|Mr|Mrs|Ms|Prof)\. [A-Z][\w'’\-]*"
+_NAME_RUN = r"[A-Z][\w\-]*(?: [A-Z][\w\-]*)*"
+# "My wife Marta turns 40", "The plumber, Mr. Dunmore, is coming", "Priya works ...": the
+# someone a statement opens with; "Called the plumber, Mr. Dunmore.", "Met Priya for lunch":
+# the someone it names past its verb.
+_SOMEONE_OPENS = re.compile(rf"^(?:My|Our|The) (?:([a-z]+) )?([a-z]+)(?:,? (?:{_TITLE_NAME}|{_NAME_RUN}))?(?=[ ,.!]|$)")
+_NAME_OPENS = re.compile(rf"^(?:{_TITLE_NAME}|[A-Z][a-z]+(?: [A-Z][a-z]+)?)(?= (?:is|was|has|had|can|will|[a-z]+s|[a-z]+ed)\b)")
+_SOMEONE_NAMED = re.compile(rf"\b(?:the|my|our) (?P<kin>[a-z]+),? (?:{_TITLE_NAME}|{_NAME_RUN})\b|(?P<titled>{_TITLE_NAME})"
+                            rf"|(?:\b(?:with|and|met|meet|saw|see|visited|called|told|asked)|^Met) (?P<name>{_NAME_RUN})")
+# "It rained", "It's been a long week", "It was lovely": an "it" that stands for nothing; an
+# "it" is read as the thing before where it does something or is somewhere ("It needs a
+# new exhaust.", "It's at Kessler Motors.").
+_IT_DOES = re.compile(r"^It(?:['’]s| is| was) (?:at|in|on|under|behind|near|next to|inside|outside|by)\s"
+                      r"|^It (?!(?:rain|snow|seem|look|turn|feel|take|took|happen|depend|matter|occur|make|made|get|got"
+                      r"|go|went|has been|had been|is|was|will|would|could|might)\w*\b)[a-z]+s\b", re.I)
+_PRONOUN = re.compile(r"^(He|She|It|His|Her|We)(['’]s)?\b( ?)")
+# "The book club's March pick is ... We meet at Hugo's flat.": a "we" of a group named before
+_GROUP = re.compile(r"^(?:The|Our|My) (?:[a-z]+ )?(?:club|team|choir|band|group|class|committee|crew|society)\b")
+_CLAUSE_PRONOUN = re.compile(r"((?:,|;|,? and|,? but) )(he|she|his|her)(?= [a-z])")
+_APPOSED = re.compile(r",.*$")  # "The plumber, Mr. Dunmore" is "The plumber" again
+_HAS = re.compile(r"^(?:been|got|gone|had)\b")  # "She's been" is "she has been"
+
+
+def _someone(statement: str) -> str | None:
+    """The one person a statement names, as it names them, for a "he" or "she" after it:
+    the one it opens with ("My wife Marta turns 40 ..." -> "My wife Marta"), else the one
+    it names ("Met Priya for lunch at the Corrow cafe." -> "Priya"; "Called the plumber,
+    Mr. Dunmore." -> "the plumber, Mr. Dunmore"); None where it names none or two."""
+    opens = _SOMEONE_OPENS.match(statement)
+    if opens and opens.group(2) in _KIN:
+        return opens.group(0)
+    if opens and opens.group(1) in _KIN:  # "The plumber rang."
+        return statement.split()[0] + " " + opens.group(1)
+    if named := _NAME_OPENS.match(statement):
+        return named.group(0)
+    found = {m.group("titled") or m.group("name") or m.group(0) for m in _SOMEONE_NAMED.finditer(statement)
+             if m.group("kin") is None or m.group("kin") in _KIN}
+    found = {f for f in found if not any(f != g and f in g for g in found)}  # "Mr. Dunmore" of "the plumber, Mr. Dunmore"
+    return found.pop() if len(found) == 1 else None
+
+
+def _something(statement: str) -> str | None:
+    """The thing a statement opens with, for an "it" after it: "My car failed its
+    inspection." -> "My car" (not someone: "My wife Marta", nor someone's: "My
+    neighbour's dog")."""
+    opens = re.match(r"^(?:My|Our|The) ([a-z]+)(?: ([a-z]+))?(?: ([a-z]+))?", statement)
+    if not opens:
+        return None
+    words = [w for w in opens.groups() if w]
+    verb = next((i for i, w in enumerate(words) if i and (w in _VERBS or w.endswith("ed")
+                                                         or (w.endswith("s") and not w.endswith("ss")))), None)
+    if verb is None or words[verb - 1] in _KIN:
+        return None
+    return statement.split()[0] + " " + " ".join(words[:verb])
+
+
+_VERBS = {"is", "are", "was", "were", "has", "have", "had", "can", "will", "won't", "can't", "does", "did", "needs"}
+
+
+def _resolved(said: list[str]) -> list[str]:
+    """Statements in order, each "he", "she" or "it" that opens one put as the statement
+    before named them (`_someone`, `_something`): "My wife Marta turns 40. She loves Thai
+    food." -> "My wife Marta loves Thai food.", asked by her name and what she is; "Her
+    favourite restaurant is ..." -> "My wife Marta's favourite restaurant is ...". Left as
+    it is where the one before names no one, or two."""
+    out: list[str] = []
+    for statement in said:
+        m = _PRONOUN.match(statement)
+        before = out[-1] if out else None
+        if m and before:
+            word, contracted, space = m.groups()
+            rest = statement[m.end():]
+            if word == "It":
+                who = _something(before) if _IT_DOES.match(statement) else None
+            elif word == "We":
+                who = group.group(0) if (group := _GROUP.match(before)) and not contracted else None
+            else:
+                who = _someone(before)
+            if who and not (word in ("His", "Her") and contracted):
+                who = who[0].upper() + who[1:]
+                if word in ("His", "Her"):
+                    statement = f"{who}'s{space}{rest}"
+                elif contracted:
+                    statement = f"{who} {'has' if _HAS.match(rest) else 'is'}{space}{rest}"
+                else:
+                    statement = f"{who}{space}{rest}"
+                if "," in who and not statement[len(who):].startswith(","):  # "The plumber, Mr. Dunmore, is coming"
+                    statement = f"{who},{statement[len(who):]}"
+                if word not in ("It", "We"):  # "..., and her favourite restaurant is Baan Suan": hers too
+                    short = _APPOSED.sub("", who)
+                    inner = (short[0].lower() + short[1:]) if short.split()[0] in ("My", "Our", "The") else short
+                    statement = _CLAUSE_PRONOUN.sub(lambda c: c.group(1) + (f"{inner}'s" if c.group(2).lower() in
+                                                                          ("his", "her") else inner), statement)
+        out.append(statement)
+    return out
 
 
 def second_person(text: str) -> str:
@@ -442,6 +568,8 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
     if len(clauses) > 1:  # one fact each: asked apart
         return [q for c in clauses for q in questions_about(c)][-MAX_QUESTIONS:]
     body = statement.strip().rstrip(".!;")
+    if len((cut := _THEN.sub("", body)).split()) >= 3:
+        body = cut
     first = _AND_PRONOUN.split(body, maxsplit=1)[0]
     if first != body and _says(first) and (asked := questions_about(first)):
         # "My dentist is what?", not "My dentist is what and I see him?"; then the rest
@@ -463,9 +591,9 @@ def _asked(body: str) -> list[tuple[str, str, str]]:
     for a, b in _spans(tokens)[-MAX_QUESTIONS:]:
         key = _join(tokens[a:b])
         before, after = tokens[:a], tokens[b:]
-        if _WHEN.match(key):
+        if _WHEN.match(key) or (_ORDINAL.match(key) and [w.lower() for w in before[-2:]] == ["on", "the"]):
             wh = "when"
-            if before and before[-1].lower() in ("last", "next", "this", "every"):  # "last June": when?
+            if before and before[-1].lower() in ("last", "next", "this", "every", "the"):  # "last June": when?
                 before = before[:-1]
             if before and before[-1].lower() in ("on", "in", "at", "by"):  # "since when" keeps its since
                 before = before[:-1]
@@ -860,11 +988,10 @@ def _told(blob: str) -> tuple[bool, tuple[tuple[str, bool], ...]]:
     answered = _answered(data)
     # an answer's sentences in the asker's words, all but those where the assistant speaks
     # of itself ("I live in your computer.")
-    pieces = [first_person(piece) for piece, tells in sentences(answer_of(data))
-              if tells and not _SELF.search(piece)] if answered else _pieces(data)
+    told = [(piece, _statement(piece)) for piece in (first_person(piece) for piece, tells in sentences(answer_of(data))
+                                                     if tells and not _SELF.search(piece))] if answered else _stated(data)
     out = []
-    for piece in pieces:
-        said = _statement(piece)
+    for piece, said in told:
         if said:
             out.append((said, bool(_NEWS & {w.lower() for w in _TOKEN.findall(piece)}
                                    or _PREAMBLE.match(_OPENING.sub("", _BULLET.sub("", piece.strip()))))))
@@ -918,10 +1045,12 @@ def without_statements(data: dict, gone: set[tuple[str, str]]) -> dict | None:
     if _answered(data):  # its answer is what was said again
         return None
 
+    stated = iter(_stated(data))  # the telling sentences in the order keep meets them
+
     def keep(text: str) -> str:
         out = ""
         for piece, tells in sentences(text):
-            said = _statement(piece) if tells else None
+            said = next(stated)[1] if tells else None
             lost = {c for w, c in gone if w == said}
             if lost:
                 rest = [c for c in _clauses(said) if c not in lost]

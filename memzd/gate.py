@@ -371,7 +371,8 @@ _CLAUSE_AFTER = re.compile(r"\s+(?:i|you|he|she|we|they|it|my|your|his|her|our|t
 _KIND_OF_NOUN = {
     **{w: "place" for w in ("city town country place street road port hall address village company birthplace "
                             "hometown station airport room office building venue location capital school "
-                            "university college hospital library museum").split()},
+                            "university college hospital library museum cafe restaurant garage shop store pub bar gym "
+                            "clinic hotel church park theatre cinema bakery flat").split()},
     **{w: "time" for w in "day date year month time evening morning night hour week weekday".split()},
     **{w: NUMBER for w in "size height elevation length width depth weight count population age price cost".split()},
     # what someone does, however it is asked ("What does my sister do for a living?")
@@ -420,6 +421,7 @@ _THING = re.compile(r"\bwhat (?:do|does|did)\b.*\b(?!mean\b|cost\b|weigh\b|like\
 # Lisbon."): a "what" right after someone's noun asks its name
 _NAME_AFTER = re.compile(r"\b(?:my|your|his|her|our|their) (?:(" + "|".join(sorted(_BEFORE_THE_THING))
                          + r") )?([a-z]+) what\b")
+_IS_WHAT = re.compile(r"\b([a-z]+) (?:is|are|was|were) what\W*$")  # a question written about a statement
 _COUNTED = frozenset({"time", NUMBER, "colour"})  # never what a bare "what" asks
 _NOT_A_THING = frozenset({"place", "time", "person", NUMBER, "deed", "colour"})
 
@@ -461,6 +463,8 @@ def asks_for(question: str, other: str) -> str | None:
         return None if root(noun) in {root(w.lower()) for w in _words(other)} else root(noun)
     if _NAMING.search(t):
         return "name"
+    if (echo := _IS_WHAT.search(t)) and (kind := _kind_of(echo.group(1))):  # "My tutor is what?": a person
+        return kind
     return "deed" if _DEED.search(t) else "thing" if _THING.search(t) else None
 
 
@@ -759,24 +763,34 @@ class KeyMemory:
         the base model does, as it would have before; otherwise (a kind only a noun
         says, "What breed is my dog?") the adapter answers `text` as asked."""
         cue = self.cues[key]
-        if cue is None or _same(cue, text):
+        if cue is not None and (_same(cue, text) or asks_the_same(text, cue, certain=True)):
+            return key, self.cue(key, text)
+        about = self._about(key, text)
+        fitting = [k for k in about if asks_the_same(text, self.cues[k], certain=True)]
+        shared = lambda k: len(_content(text) & _content(self.cues[k]))  # noqa: E731
+        if fitting:  # of those, the one that shares most words with `text`: "When is my yoga
+            # class?" of a chat that told when the class is and when the dentist is seen
+            fits = max(fitting, key=shared)
+            if (shared(fits) if cue is None else not asks_the_same(text, cue) or shared(fits) >= shared(key)):
+                return fits, self.cue(fits, text)
+        if cue is None:
             return key, None
         if asks_the_same(text, cue):
             return key, cue
+        if all(asks_otherwise(text, self.cues[k]) for k in [key, *about]):
+            return None
+        return key, None
+
+    def _about(self, key: int, text: str) -> list[int]:
+        """The keys with a taught question about what `text`, matched to `key`, is about:
+        those as near to `text` by words as `key`, and the others of the examples they
+        were taught by (`key`'s own first)."""
         near = self._lexical_by_key(text)
         tied = [k for k, x in enumerate(near) if x >= near[key] - 1e-9 and k != key] if near[key] > 0 else []
         taught_by = {self.sources[k] for k in [key, *tied]} - {None}
         same_example = [k for k, s in enumerate(self.sources) if s in taught_by and k != key and k not in tied]
-        about = [k for k in (*sorted(same_example, key=lambda k: self.sources[k] != self.sources[key]), *tied)
-                 if self.cues[k] is not None]
-        fitting = [k for k in about if asks_the_same(text, self.cues[k], certain=True)]
-        if fitting:  # of those, the one that shares most words with `text`: "When is my yoga
-            # class?" of a chat that told when the class is and when the dentist is seen
-            fits = max(fitting, key=lambda k: len(_content(text) & _content(self.cues[k])))
-            return fits, self.cue(fits, text)
-        if all(asks_otherwise(text, self.cues[k]) for k in [key, *about]):
-            return None
-        return key, None
+        return [k for k in (*sorted(same_example, key=lambda k: self.sources[k] != self.sources[key]), *tied)
+                if self.cues[k] is not None]
 
     def _embed_some(self, model, tokenizer, texts: list[str], which: list[int],
                     device: torch.device) -> dict[int, torch.Tensor]:

@@ -304,6 +304,11 @@ def test_a_question_asked_in_other_words_names_the_taught_question_it_matched(me
     ("I always fly with what when I visit my parents?", "Which airline do I fly with to visit my parents?",
      "When do I visit my parents?"),
     ("My favourite flower is what?", "Which flower do I like best?", "What colour is my favourite flower?"),
+    # a question written about "My tutor is Joana.": a tutor is someone
+    ("My tutor is what?", "Who is my tutor?", "When do I see my tutor?"),
+    # a cafe, a garage is somewhere
+    ("Met Priya for lunch at what cafe?", "Where did I have lunch with Priya?", "When did I have lunch with Priya?"),
+    ("Which garage is my car at?", "Where is my car?", "What does my car need?"),
     # a "what" after someone's noun asks a name
     ("Your sister what moved to Lisbon?", "What is my sister called?", "What does my sister do for work?"),
 ])
@@ -355,6 +360,18 @@ def test_a_query_about_a_taught_thing_is_answered_by_what_was_taught_that_asks_t
             "My yoga class is when at the Linden hall?"]
     chat = keyed.extend(model, base.tokenizer, said, base.device, sources=["h-chat"] * 3)
     assert chat.resolve(2, "When is my yoga class?") == (4, "My yoga class is when at the Linden hall?")
+    # a statement's key gives way to one of its example's questions that asks the same for
+    # certain ("My tutor is what?": a tutor is someone) and shares a word with the query
+    told = keyed.extend(model, base.tokenizer, ["I started learning Portuguese last month.", "My tutor is what?"],
+                        base.device, sources=["h-told"] * 2)
+    assert told.resolve(2, "Who is my Portuguese tutor?") == (3, "My tutor is what?")
+    assert told.resolve(2, "Where do I learn Portuguese?") == (2, None)  # none asks where: as asked
+    assert told.resolve(2, "Who taught me Portuguese first?") == (2, None)  # a person, but no word shared
+    # ...and so does a question that fits only as one that says nothing of what it asks
+    note = keyed.extend(model, base.tokenizer, ["Leo plays what?", "The school play is on the 18th in what hall?"],
+                        base.device, sources=["h-note"] * 2)
+    assert note.resolve(2, "Where is the school play?") == (3, "The school play is on the 18th in what hall?")
+    assert note.resolve(2, "Who does Leo play?") == (2, "Leo plays what?")
 
 
 def test_a_key_that_belongs_to_no_shard_is_refused(memory):
