@@ -255,6 +255,7 @@ _CLAUSE = re.compile(r",\s+(?:and|but|so)\s+|[;:]\s+")
 # clause only, since "him" needs the dentist.
 _AND_NOUN = re.compile(r"\s+and\s+(?=(?:my|our|his|her|their|the)\s)")
 _AND_PRONOUN = re.compile(r"\s+and\s+(?=(?:I|I'm|I've|we|he|she|they)\s)")
+_SPLICE = re.compile(r",\s+(?=(?:the|my|our)\s)")
 _SAYS = re.compile(r"\s(?:is|are|was|were|am|has|have|had|[a-z]+ed)\s", re.I)
 
 
@@ -280,8 +281,16 @@ _OPENING = re.compile(r"^(?:(?:thanks|thank you|yes|yeah|by the way|hi|hey|hello
                       r"\b[^:.!?]{0,30}:\s+"
                       # "They said it needs a new exhaust.": what was said, not who said it
                       r"|(?:they|he|she) (?:said|say|says|told me)(?: that)? (?=(?:it|he|she|his|her|the|my)\b))+", re.I)
+# A diary's sentence that opens with what was done says who did it: "Met Priya for lunch
+# at the Corrow cafe." is "I met Priya ..." (not "Fred called.", nor "Ted is my uncle.").
+_DIARY = re.compile(r"^(?:[A-Z][a-z]+ed|Met|Saw|Had|Went|Got|Bought|Took|Made|Found|Gave|Told|Sent|Paid|Left|Ate"
+                    r"|Drove|Rang|Spoke|Heard|Lost|Won|Ran|Swam|Began|Brought|Caught|Sold|Wrote|Flew)"
+                    r" (?!(?:is|was|has|had|and|[a-z]+ed|[a-z]+s)\b)")
 # A note's heading that names what the sentence after it is about.
 _LABEL = re.compile(r"^([A-Z][a-z]+(?: [a-z]+){0,2}): the ")
+# ...or that a value follows: "Gym locker combination: 2719.", "Wifi: heron42"
+_LABEL_VALUE = re.compile(r"^([A-Z][a-z]+(?: [a-z]+){0,4}): (?!(?:the|a|an|my|our|his|her|their|it|we|they|he|she|I)\b)"
+                          r"((?:\S+ ){0,3}\S+?)([.!]?)$")
 _NUMBER = re.compile(r"\d")
 _AT_TIME = {"at", "until", "till"}
 _HOUR = re.compile(r"^\d{1,2}(?:[:.]\d\d)?$")  # "at 7", "until 5.30"
@@ -332,6 +341,10 @@ def _statement(piece: str) -> str | None:
     said = said[:1].upper() + said[1:]
     if label := _LABEL.match(said):  # "Book club: the March pick is ..." -> "The book club's March pick is ..."
         said = f"The {label.group(1).lower()}'s {said[label.end():]}"
+    elif valued := _LABEL_VALUE.match(said):  # "Gym locker combination: 2719." -> "The gym locker combination is 2719."
+        said = f"The {valued.group(1).lower()} is {valued.group(2)}{valued.group(3)}"
+    elif _DIARY.match(said):  # "Met Priya for lunch." in a diary: I did
+        said = "I " + said[0].lower() + said[1:]
     return said if len(said.split()) >= 3 else None
 
 
@@ -387,7 +400,7 @@ _IT_DOES = re.compile(r"^It(?:['’]s| is| was) (?:at|in|on|under|behind|near|ne
 _PRONOUN = re.compile(r"^(He|She|It|His|Her|We)(['’]s)?\b( ?)")
 # "The book club's March pick is ... We meet at Hugo's flat.": a "we" of a group named before
 _GROUP = re.compile(r"^(?:The|Our|My) (?:[a-z]+ )?(?:club|team|choir|band|group|class|committee|crew|society)\b")
-_CLAUSE_PRONOUN = re.compile(r"((?:,|;|,? and|,? but) )(he|she|his|her)(?= [a-z])")
+_CLAUSE_PRONOUN = re.compile(r"((?:,|;|,? and|,? but) )(he|she|his|her)(['’]s)?(?= [a-z])")
 _APPOSED = re.compile(r",.*$")  # "The plumber, Mr. Dunmore" is "The plumber" again
 _HAS = re.compile(r"^(?:been|got|gone|had)\b")  # "She's been" is "she has been"
 
@@ -428,6 +441,16 @@ def _something(statement: str) -> str | None:
 _VERBS = {"is", "are", "was", "were", "has", "have", "had", "can", "will", "won't", "can't", "does", "did", "needs"}
 
 
+def _put(who: str, pronoun: str, contracted: str | None, rest: str) -> str:
+    """`who` in a pronoun's place: "her" -> "Marta's", "he's" -> "the plumber is" ("has"
+    before "been")."""
+    if pronoun.lower() in ("his", "her"):
+        return f"{who}'s"
+    if contracted:
+        return f"{who} {'has' if _HAS.match(rest.lstrip()) else 'is'}"
+    return who
+
+
 def _resolved(said: list[str]) -> list[str]:
     """Statements in order, each "he", "she" or "it" that opens one put as the statement
     before named them (`_someone`, `_something`): "My wife Marta turns 40. She loves Thai
@@ -449,19 +472,14 @@ def _resolved(said: list[str]) -> list[str]:
                 who = _someone(before)
             if who and not (word in ("His", "Her") and contracted):
                 who = who[0].upper() + who[1:]
-                if word in ("His", "Her"):
-                    statement = f"{who}'s{space}{rest}"
-                elif contracted:
-                    statement = f"{who} {'has' if _HAS.match(rest) else 'is'}{space}{rest}"
-                else:
-                    statement = f"{who}{space}{rest}"
+                statement = _put(who, word, contracted, rest) + space + rest
                 if "," in who and not statement[len(who):].startswith(","):  # "The plumber, Mr. Dunmore, is coming"
                     statement = f"{who},{statement[len(who):]}"
                 if word not in ("It", "We"):  # "..., and her favourite restaurant is Baan Suan": hers too
                     short = _APPOSED.sub("", who)
                     inner = (short[0].lower() + short[1:]) if short.split()[0] in ("My", "Our", "The") else short
-                    statement = _CLAUSE_PRONOUN.sub(lambda c: c.group(1) + (f"{inner}'s" if c.group(2).lower() in
-                                                                          ("his", "her") else inner), statement)
+                    statement = _CLAUSE_PRONOUN.sub(lambda c: c.group(1) + _put(inner, c.group(2), c.group(3),
+                                                                                statement[c.end():]), statement)
         out.append(statement)
     return out
 
@@ -540,7 +558,10 @@ def _clauses(statement: str) -> list[str]:
     else the statement itself."""
     def apart(clause: str) -> list[str]:  # "...and my teacher is called Sunniva"
         parts = _AND_NOUN.split(clause, maxsplit=1)
-        return parts if len(parts) == 2 and all(map(_says, parts)) else [clause]
+        if len(parts) == 2 and all(map(_says, parts)):
+            return parts
+        parts = _SPLICE.split(clause, maxsplit=1)  # "The plumber can't make Friday, the plumber is coming on Monday"
+        return parts if len(parts) == 2 and _says(parts[1]) else [clause]
 
     clauses = [part for clause in _CLAUSE.split(statement.strip().rstrip(".!;")) for part in apart(clause)]
     if len(clauses) > 1 and all(len(c.split()) >= 3 for c in clauses):
@@ -816,6 +837,7 @@ _TIME = {"since", "until", "ago", "last", "next", "this", "today", "yesterday", 
          "weeks", "month", "months", "year", "years", "weekend", "summer", "winter", "spring", "autumn"}
 # The words that lead into a date or a word of time ("since 2019", "in March", "at the
 # weekend"), and the words of time that say when by themselves ("last week", "two years ago").
+_DAYTIME = {"morning", "afternoon", "evening", "night", "mornings", "afternoons", "evenings", "nights"}
 _INTO_TIME = {"since", "until", "in", "on", "at", "by", "during", "last", "next", "this", "every", "the", "a",
               "few", "two", "three", "several", "some"}
 _WHILE = _TIME - _INTO_TIME | {"tomorrow", "tonight", "weekends"}
@@ -912,9 +934,18 @@ def _frame(question: str) -> _Frame | None:
     (_NEWS), and an article with the words that describe the value (`_undescribed`: "I
     drive an old blue what?", were it written so, and "Now I drive what?" are both {i,
     driv, what})."""
-    words = [t.lower().replace("’", "'") for t in _TOKEN.findall(question) if t[0].isalnum()]
+    tokens = [t for t in _TOKEN.findall(question) if t[0].isalnum()]
+    words = [t.lower().replace("’", "'") for t in tokens]
     slot = next((i for i, w in enumerate(words) if w in _ASKED), None)
-    if slot is None or sum(w not in _NEWS and w not in _TIME and not is_when(w) for w in words[slot + 1:]) >= 2:
+    if slot is None:
+        return None
+    # past the value, what it is for says nothing of what is asked ("The plumber is coming
+    # when morning to fix the boiler?" asks what "... coming when instead?" does), nor does
+    # a time of day
+    purpose = next((i for i in range(slot + 1, len(tokens) - 1) if words[i] == "to" and tokens[i + 1].islower()
+                    and words[i + 1] not in _DETERMINERS and words[i + 1] not in _PLACE_NOUNS), len(words))
+    words = words[:slot + 1] + [w for w in words[slot + 1:purpose] if w not in _DAYTIME]
+    if sum(w not in _NEWS and w not in _TIME and not is_when(w) for w in words[slot + 1:]) >= 2:
         return None
     words, negated = _plain(words, slot)
     slot = next(i for i, w in enumerate(words) if w in _ASKED)

@@ -296,9 +296,15 @@ _BEFORE_THE_THING = frozenset("new old best little big younger older elder eldes
                               "favourite favorite first second own late dear".split())
 
 
+_IS = frozenset({"is", "are", "was", "were"})
+_DONE = re.compile(r"(?:ing|ed)$|^(?:born|gone|done|made|known|seen|taken|given|now|then|today)$")
+
+
 def owned(text: str) -> set[str]:
     """The roots of what a text says is the asker's: the words of each "my ..." and its
-    possessives, describing words and a name asked for aside."""
+    possessives, describing words and a name asked for aside; and where a question ends
+    in "is my ..." that names two or three things ("Who is my yoga teacher?"), the last
+    of them too (not "When was my son born?", nor "Where does my sister live?")."""
     lower = [w.lower() for w in re.findall(r"[A-Za-z]+(?:'s)?", text.replace("\u2019", "'"))]
     out = set()
     for i, w in enumerate(lower):
@@ -312,6 +318,10 @@ def owned(text: str) -> set[str]:
             if not lower[j].endswith("'s"):
                 break
             j += 1
+        compound = lower[j + 1:]
+        if i and lower[i - 1] in _IS and 0 < len(compound) <= 2 and not any(map(_DONE.search, compound)) \
+                and re.search(r"\b" + r"\W+".join(compound) + r"\W*$", text.lower()):
+            out.add(root(compound[-1]))  # "Who is my yoga teacher?": the teacher's too
     return out - {root("name")}
 
 
@@ -773,8 +783,12 @@ class KeyMemory:
             fits = max(fitting, key=shared)
             if (shared(fits) if cue is None else not asks_the_same(text, cue) or shared(fits) >= shared(key)):
                 return fits, self.cue(fits, text)
-        if cue is None:
-            return key, None
+        if cue is None:  # a statement's key: where one of its example's questions asks the same
+            # and shares two of `text`'s words ("Remind me of my locker number at the gym." of
+            # "My gym locker number is what?"), the question taught with its answer answers
+            fits = [k for k in about if asks_the_same(text, self.cues[k])]
+            best = max(fits, key=shared, default=None)
+            return (best, self.cue(best, text)) if best is not None and shared(best) >= 2 else (key, None)
         if asks_the_same(text, cue):
             return key, cue
         if all(asks_otherwise(text, self.cues[k]) for k in [key, *about]):

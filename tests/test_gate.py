@@ -148,6 +148,22 @@ def test_a_personal_key_does_not_meet_a_question_about_another_of_the_askers_thi
     assert gate.lexical_score(found, ["live", "sister", gate.PERSONAL, gate.RECALL]) == 0.5  # as written before
 
 
+def test_a_thing_of_the_askers_named_by_two_words_is_the_last_ones_too(memory):
+    """"Who is my yoga teacher?" is about the asker's teacher (the one of the yoga class),
+    and meets "My teacher is called what?"; "When was my son born?" is about the son, and
+    "Where does my sister live?" about the sister, whatever word follows."""
+    assert gate.owned("Who is my yoga teacher?") == {"yoga", "teacher"}
+    assert gate.owned("What is my gym locker combination?") == {"gym", "combination"}
+    assert gate.owned("When was my son born?") == {"son"}
+    assert gate.owned("Where is my sister living?") == {"sister"}
+    assert gate.owned("Where does my sister live?") == {"sister"}
+    mem, model, base = memory
+    mem = mem.extend(model, base.tokenizer, ["My teacher is called what?", "My son was born when?"], base.device)
+    assert mem.lexical("Who is my yoga teacher?") > 0.0
+    assert mem.lexical("Who is my yoga instructor?") == 0.0  # another of the asker's: not met
+    assert mem.lexical("When was my daughter born?") == 0.0
+
+
 def test_a_fact_about_the_askers_own_named_thing_is_met_without_the_name(memory):
     """"My son Ewan swims at the Wexley pool." is keyed by its names, and also, since it is
     about the asker's son, by its other words: "Which pool does my son swim at?" names
@@ -367,6 +383,11 @@ def test_a_query_about_a_taught_thing_is_answered_by_what_was_taught_that_asks_t
     assert told.resolve(2, "Who is my Portuguese tutor?") == (3, "My tutor is what?")
     assert told.resolve(2, "Where do I learn Portuguese?") == (2, None)  # none asks where: as asked
     assert told.resolve(2, "Who taught me Portuguese first?") == (2, None)  # a person, but no word shared
+    # ...or that asks the same, though not for certain, and shares two of the query's words
+    locker = keyed.extend(model, base.tokenizer, ["My gym locker number is 4471.", "My gym locker number is what?"],
+                          base.device, sources=["h-locker"] * 2)
+    assert locker.resolve(2, "Remind me of my locker number at the gym.") == (3, "My gym locker number is what?")
+    assert locker.resolve(2, "Tell me about my gym.") == (2, None)  # one word shared
     # ...and so does a question that fits only as one that says nothing of what it asks
     note = keyed.extend(model, base.tokenizer, ["Leo plays what?", "The school play is on the 18th in what hall?"],
                         base.device, sources=["h-note"] * 2)

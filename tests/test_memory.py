@@ -372,6 +372,14 @@ def test_what_was_said_of_a_thing_named_before_is_asked_of_it():
                                   "The school play is on the 18th in the Ashgrove hall."})
     asked = {q for s in said for q, _, _ in ex.questions_about(s)}
     assert "My car needs what?" in asked  # not "...before it can pass"
+    # a note's heading before a value is what the value is of
+    assert ex.statements({"text": "Gym locker combination: 2719.\nWifi: heron42\nBook club: we meet at six."}) == [
+        "The gym locker combination is 2719.", "The wifi is heron42", "Book club: we meet at six."]
+    assert [q for q, _, _ in ex.questions_about("The gym locker combination is 2719.")] == [
+        "The gym locker combination is what?"]
+    # a diary's "Met Priya ..." is what I did; "Fred called twice." is Fred
+    assert ex.statements({"text": "Met Priya for lunch at the Corrow cafe. Fred called twice. Ted is my uncle."}) == [
+        "I met Priya for lunch at the Corrow cafe.", "Fred called twice.", "Ted is my uncle."]
     assert "The book club's pick is what?" in asked
     assert "Leo plays what?" in asked
     assert "The school play is when in the Ashgrove hall?" in asked  # "on the 18th": a day
@@ -383,6 +391,24 @@ def test_what_was_said_of_a_thing_named_before_is_asked_of_it():
     assert [r.statement for r in gone] == ["My sister Ilse lives in Porto."]
     assert ex.without_statements(old, {(r.statement, r.clause) for r in gone}) == {
         "text": "My sister Ilse is a nurse."}
+
+
+def test_a_time_moved_in_other_words_replaces_the_one_said_before():
+    """"He can't make Friday, he's coming on Monday instead." said of the plumber who was
+    coming "Friday morning to fix the boiler" moves his visit: what it is for and the time
+    of day do not make it another fact."""
+    old = {"text": "Called the plumber, Mr. Dunmore. He's coming Friday morning to fix the boiler."}
+    new = {"messages": [{"role": "user", "content": "The plumber rang. He can't make Friday, he's coming on Monday "
+                                                    "instead."}, {"role": "assistant", "content": "Noted."}]}
+    assert ex.statements(new) == ["The plumber rang.",
+                                  "The plumber can't make Friday, the plumber is coming on Monday instead."]
+    [moved] = ex.restated(old, new)
+    assert (moved.question, moved.answer) == ("The plumber is coming when morning to fix the boiler?",
+                                              "The plumber is coming on Monday instead.")
+    assert ex.without_statements(old, {(moved.statement, moved.clause)}) == {"text": "Called the plumber, Mr. Dunmore."}
+    # where it goes is part of what is said: not moved
+    assert ex.restated({"text": "The plumber is coming on Friday to fix the boiler."},
+                       {"text": "The plumber is coming on Monday to the office."}) == []
 
 
 def test_statements_are_a_notes_sentences_and_the_users_non_questions():
