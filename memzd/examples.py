@@ -255,6 +255,10 @@ _CLAUSE = re.compile(r",\s+(?:and|but|so)\s+|[;:]\s+")
 # clause only, since "him" needs the dentist.
 _AND_NOUN = re.compile(r"\s+and\s+(?=(?:my|our|his|her|their|the)\s)")
 _AND_PRONOUN = re.compile(r"\s+and\s+(?=(?:I|I'm|I've|we|he|she|they)\s)")
+# Someone who teaches, told of after what they teach: "my piano lesson ..., and my teacher is ..."
+_LESSON = re.compile(r"^(?:[Mm]y|[Oo]ur) ([a-z]+) (?:class|classes|lesson|lessons|course|training|practice|club|team)"
+                     r" (?:is|are|was|were|starts|started|meets|runs)\b")
+_ROLE = re.compile(r"^([Mm]y|[Oo]ur) (?=(?:teacher|tutor|coach|instructor|trainer)\b)")
 _SPLICE = re.compile(r",\s+(?=(?:the|my|our)\s)")
 _SAYS = re.compile(r"\s(?:is|are|was|were|am|has|have|had|[a-z]+ed)\s", re.I)
 
@@ -267,6 +271,8 @@ def _says(clause: str) -> bool:
 # "My landlord, Mr. Achterberg, lives upstairs": a name set beside what it names.
 _APPOSITION = re.compile(r"^((?:[Mm]y|[Oo]ur|[Tt]he)(?: [a-z]+){1,2}), ((?:(?:Dr|Mr|Ms|Mrs|St)\. )?[A-Z][\w'’\-]*"
                          r"(?: [A-Z][\w'’\-]*)*), (.+)$")
+_APPOSITION_ENDS = re.compile(r"^(.+ )((?:the|my|our) [a-z]+), ((?:(?:Dr|Mr|Ms|Mrs|St)\. )?[A-Z][\w'’\-]*"
+                             r"(?: [A-Z][\w'’\-]*)*)$")
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")  # "- Mum's birthday is 12 May", "2) ..."
 # An opening that says a sentence is news, not what it is about: "Update: the wifi password
 # is ...", "Change of plan: ...", "Sorry, I got that wrong: ...", "Actually, ...".
@@ -565,6 +571,9 @@ def _clauses(statement: str) -> list[str]:
 
     clauses = [part for clause in _CLAUSE.split(statement.strip().rstrip(".!;")) for part in apart(clause)]
     if len(clauses) > 1 and all(len(c.split()) >= 3 for c in clauses):
+        for i in range(1, len(clauses)):  # "My yoga class is on Tuesdays and my teacher is ...": the yoga teacher
+            if (lesson := _LESSON.match(clauses[i - 1])) and (role := _ROLE.match(clauses[i])):
+                clauses[i] = f"{role.group(1)} {lesson.group(1)} {clauses[i][len(role.group(1)) + 1:]}"
         return [c[0].upper() + c[1:] for c in clauses]
     return [statement]
 
@@ -601,6 +610,10 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
     if named:  # "My landlord, Mr. Achterberg, lives upstairs": who the landlord is, then the rest
         who, name, rest = named.groups()
         return (questions_about(f"{who} is {name}") + questions_about(f"{who} {rest}"))[-MAX_QUESTIONS:]
+    named = _APPOSITION_ENDS.match(body)
+    if named:  # "I called the plumber, Mr. Dunmore": who the plumber is, then the rest
+        rest, who, name = named.groups()
+        return (questions_about(f"{who[0].upper()}{who[1:]} is {name}") + _asked(f"{rest}{who}"))[-MAX_QUESTIONS:]
     return _asked(body)
 
 

@@ -781,7 +781,8 @@ class KeyMemory:
         if fitting:  # of those, the one that shares most words with `text`: "When is my yoga
             # class?" of a chat that told when the class is and when the dentist is seen
             fits = max(fitting, key=shared)
-            if (shared(fits) if cue is None else not asks_the_same(text, cue) or shared(fits) >= shared(key)):
+            if (shared(fits) or len(fitting) == 1 if cue is None
+                    else not asks_the_same(text, cue) or shared(fits) >= shared(key)):
                 return fits, self.cue(fits, text)
         if cue is None:  # a statement's key: where one of its example's questions asks the same
             # and shares two of `text`'s words ("Remind me of my locker number at the gym." of

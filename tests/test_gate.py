@@ -378,11 +378,13 @@ def test_a_query_about_a_taught_thing_is_answered_by_what_was_taught_that_asks_t
     assert chat.resolve(2, "When is my yoga class?") == (4, "My yoga class is when at the Linden hall?")
     # a statement's key gives way to one of its example's questions that asks the same for
     # certain ("My tutor is what?": a tutor is someone) and shares a word with the query
-    told = keyed.extend(model, base.tokenizer, ["I started learning Portuguese last month.", "My tutor is what?"],
-                        base.device, sources=["h-told"] * 2)
+    told = keyed.extend(model, base.tokenizer, ["I started learning Portuguese last month.", "My tutor is what?",
+                                                "My dentist is what?", "We meet when evenings?"],
+                        base.device, sources=["h-told"] * 4)
     assert told.resolve(2, "Who is my Portuguese tutor?") == (3, "My tutor is what?")
     assert told.resolve(2, "Where do I learn Portuguese?") == (2, None)  # none asks where: as asked
-    assert told.resolve(2, "Who taught me Portuguese first?") == (2, None)  # a person, but no word shared
+    assert told.resolve(2, "Who taught me Portuguese first?") == (2, None)  # two ask who, neither shares a word
+    assert told.resolve(2, "When do I have Portuguese lessons?") == (5, "We meet when evenings?")  # one asks when
     # ...or that asks the same, though not for certain, and shares two of the query's words
     locker = keyed.extend(model, base.tokenizer, ["My gym locker number is 4471.", "My gym locker number is what?"],
                           base.device, sources=["h-locker"] * 2)

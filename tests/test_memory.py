@@ -372,6 +372,14 @@ def test_what_was_said_of_a_thing_named_before_is_asked_of_it():
                                   "The school play is on the 18th in the Ashgrove hall."})
     asked = {q for s in said for q, _, _ in ex.questions_about(s)}
     assert "My car needs what?" in asked  # not "...before it can pass"
+    # a name set beside someone at the end says who they are
+    assert ("The plumber is what?", "The plumber is Mr. Dunmore.", "Mr. Dunmore") in \
+        ex.questions_about("I called the plumber, Mr. Dunmore.")
+    # a teacher told of after a lesson is that lesson's
+    assert [q for q, _, _ in ex.questions_about("My yoga class is on Tuesdays and my teacher is called Sunniva.")
+            ][-1] == "My yoga teacher is called what?"
+    assert [q for q, _, _ in ex.questions_about("My car is in the garage and my teacher is called Sunniva.")
+            ][-1] == "My teacher is called what?"
     # a note's heading before a value is what the value is of
     assert ex.statements({"text": "Gym locker combination: 2719.\nWifi: heron42\nBook club: we meet at six."}) == [
         "The gym locker combination is 2719.", "The wifi is heron42", "Book club: we meet at six."]
