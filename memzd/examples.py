@@ -613,7 +613,8 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
     named = _APPOSITION_ENDS.match(body)
     if named:  # "I called the plumber, Mr. Dunmore": who the plumber is, then the rest
         rest, who, name = named.groups()
-        return (questions_about(f"{who[0].upper()}{who[1:]} is {name}") + _asked(f"{rest}{who}"))[-MAX_QUESTIONS:]
+        others = [q for q in _asked(f"{rest}{who}") if q[2] != who]  # not "I called what?": the plumber
+        return (questions_about(f"{who[0].upper()}{who[1:]} is {name}") + others)[-MAX_QUESTIONS:]
     return _asked(body)
 
 
