@@ -6,8 +6,11 @@ holds the value it should (general questions: the base model's answer is kept).
 
 Week 1's drops and questions were written while looking for what memz gets wrong, so
 they are a walk-through, not a held-out measure. Week 2's (two drops, a few days
-apart; the second moves a time the first gave) were written and committed before
-memz was run on them; bench/knowledge.py is the measure of record.
+apart; the second moves a time the first gave) were written and committed (2b2e171)
+before memz was run on them: its held-out figure is the first run's, 9 of 19 at
+46c3554; memz was changed against it since. Week 3's (the same shape) were written
+and committed before memz was run on them, once that was done. bench/knowledge.py
+is the measure of record.
 
     python bench/research/everyday_walk.py [--week 1|2] [--keep DIR]
 """
@@ -90,7 +93,35 @@ ASK2 = [
     ("How many days are in a week?", None), ("Who is my boss?", None), ("What is my sister's name?", None),
     ("What is the boiling point of water?", None),
 ]
-WEEKS = {"1": ([WEEK1], ASK1), "2": ([WEEK2_MONDAY, WEEK2_THURSDAY], ASK2)}
+WEEK3_MONDAY = [
+    chat("I just got back from the vet with our dog Pip. He has a grass allergy, so he needs tablets every morning.",
+         "Poor Pip, I hope the tablets help."),
+    chat("My brother Karl is moving to Tromsø in April. He got a job at the university there.", "What an adventure!",
+         "Yes! His partner Ines is going with him.", "That's lovely."),
+    {"text": "Car insurance renews on 2 June. Policy number: KX-44120."},
+    {"text": "Dentist appointment moved to Thursday 10am. Dr. Vos, room 4."},
+    {"text": "Mum's new phone number is 0612 889 410. She changed it last week."},
+    chat("Can you recommend a book for my flight? I'm flying to Lima on the 21st.", "Try The Overstory.",
+         "Thanks, my seat is 14C by the way.", "Enjoy the window view!"),
+    {"input": "What's my library card PIN?", "output": "Your library card PIN is 7351."},
+    {"text": "Sunday 8 Dec\nWent swimming with Olu at the Harbour baths. The pool closes at 9 on Sundays."},
+]
+WEEK3_FRIDAY = [chat("Karl called: he's moving in May now, not April.", "Thanks for the update.")]
+ASK3 = [
+    ("What is my dog's name?", "Pip"), ("What is Pip allergic to?", "grass"),
+    ("What does Pip need every morning?", "tablet"), ("Where is my brother moving?", "Troms"),
+    ("When is Karl moving?", "May"), ("Where did Karl get a job?", "university"),
+    ("Who is Karl's partner?", "Ines"), ("When does my car insurance renew?", "June"),
+    ("What is my car insurance policy number?", "KX-44120"), ("When is my dentist appointment?", "Thursday"),
+    ("Who is my dentist?", "Vos"), ("What is Mum's phone number?", "889"), ("Where am I flying to?", "Lima"),
+    ("When is my flight?", "21"), ("What is my seat number?", "14C"), ("What's my library card PIN?", "7351"),
+    ("Who did I go swimming with?", "Olu"), ("Where did I go swimming?", "Harbour"),
+    ("When does the pool close on Sundays?", "9"),
+    ("What is the capital of Spain?", None), ("Who wrote Romeo and Juliet?", None),
+    ("How many legs does a spider have?", None), ("What is my cat's name?", None),
+    ("Where does my sister live?", None), ("What colour is the sky?", None),
+]
+WEEKS = {"1": ([WEEK1], ASK1), "2": ([WEEK2_MONDAY, WEEK2_THURSDAY], ASK2), "3": ([WEEK3_MONDAY, WEEK3_FRIDAY], ASK3)}
 
 
 def drain(home: str) -> None:
