@@ -221,6 +221,7 @@ _MONTH = "(?:january|february|march|april|may|june|july|august|september|october
 _DAY = r"\d{1,2}(?:st|nd|rd|th)?"
 _WHEN = re.compile(r"^(?:1\d{3}|20\d\d|(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday)s?|"
                    rf"{_MONTH}|\d{{1,2}}(?::\d\d)?\s*(?:am|pm)|\d{{1,2}}:\d\d|"
+                   r"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday)\s+\d{1,2}(?::\d\d)?\s*(?:am|pm)|"
                    rf"{_MONTH}\s+{_DAY}|{_DAY}\s+(?:of\s+)?{_MONTH})(?:,?\s+\d{{4}})?$", re.I)
 _ORDINAL = re.compile(r"^\d{1,2}(?:st|nd|rd|th)$")  # "on the 18th": a day of the month
 # Words of a question that say nothing of what it is about, as _asks stems them
@@ -273,6 +274,9 @@ _APPOSITION = re.compile(r"^((?:[Mm]y|[Oo]ur|[Tt]he)(?: [a-z]+){1,2}), ((?:(?:Dr
                          r"(?: [A-Z][\w'’\-]*)*), (.+)$")
 _APPOSITION_ENDS = re.compile(r"^(.+ )((?:the|my|our) [a-z]+), ((?:(?:Dr|Mr|Ms|Mrs|St)\. )?[A-Z][\w'’\-]*"
                              r"(?: [A-Z][\w'’\-]*)*)$")
+_PET_NAMED = re.compile(r"\b(?:[Mm]y|[Oo]ur) (dog|cat|puppy|kitten|horse|pony|rabbit|parrot|hamster) ([A-Z][a-z]+)\b"
+                        r"(?!['’])")
+_NAMED_SO = re.compile(r"\b(?:called|named|call|name)\b", re.I)  # "We called our dog Biscuit" asks it already
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")  # "- Mum's birthday is 12 May", "2) ..."
 # An opening that says a sentence is news, not what it is about: "Update: the wifi password
 # is ...", "Change of plan: ...", "Sorry, I got that wrong: ...", "Actually, ...".
@@ -292,6 +296,7 @@ _OPENING = re.compile(r"^(?:(?:thanks|thank you|yes|yeah|by the way|hi|hey|hello
 _DIARY = re.compile(r"^(?:[A-Z][a-z]+ed|Met|Saw|Had|Went|Got|Bought|Took|Made|Found|Gave|Told|Sent|Paid|Left|Ate"
                     r"|Drove|Rang|Spoke|Heard|Lost|Won|Ran|Swam|Began|Brought|Caught|Sold|Wrote|Flew)"
                     r" (?!(?:is|was|has|had|and|[a-z]+ed|[a-z]+s)\b)")
+_AFTERTHOUGHT = re.compile(r",? by the way([.!]?)$", re.I)  # "My seat is 14C by the way."
 # A note's heading that names what the sentence after it is about.
 _LABEL = re.compile(r"^([A-Z][a-z]+(?: [a-z]+){0,2}): the ")
 # ...or that a value follows: "Gym locker combination: 2719.", "Wifi: heron42"
@@ -310,7 +315,7 @@ _SHADES = {"dark", "light", "pale", "bright", "deep", "pastel"}
 # "My bike needs new brakes.", "My daughter plays the violin.": what one of the asker's
 # things does, to up to three words that end the sentence (not "lives abroad": where).
 # So for one named: "Leo plays the king." -> "Leo plays what?"
-_OWNED_DOES = re.compile(r"^(?:(?:[Mm]y|[Oo]ur)(?: [a-z]+){1,2}|(?!(?:It|He|She|They|We|There|This|That)\b)[A-Z][a-z]+)"
+_OWNED_DOES = re.compile(r"^(?:(?:[Mm]y|[Oo]ur)(?: [a-z]+){1,2}(?: [A-Z][a-z]+)?|(?!(?:It|He|She|They|We|There|This|That)\b)[A-Z][a-z]+)"
                          r" ([a-z]+[^s\W]s) ((?:[a-z]+ ){0,2}[a-z]+)[.!]?$")
 # "My car needs a new exhaust before it can pass.": what comes after it is asked apart, if at all
 _THEN = re.compile(r"\s+(?:before|after|because|until|unless|once|so that)\s+(?:it|he|she|they|we|I|you)\b.*$")
@@ -344,7 +349,7 @@ def _statement(piece: str) -> str | None:
     said = _BULLET.sub("", piece.strip())
     while (shorter := _OPENING.sub("", _PREAMBLE.sub("", said))) != said:
         said = shorter
-    said = said[:1].upper() + said[1:]
+    said = _AFTERTHOUGHT.sub(r"\1", said[:1].upper() + said[1:])
     if label := _LABEL.match(said):  # "Book club: the March pick is ..." -> "The book club's March pick is ..."
         said = f"The {label.group(1).lower()}'s {said[label.end():]}"
     elif valued := _LABEL_VALUE.match(said):  # "Gym locker combination: 2719." -> "The gym locker combination is 2719."
@@ -387,7 +392,8 @@ _KIN = frozenset("wife husband partner son daughter child kid sister brother mot
                  "grandmother grandfather grandma grandpa granny aunt uncle cousin niece nephew friend girlfriend "
                  "boyfriend fiance fiancee neighbour neighbor boss manager colleague coworker tutor teacher coach "
                  "dentist doctor nurse vet landlord landlady plumber electrician builder mechanic lawyer "
-                 "accountant therapist trainer instructor babysitter nanny roommate flatmate housemate".split())
+                 "accountant therapist trainer instructor babysitter nanny roommate flatmate housemate "
+                 "dog cat puppy kitten horse pony rabbit parrot hamster".split())  # a pet is he or she too
 _TITLE_NAME = r"(?:Dr|Mr|Mrs|Ms|Prof)\. [A-Z][\w'’\-]*"
 _NAME_RUN = r"[A-Z][\w\-]*(?: [A-Z][\w\-]*)*"
 # "My wife Marta turns 40", "The plumber, Mr. Dunmore, is coming", "Priya works ...": the
@@ -406,7 +412,7 @@ _IT_DOES = re.compile(r"^It(?:['’]s| is| was) (?:at|in|on|under|behind|near|ne
 _PRONOUN = re.compile(r"^(He|She|It|His|Her|We)(['’]s)?\b( ?)")
 # "The book club's March pick is ... We meet at Hugo's flat.": a "we" of a group named before
 _GROUP = re.compile(r"^(?:The|Our|My) (?:[a-z]+ )?(?:club|team|choir|band|group|class|committee|crew|society)\b")
-_CLAUSE_PRONOUN = re.compile(r"((?:,|;|,? and|,? but) )(he|she|his|her)(['’]s)?(?= [a-z])")
+_CLAUSE_PRONOUN = re.compile(r"((?:,|;|,? and|,? but|,? so) )(he|she|his|her)(['’]s)?(?= [a-z])")
 _APPOSED = re.compile(r",.*$")  # "The plumber, Mr. Dunmore" is "The plumber" again
 _HAS = re.compile(r"^(?:been|got|gone|had)\b")  # "She's been" is "she has been"
 
@@ -545,7 +551,8 @@ def _spans(tokens: list[str]) -> list[tuple[int, int]]:
             start -= 1
         if start > 1 and tokens[start - 1].lower() in _AFTER and 0 < end - start <= 3:
             spans.append((start, end))
-    if not spans and (said := _OWNED_DOES.match(_join(tokens))) and not _NOT_A_THING.match(said.group(2)):
+    if all(b <= 3 for _, b in spans) and (said := _OWNED_DOES.match(_join(tokens))) \
+            and not _NOT_A_THING.match(said.group(2)):  # none, or only the name of what does it
         end = len(tokens) - (not tokens[-1][0].isalnum())  # "My bike needs new brakes": needs what?
         spans.append((end - len(said.group(2).split()), end))
     return spans
@@ -620,7 +627,18 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
 
 def _asked(body: str) -> list[tuple[str, str, str]]:
     """`questions_about` one clause (`body`, without its full stop): a question for each
-    answer span, in the clause's own words."""
+    answer span, in the clause's own words; a pet's name as what it is called ("I got back
+    from the vet with our dog Pip." -> "My dog is called what?")."""
+    pet = _PET_NAMED.search(body)
+    if pet and not _NAMED_SO.search(body[:pet.start()]):
+        noun, name = pet.groups()
+        asked = [q for q in _spanned(body) if q[2] != name]
+        return [(f"My {noun} is called what?", f"Your {noun} is called {name}.", name)] + asked[-(MAX_QUESTIONS - 1):]
+    return _spanned(body)
+
+
+def _spanned(body: str) -> list[tuple[str, str, str]]:
+    """`_asked` by the clause's answer spans (`_spans`)."""
     tokens = _TOKEN.findall(body)
     out = []
     for a, b in _spans(tokens)[-MAX_QUESTIONS:]:

@@ -245,7 +245,9 @@ _SAME_AS = {"call": "nam", "nicknam": "nam",  # called, nicknamed: name
             "hom": "liv", "resid": "liv",  # home, resides: lives
             "job": "work", "emploi": "work", "employer": "work",  # job, employs, employer: works
             "bos": "manager",  # boss
-            "allergi": "allergic"}  # allergy, allergies
+            "allergi": "allergic",  # allergy, allergies
+            "flight": "fly", "fli": "fly",  # a flight, flies: flying
+            "mov": "liv", "relocat": "liv"}  # moving, relocated: lives (as a statement of it is asked)
 
 
 def root(word: str) -> str:
@@ -382,7 +384,7 @@ _KIND_OF_NOUN = {
     **{w: "place" for w in ("city town country place street road port hall address village company birthplace "
                             "hometown station airport room office building venue location capital school "
                             "university college hospital library museum cafe restaurant garage shop store pub bar gym "
-                            "clinic hotel church park theatre cinema bakery flat").split()},
+                            "clinic hotel church park theatre cinema bakery flat bath pool beach lake").split()},
     **{w: "time" for w in "day date year month time evening morning night hour week weekday".split()},
     **{w: NUMBER for w in "size height elevation length width depth weight count population age price cost".split()},
     # what someone does, however it is asked ("What does my sister do for a living?")

@@ -131,6 +131,9 @@ def test_a_personal_fact_is_met_by_the_words_that_name_the_same_thing(memory):
     assert lexical("Who is my employer?") == 1.0 and lexical("What is my job?") == 1.0
     assert lexical("What is the name of Tintin's dog?") < 1.0  # not "called": the dog key is not personal
     assert lexical("What is the name of my sister?") == 0.0  # the sister's, not the teacher's
+    moving = mem.extend(model, base.tokenizer, ["I'm flying to Lima when?", "My brother lives where?"], base.device)
+    assert moving.lexical("When is my flight?") > 0.0  # a flight is flying (Lima is the other word)
+    assert moving.lexical("Where is my brother moving?") == 1.0  # where one moves is where one lives
 
 
 def test_a_personal_key_does_not_meet_a_question_about_another_of_the_askers_things(memory):
@@ -325,6 +328,7 @@ def test_a_question_asked_in_other_words_names_the_taught_question_it_matched(me
     # a cafe, a garage is somewhere
     ("Met Priya for lunch at what cafe?", "Where did I have lunch with Priya?", "When did I have lunch with Priya?"),
     ("Which garage is my car at?", "Where is my car?", "What does my car need?"),
+    ("I went swimming with Olu at what baths?", "Where did I go swimming?", "When did I go swimming?"),
     # a "what" after someone's noun asks a name
     ("Your sister what moved to Lisbon?", "What is my sister called?", "What does my sister do for work?"),
 ])

@@ -353,7 +353,8 @@ def test_what_is_said_again_leaves_and_the_rest_of_the_example_stays():
     ("My sister lives in Lisbon. It's lovely there.", "It's lovely there."),
     ("I met Anna and Tom at the station. She was late.", "She was late."),
     ("The weather was awful today. He called me twice.", "He called me twice."),
-    ("My dog is called Biscuit and my cat is called Tom. He barks a lot.", "He barks a lot."),
+    ("We got back from the vet with our dog Pip. He needs tablets every morning.",
+     "Our dog Pip needs tablets every morning."),  # a pet is he or she too
     ("My neighbour's dog is called Biscuit. He barks a lot.", "Biscuit barks a lot."),  # a dog may be he
 ])
 def test_a_he_she_or_it_that_opens_a_statement_is_who_the_statement_before_named(text, stated):
@@ -380,6 +381,14 @@ def test_what_was_said_of_a_thing_named_before_is_asked_of_it():
             ][-1] == "My yoga teacher is called what?"
     assert [q for q, _, _ in ex.questions_about("My car is in the garage and my teacher is called Sunniva.")
             ][-1] == "My teacher is called what?"
+    # a pet's name is what it is called; what a named one of yours does is asked
+    assert ex.questions_about("We got back from the vet with our dog Pip.") == [
+        ("My dog is called what?", "Your dog is called Pip.", "Pip")]
+    assert ("Our dog Pip needs what?", "Your dog Pip needs tablets every morning.", "tablets every morning") in \
+        ex.questions_about("Our dog Pip needs tablets every morning.")
+    assert ex.statements({"text": "My seat is 14C by the way."}) == ["My seat is 14C."]
+    assert [q for q, _, _ in ex.questions_about("Dentist appointment moved to Thursday 10am.")] == [
+        "Dentist appointment moved to when?"]
     # a note's heading before a value is what the value is of
     assert ex.statements({"text": "Gym locker combination: 2719.\nWifi: heron42\nBook club: we meet at six."}) == [
         "The gym locker combination is 2719.", "The wifi is heron42", "Book club: we meet at six."]
