@@ -668,6 +668,8 @@ def _spanned(body: str) -> list[tuple[str, str, str]]:
             wh, before = ("from where", before[:-1]) if before[-1].lower() == "from" else ("where", before[:-1])
             if after and after[0].lower() in _PLACE_NOUNS:  # "from Corbridge station": from where?
                 after = after[1:]
+        elif _NUMBER.search(key) and [w.lower() for w in after[1:2]] == ["old"]:  # "is 7 years old": how old?
+            wh, after = "how old", after[2:]
         elif _NUMBER.search(key) and not before[-1:] in (["is"], ["are"], ["was"]):
             wh = "how many" if key.replace(",", "").isdigit() else "what"
         else:  # a name: the thing, not the words that describe it ("I drive an old blue Fiat.": "I drive what?")

@@ -387,6 +387,7 @@ def test_what_was_said_of_a_thing_named_before_is_asked_of_it():
     assert ("Our dog Pip needs what?", "Your dog Pip needs tablets every morning.", "tablets every morning") in \
         ex.questions_about("Our dog Pip needs tablets every morning.")
     assert ex.statements({"text": "My seat is 14C by the way."}) == ["My seat is 14C."]
+    assert [q for q, _, _ in ex.questions_about("My son is 12 years old.")] == ["My son is how old?"]
     assert [q for q, _, _ in ex.questions_about("Dentist appointment moved to Thursday 10am.")] == [
         "Dentist appointment moved to when?"]
     # a note's heading before a value is what the value is of
