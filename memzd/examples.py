@@ -392,8 +392,7 @@ _KIN = frozenset("wife husband partner son daughter child kid sister brother mot
                  "grandmother grandfather grandma grandpa granny aunt uncle cousin niece nephew friend girlfriend "
                  "boyfriend fiance fiancee neighbour neighbor boss manager colleague coworker tutor teacher coach "
                  "dentist doctor nurse vet landlord landlady plumber electrician builder mechanic lawyer "
-                 "accountant therapist trainer instructor babysitter nanny roommate flatmate housemate "
-                 "dog cat puppy kitten horse pony rabbit parrot hamster".split())  # a pet is he or she too
+                 "accountant therapist trainer instructor babysitter nanny roommate flatmate housemate".split())
 _TITLE_NAME = r"(?:Dr|Mr|Mrs|Ms|Prof)\. [A-Z][\w'’\-]*"
 _NAME_RUN = r"[A-Z][\w\-]*(?: [A-Z][\w\-]*)*"
 # "My wife Marta turns 40", "The plumber, Mr. Dunmore, is coming", "Priya works ...": the
