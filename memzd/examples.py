@@ -434,6 +434,10 @@ def _someone(statement: str) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
+# What follows the thing a statement opens with ("My car needs ...")
+_VERBS = {"is", "are", "was", "were", "has", "have", "had", "can", "will", "won't", "can't", "does", "did", "needs"}
+
+
 def _something(statement: str) -> str | None:
     """The thing a statement opens with, for an "it" after it: "My car failed its
     inspection." -> "My car" (not someone: "My wife Marta", nor someone's: "My
@@ -447,9 +451,6 @@ def _something(statement: str) -> str | None:
     if verb is None or words[verb - 1] in _KIN:
         return None
     return statement.split()[0] + " " + " ".join(words[:verb])
-
-
-_VERBS = {"is", "are", "was", "were", "has", "have", "had", "can", "will", "won't", "can't", "does", "did", "needs"}
 
 
 def _put(who: str, pronoun: str, contracted: str | None, rest: str) -> str:
@@ -466,8 +467,10 @@ def _resolved(said: list[str]) -> list[str]:
     """Statements in order, each "he", "she" or "it" that opens one put as the statement
     before named them (`_someone`, `_something`): "My wife Marta turns 40. She loves Thai
     food." -> "My wife Marta loves Thai food.", asked by her name and what she is; "Her
-    favourite restaurant is ..." -> "My wife Marta's favourite restaurant is ...". Left as
-    it is where the one before names no one, or two."""
+    favourite restaurant is ..." -> "My wife Marta's favourite restaurant is ..."; a "he"
+    or "her" that opens a later clause too ("..., so he needs ..."); "we" where the one
+    before names a group ("The book club ..."). Left as it is where the one before names
+    no one, or two."""
     out: list[str] = []
     for statement in said:
         m = _PRONOUN.match(statement)

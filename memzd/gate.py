@@ -764,33 +764,44 @@ class KeyMemory:
     def resolve(self, key: int, text: str) -> tuple[int, str | None] | None:
         """How `text`, which matched `key` (`matches`), is answered: (the key whose adapter
         answers it, the taught question it answers in its place: `cue`), or None where
-        the base model answers it. Where `key`'s question asks for the kind of answer
-        `text` asks for, or `key` has none (a statement, a note), `cue` says. Where it
-        asks another kind, the keys as near to `text` by words and the others of the
-        examples they were taught by are what was taught about the thing `text` names:
-        one whose question says it asks the same kind answers it (of several, the one
-        that shares most words with `text`); where each asks
-        another kind for certain (`asks_otherwise`: "How old is my son?" where only
-        "Where does my son go to school?" was taught), nothing taught answers it, and
-        the base model does, as it would have before; otherwise (a kind only a noun
-        says, "What breed is my dog?") the adapter answers `text` as asked."""
+        the base model answers it.
+
+        Where `key`'s question says it asks for the kind of answer `text` says it asks
+        for (`asks_the_same`, certain), `cue` says. Otherwise what else was taught about
+        the thing `text` names (`_about`) is looked at: a question of those that says it
+        asks the same kind answers it (of several, the one that shares most words with
+        `text`), where `key` is a statement's (it holds its answer, which the adapter was
+        taught to recite, not to answer from) and that question shares a word with `text`
+        or is the only one ("When do I have Portuguese lessons?" of "... we meet when
+        evenings?"), or where `key`'s question fits `text` only by saying nothing of what
+        it asks and that one shares as many words ("Where is the school play?" of "Leo
+        plays what?"). A statement's key otherwise gives way to a question of those that
+        asks the same, said or not, and shares two words ("Remind me of my locker number
+        at the gym." of "My gym locker number is what?"), else answers `text` as asked.
+        A question's key that asks the same answers as taught; where it and each of
+        those ask another kind for certain (`asks_otherwise`: "How old is my son?" where
+        only "Where does my son go to school?" was taught), nothing taught answers it and
+        the base model does; otherwise (a kind only a noun says, "What breed is my
+        dog?") the adapter answers `text` as asked."""
         cue = self.cues[key]
         if cue is not None and (_same(cue, text) or asks_the_same(text, cue, certain=True)):
             return key, self.cue(key, text)
         about = self._about(key, text)
+
+        def shared(k: int) -> int:
+            return len(_content(text) & _content(self.cues[k]))
+
         fitting = [k for k in about if asks_the_same(text, self.cues[k], certain=True)]
-        shared = lambda k: len(_content(text) & _content(self.cues[k]))  # noqa: E731
-        if fitting:  # of those, the one that shares most words with `text`: "When is my yoga
-            # class?" of a chat that told when the class is and when the dentist is seen
+        if fitting:
             fits = max(fitting, key=shared)
-            if (shared(fits) or len(fitting) == 1 if cue is None
-                    else not asks_the_same(text, cue) or shared(fits) >= shared(key)):
+            if cue is None:
+                better = shared(fits) > 0 or len(fitting) == 1
+            else:
+                better = not asks_the_same(text, cue) or shared(fits) >= shared(key)
+            if better:
                 return fits, self.cue(fits, text)
-        if cue is None:  # a statement's key: where one of its example's questions asks the same
-            # and shares two of `text`'s words ("Remind me of my locker number at the gym." of
-            # "My gym locker number is what?"), the question taught with its answer answers
-            fits = [k for k in about if asks_the_same(text, self.cues[k])]
-            best = max(fits, key=shared, default=None)
+        if cue is None:
+            best = max((k for k in about if asks_the_same(text, self.cues[k])), key=shared, default=None)
             return (best, self.cue(best, text)) if best is not None and shared(best) >= 2 else (key, None)
         if asks_the_same(text, cue):
             return key, cue
