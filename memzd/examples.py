@@ -270,10 +270,10 @@ def _says(clause: str) -> bool:
 
 
 # "My landlord, Mr. Achterberg, lives upstairs": a name set beside what it names.
-_APPOSITION = re.compile(r"^((?:[Mm]y|[Oo]ur|[Tt]he)(?: [a-z]+){1,2}), ((?:(?:Dr|Mr|Ms|Mrs|St)\. )?[A-Z][\w'’\-]*"
-                         r"(?: [A-Z][\w'’\-]*)*), (.+)$")
-_APPOSITION_ENDS = re.compile(r"^(.+ )((?:the|my|our) [a-z]+), ((?:(?:Dr|Mr|Ms|Mrs|St)\. )?[A-Z][\w'’\-]*"
-                             r"(?: [A-Z][\w'’\-]*)*)$")
+_SET_NAME = r"((?:(?:Dr|Mr|Ms|Mrs|St)\. )?[A-Z][\w'’\-]*(?: [A-Z][\w'’\-]*)*)"
+_APPOSITION = re.compile(rf"^((?:[Mm]y|[Oo]ur|[Tt]he)(?: [a-z]+){{1,2}}), {_SET_NAME}, (.+)$")
+# ...or at a sentence's end: "I called the plumber, Mr. Dunmore."
+_APPOSITION_ENDS = re.compile(rf"^(.+ )((?:the|my|our) [a-z]+), {_SET_NAME}$")
 _PET_NAMED = re.compile(r"\b(?:[Mm]y|[Oo]ur) (dog|cat|puppy|kitten|horse|pony|rabbit|parrot|hamster) ([A-Z][a-z]+)\b"
                         r"(?!['’])")
 _NAMED_SO = re.compile(r"\b(?:called|named|call|name)\b", re.I)  # "We called our dog Biscuit" asks it already
@@ -493,7 +493,7 @@ def _resolved(said: list[str]) -> list[str]:
                     short = _APPOSED.sub("", who)
                     inner = (short[0].lower() + short[1:]) if short.split()[0] in ("My", "Our", "The") else short
                     statement = _CLAUSE_PRONOUN.sub(lambda c: c.group(1) + _put(inner, c.group(2), c.group(3),
-                                                                                statement[c.end():]), statement)
+                                                                                c.string[c.end():]), statement)
         out.append(statement)
     return out
 
@@ -699,7 +699,7 @@ def _undescribed(before: list[str]) -> list[str]:
     for i in range(len(before) - 1, max(1, len(before) - 3) - 1, -1):
         if before[i].lower() in _ARTICLES:
             between = [w.lower() for w in before[i + 1:]]
-            if all(w.isalpha() and w not in _COPULA and w not in _AFTER and w not in _NAMING for w in between):
+            if all(w.isalpha() and w not in COPULA and w not in _AFTER and w not in _NAMING for w in between):
                 return before[:i]
             break
     return before
@@ -862,7 +862,7 @@ _NEWS = {"now", "actually", "anymore", "instead", "nowadays", "currently", "new"
          "moved", "moving", "relocated", "relocating", "update", "updated", "correction", "wrong", "sorry", "longer"}
 _MINE = {"your": "my", "yours": "mine", "yourself": "myself", "you're": "I'm", "you've": "I've", "you'll": "I'll",
          "you'd": "I'd"}  # the assistant's words for the asker's, as the asker says them
-_COPULA = {"is", "are", "was", "were"}  # "My dentist is X": one X at a time
+COPULA = {"is", "are", "was", "were"}  # "My dentist is X": one X at a time
 _ARTICLES = {"a", "an", "the"}
 _NAMING = {"named", "called", "nicknamed", "titled"}  # "a kitten named Mochi": the name of the kitten
 # Someone who moved somewhere lives there now: "My sister moved to Madrid." says again
@@ -878,7 +878,7 @@ _INTO_TIME = {"since", "until", "in", "on", "at", "by", "during", "last", "next"
               "few", "two", "three", "several", "some"}
 _WHILE = _TIME - _INTO_TIME | {"tomorrow", "tonight", "weekends"}
 _LIVED = _MOVED | {"lived", "living"}
-_HAVE_BE = _COPULA | {"have", "has", "had", "am", "been", "just", "recently", "finally", "also"}
+_HAVE_BE = COPULA | {"have", "has", "had", "am", "been", "just", "recently", "finally", "also"}
 # What moves without living anywhere: "My company moved to Berlin." asks where it moved.
 _NOT_LIVING = {"company", "firm", "office", "offices", "business", "shop", "store", "school", "club", "team",
                "restaurant", "cafe", "café", "bakery", "clinic", "practice", "lab", "studio", "gym", "factory",
@@ -987,7 +987,7 @@ def _frame(question: str) -> _Frame | None:
     slot = next(i for i, w in enumerate(words) if w in _ASKED)
     words = _undescribed(words[:slot]) + words[slot:]
     return _Frame(frozenset(stem(w) for w in words if w not in _NEWS and not is_when(w)),
-                  bool(_COPULA & set(words)), negated)
+                  bool(COPULA & set(words)), negated)
 
 
 class _Fact(NamedTuple):

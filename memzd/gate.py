@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .examples import NEGATIONS, is_statement, is_when, stem
+from .examples import COPULA, NEGATIONS, is_statement, is_when, stem
 from .lora import using
 from .tokens import causal_lm
 
@@ -298,7 +298,6 @@ _BEFORE_THE_THING = frozenset("new old best little big younger older elder eldes
                               "favourite favorite first second own late dear".split())
 
 
-_IS = frozenset({"is", "are", "was", "were"})
 _DONE = re.compile(r"(?:ing|ed)$|^(?:born|gone|done|made|known|seen|taken|given|now|then|today)$")
 
 
@@ -321,7 +320,7 @@ def owned(text: str) -> set[str]:
                 break
             j += 1
         compound = lower[j + 1:]
-        if i and lower[i - 1] in _IS and 0 < len(compound) <= 2 and not any(map(_DONE.search, compound)) \
+        if i and lower[i - 1] in COPULA and 0 < len(compound) <= 2 and not any(map(_DONE.search, compound)) \
                 and re.search(r"\b" + r"\W+".join(compound) + r"\W*$", text.lower()):
             out.add(root(compound[-1]))  # "Who is my yoga teacher?": the teacher's too
     return out - {root("name")}
