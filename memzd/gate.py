@@ -484,7 +484,20 @@ def asks_the_same(query: str, cue: str, certain: bool = False) -> bool:
     a person's or a place's; one that does not say asks for anything but a time or a
     number (`certain`: both must say)."""
     a, b = asks_for(query, cue), asks_for(cue, query)
-    return _same_kind(a, b) and not (certain and None in (a, b)) and not _whence_and_whither(a, b, query, cue)
+    return _same_kind(a, b) and not (certain and None in (a, b)) and not _whence_and_whither(a, b, query, cue) \
+        and not _for_it(a, query, cue)
+
+
+# "What medicine do I take for my allergy?" asks for something kept for the allergy, not
+# what "What am I allergic to?" asks: a query that ends in "for my ..." and asks for a
+# thing it names, where nothing before that "for" is a word of the taught question.
+_FOR_IT = re.compile(r"\s+for (?:my|your|our|his|her|their|the) [\w' -]+?\W*$", re.I)
+
+
+def _for_it(kind: str | None, query: str, cue: str) -> bool:
+    if kind is None or kind in ("time", "place", "person") or not (end := _FOR_IT.search(query)):
+        return False  # a wh-word asks for what it asks whatever follows
+    return not {root(w) for w in _content(query[:end.start()])} & {root(w) for w in _content(cue)}
 
 
 # Where something goes is not where it comes from: "Where does the ferry sail to?" is not
@@ -518,7 +531,8 @@ _SAID = frozenset({"place", "time", "person", "name", NUMBER, "deed", "thing", "
 def asks_otherwise(query: str, cue: str) -> bool:
     """Does `query` ask for another kind of answer than `cue`, for certain (see _SAID)?"""
     a, b = asks_for(query, cue), asks_for(cue, query)
-    return a in _SAID and b in _SAID and (not _same_kind(a, b) or _whence_and_whither(a, b, query, cue))
+    return _for_it(a, query, cue) or \
+        a in _SAID and b in _SAID and (not _same_kind(a, b) or _whence_and_whither(a, b, query, cue))
 
 
 def asked_turn(chat: list[dict]) -> int:

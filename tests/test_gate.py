@@ -331,6 +331,9 @@ def test_a_question_asked_in_other_words_names_the_taught_question_it_matched(me
     ("I went swimming with Olu at what baths?", "Where did I go swimming?", "When did I go swimming?"),
     # a "what" after someone's noun asks a name
     ("Your sister what moved to Lisbon?", "What is my sister called?", "What does my sister do for work?"),
+    # what is kept for a taught thing is not the thing; "the code for my bike lock" is the lock's code
+    ("What am I allergic to?", "Which food gives me an allergy?", "What medicine do I take for my allergy?"),
+    ("What is my bike lock code?", "What's the code for my bike lock?", "What colour is my bike lock?"),
 ])
 def test_a_query_is_answered_as_taught_only_where_it_asks_for_the_same_kind_of_answer(memory, cue, same, other):
     """Answered as taught, "How old is my son?" would be told the school that "Which school
@@ -369,6 +372,10 @@ def test_a_query_about_a_taught_thing_is_answered_by_what_was_taught_that_asks_t
     assert resolve(depot, "What colour is the Tarnby depot?") is None  # a colour, where a place was taught
     # what only a noun says may be asked otherwise ("which material"): not for certain, so as asked
     assert resolve(depot, "Which material is the Tarnby depot built from?") == (depot, None)
+    # something for the thing, not the thing: the base model answers
+    allergy = keyed.extend(model, base.tokenizer, ["What am I allergic to?"], base.device)
+    assert allergy.resolve(2, "What medicine do I take for my allergy?") is None
+    assert allergy.resolve(2, "Which food gives me an allergy?") == (2, "What am I allergic to?")
     assert resolve(cat, "Where does Brennick sleep?") == (cat, None)  # a statement alone: as asked
     assert resolve(cat, "How old is Brennick?") == (cat, None)
     # the questions written about "My sister Ilse moved to Lisbon.": her name and where she lives
