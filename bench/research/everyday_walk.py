@@ -9,10 +9,12 @@ they are a walk-through, not a held-out measure. Week 2's (two drops, a few days
 apart; the second moves a time the first gave) were written and committed (2b2e171)
 before memz was run on them: its held-out figure is the first run's, 9 of 19 at
 46c3554; memz was changed against it since. Week 3's (the same shape) were written
-and committed before memz was run on them, once that was done. bench/knowledge.py
-is the measure of record.
+and committed before memz was run on them, once that was done. Week 4's (the same
+shape) were written and committed before memz was run on them, at 882d765, before
+the changes made against week 3 in the session after. bench/knowledge.py is the
+measure of record.
 
-    python bench/research/everyday_walk.py [--week 1|2] [--keep DIR]
+    python bench/research/everyday_walk.py [--week 1|2|3|4] [--keep DIR]
 """
 import argparse
 import json
@@ -121,7 +123,38 @@ ASK3 = [
     ("How many legs does a spider have?", None), ("What is my cat's name?", None),
     ("Where does my sister live?", None), ("What colour is the sky?", None),
 ]
-WEEKS = {"1": ([WEEK1], ASK1), "2": ([WEEK2_MONDAY, WEEK2_THURSDAY], ASK2), "3": ([WEEK3_MONDAY, WEEK3_FRIDAY], ASK3)}
+WEEK4_MONDAY = [
+    chat("I need a gift idea. My daughter Freya is turning 9 next Saturday and she's obsessed with dinosaurs.",
+         "A dinosaur fossil kit could be fun!",
+         "Good idea. Her best friend is a girl called Noor, I should invite her too.", "That sounds lovely."),
+    chat("Remind me later: my passport expires in October, I need to renew it before the Rome trip.",
+         "I'll keep that in mind."),
+    chat("We finally picked a name for the boat: Sea Otter. It's moored at Pelham marina.", "Great name!"),
+    chat("My landlord is Mr. Abernathy, and the rent is due on the 1st of each month.", "Thanks, noted."),
+    {"text": "Doctor: Dr. Lindqvist at the Brookside surgery. Blood test on Wednesday at 8:30, no breakfast."},
+    {"text": "Garden: planted tomatoes and basil along the south fence. The apple tree needs pruning in February."},
+    {"text": "Wed 11 Dec\nLunch with my old colleague Tomasz. He now works at Fenwick Labs as a chemist."},
+    {"text": "Bike lock code 5903. Work badge number T-7781."},
+    {"input": "Where did I park at the airport?", "output": "You parked in the long-stay car park, zone D."},
+]
+WEEK4_THURSDAY = [chat("Small change: Freya's party is on Sunday now, not Saturday, because of the rain forecast.",
+                       "Sunday it is.")]
+ASK4 = [
+    ("How old is Freya turning?", "9"), ("What is my daughter's name?", "Freya"),
+    ("What is Freya obsessed with?", "dinosaur"), ("Who is Freya's best friend?", "Noor"),
+    ("When is Freya's party?", "Sunday"), ("When does my passport expire?", "October"),
+    ("What is my boat called?", "Sea Otter"), ("Where is the boat moored?", "Pelham"),
+    ("Who is my landlord?", "Abernathy"), ("When is the rent due?", "1st"), ("Who is my doctor?", "Lindqvist"),
+    ("When is my blood test?", "Wednesday"), ("What did I plant along the south fence?", "tomato"),
+    ("When does the apple tree need pruning?", "February"), ("Where does Tomasz work?", "Fenwick"),
+    ("What does Tomasz do?", "chemist"), ("What is my bike lock code?", "5903"),
+    ("What is my work badge number?", "T-7781"), ("Where did I park at the airport?", "zone D"),
+    ("What is the capital of Germany?", None), ("Who painted The Starry Night?", None),
+    ("How many continents are there?", None), ("What is my son's name?", None),
+    ("Where does my landlord live?", None), ("What is the largest planet?", None),
+]
+WEEKS = {"1": ([WEEK1], ASK1), "2": ([WEEK2_MONDAY, WEEK2_THURSDAY], ASK2), "3": ([WEEK3_MONDAY, WEEK3_FRIDAY], ASK3),
+         "4": ([WEEK4_MONDAY, WEEK4_THURSDAY], ASK4)}
 
 
 def drain(home: str) -> None:
