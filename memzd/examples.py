@@ -255,12 +255,13 @@ _CLAUSE = re.compile(r",\s+(?:and|but|so)\s+|[;:]\s+")
 # "My dentist is Dr. Haverkamp and I see him every March" is asked apart in its first
 # clause only, since "him" needs the dentist.
 _AND_NOUN = re.compile(r"\s+and\s+(?=(?:my|our|his|her|their|the)\s)")
-_AND_PRONOUN = re.compile(r"\s+and\s+(?=(?:I|I'm|I've|we|he|she|they)\s)")
+_AND_PRONOUN = re.compile(r"\s+and\s+(?=(?:I|we|he|she|they)(?:['’](?:m|ve|s|re))?\s)")
 # Someone who teaches, told of after what they teach: "my piano lesson ..., and my teacher is ..."
 _LESSON = re.compile(r"^(?:[Mm]y|[Oo]ur) ([a-z]+) (?:class|classes|lesson|lessons|course|training|practice|club|team)"
                      r" (?:is|are|was|were|starts|started|meets|runs)\b")
 _ROLE = re.compile(r"^([Mm]y|[Oo]ur) (?=(?:teacher|tutor|coach|instructor|trainer)\b)")
 _SPLICE = re.compile(r",\s+(?=(?:the|my|our)\s)")
+_INTENT = re.compile(r",\s+(?=I (?:need|needs|should|must|have to|want|will|'ll|plan|hope|might)\b)")
 _SAYS = re.compile(r"\s(?:is|are|was|were|am|has|have|had|[a-z]+ed)\s", re.I)
 
 
@@ -280,7 +281,7 @@ _NAMED_SO = re.compile(r"\b(?:called|named|call|name)\b", re.I)  # "We called ou
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")  # "- Mum's birthday is 12 May", "2) ..."
 # An opening that says a sentence is news, not what it is about: "Update: the wifi password
 # is ...", "Change of plan: ...", "Sorry, I got that wrong: ...", "Actually, ...".
-_PREAMBLE = re.compile(r"^(?:(?:update|correction|change|note|fyi|edit|ps|sorry|oops|actually)\b[^:.!?]{0,40}:\s+"
+_PREAMBLE = re.compile(r"^(?:(?:(?:quick|small|slight|minor|little|big|last-minute|one|another|latest|important) )?(?:update|correction|change|note|fyi|edit|ps|sorry|oops|actually)\b[^:.!?]{0,40}:\s+"
                        r"|(?:actually|no|oh|ok|okay|so|well|also|btw|anyway|sorry|oops|ugh|argh|phew|oh no)\s*,\s+)+", re.I)
 # An opening that is neither the fact nor news of it: "Thanks, but we already called our
 # dog Biscuit.", "And my sister lives in Lisbon.", "By the way, my dentist is Dr. Okonkwo.",
@@ -293,15 +294,19 @@ _OPENING = re.compile(r"^(?:(?:thanks|thank you|yes|yeah|by the way|hi|hey|hello
                       r"|(?:they|he|she) (?:said|say|says|told me)(?: that)? (?=(?:it|he|she|his|her|the|my)\b))+", re.I)
 # A diary's sentence that opens with what was done says who did it: "Met Priya for lunch
 # at the Corrow cafe." is "I met Priya ..." (not "Fred called.", nor "Ted is my uncle.").
-_DIARY = re.compile(r"^(?:[A-Z][a-z]+ed|Met|Saw|Had|Went|Got|Bought|Took|Made|Found|Gave|Told|Sent|Paid|Left|Ate"
-                    r"|Drove|Rang|Spoke|Heard|Lost|Won|Ran|Swam|Began|Brought|Caught|Sold|Wrote|Flew)"
-                    r" (?!(?:is|was|has|had|and|[a-z]+ed|[a-z]+s)\b)")
+_DID = (r"(?:[A-Z][a-z]+ed|Met|Saw|Had|Went|Got|Bought|Took|Made|Found|Gave|Told|Sent|Paid|Left|Ate"
+        r"|Drove|Rang|Spoke|Heard|Lost|Won|Ran|Swam|Began|Brought|Caught|Sold|Wrote|Flew) ")
+_DIARY = re.compile(rf"^{_DID}(?!(?:is|was|has|had|and|[a-z]+ed|[a-z]+s)\b)")
+_DID_AFTER = re.compile(rf"^{_DID}(?!(?:is|was|has|had|and)\b)", re.I)  # past a heading, a name cannot be it
 _AFTERTHOUGHT = re.compile(r",? by the way([.!]?)$", re.I)  # "My seat is 14C by the way."
 # A note's heading that names what the sentence after it is about.
 _LABEL = re.compile(r"^([A-Z][a-z]+(?: [a-z]+){0,2}): the ")
 # ...or that a value follows: "Gym locker combination: 2719.", "Wifi: heron42"
 _LABEL_VALUE = re.compile(r"^([A-Z][a-z]+(?: [a-z]+){0,4}): (?!(?:the|a|an|my|our|his|her|their|it|we|they|he|she|I)\b)"
                           r"((?:\S+ ){0,3}\S+?)([.!]?)$")
+# ...or someone ("Doctor: Dr. Lindqvist at the Brookside surgery."), or what was done
+# ("Garden: planted tomatoes and basil along the south fence.")
+_HEADING = re.compile(r"^([A-Z][a-z]+(?: [a-z]+){0,2}):\s+")
 _NUMBER = re.compile(r"\d")
 _AT_TIME = {"at", "until", "till"}
 _HOUR = re.compile(r"^\d{1,2}(?:[:.]\d\d)?$")  # "at 7", "until 5.30"
@@ -318,7 +323,7 @@ _SHADES = {"dark", "light", "pale", "bright", "deep", "pastel"}
 _OWNED_DOES = re.compile(r"^(?:(?:[Mm]y|[Oo]ur)(?: [a-z]+){1,2}(?: [A-Z][a-z]+)?|(?!(?:It|He|She|They|We|There|This|That)\b)[A-Z][a-z]+)"
                          r" ([a-z]+[^s\W]s) ((?:[a-z]+ ){0,2}[a-z]+)[.!]?$")
 # "My car needs a new exhaust before it can pass.": what comes after it is asked apart, if at all
-_THEN = re.compile(r"\s+(?:before|after|because|until|unless|once|so that)\s+(?:it|he|she|they|we|I|you)\b.*$")
+_THEN = re.compile(r",?\s+(?:(?:before|after|because|until|unless|once|so that)\s+(?:it|he|she|they|we|I|you)\b|because of\b|due to\b).*$")
 _NOT_A_THING = re.compile(r"^(?:abroad|nearby|upstairs|downstairs|here|there|home|alone|away|well|hard|fast|late|early"
                           r"|a lot|too much|every \w+|[a-z]+ly)\b")
 MAX_STATEMENT_CHARS = 300  # longer sentences are taught as they are, with no questions about them
@@ -350,8 +355,15 @@ def _statement(piece: str) -> str | None:
     while (shorter := _OPENING.sub("", _PREAMBLE.sub("", said))) != said:
         said = shorter
     said = _AFTERTHOUGHT.sub(r"\1", said[:1].upper() + said[1:])
+    head = _HEADING.match(said)
+    after = said[head.end():] if head else ""
     if label := _LABEL.match(said):  # "Book club: the March pick is ..." -> "The book club's March pick is ..."
         said = f"The {label.group(1).lower()}'s {said[label.end():]}"
+    elif head and re.match(_TITLE_NAME, after):  # "Doctor: Dr. Lindqvist at ..." -> "My doctor is Dr. Lindqvist at ..."
+        noun = head.group(1).lower()
+        said = f"{'My' if noun.split()[-1] in KIN else 'The'} {noun} is {after}"
+    elif head and after[:1].islower() and _DID_AFTER.match(after):  # "Garden: planted tomatoes ..." -> "I planted ..."
+        said = "I " + after
     elif valued := _LABEL_VALUE.match(said):  # "Gym locker combination: 2719." -> "The gym locker combination is 2719."
         said = f"The {valued.group(1).lower()} is {valued.group(2)}{valued.group(3)}"
     elif _DIARY.match(said):  # "Met Priya for lunch." in a diary: I did
@@ -388,7 +400,7 @@ def statements(data: dict) -> list[str]:
 # -- who "he", "she" and "it" are: the sentence before says ---------------------------
 
 # What someone is to the asker or to others: "my wife Marta", "the plumber, Mr. Dunmore".
-_KIN = frozenset("wife husband partner son daughter child kid sister brother mother father mum mom dad parent "
+KIN = frozenset("wife husband partner son daughter child kid sister brother mother father mum mom dad parent "
                  "grandmother grandfather grandma grandpa granny aunt uncle cousin niece nephew friend girlfriend "
                  "boyfriend fiance fiancee neighbour neighbor boss manager colleague coworker tutor teacher coach "
                  "dentist doctor nurse vet landlord landlady plumber electrician builder mechanic lawyer "
@@ -400,7 +412,8 @@ _NAME_RUN = r"[A-Z][\w\-]*(?: [A-Z][\w\-]*)*"
 # the someone it names past its verb.
 _SOMEONE_OPENS = re.compile(rf"^(?:My|Our|The) (?:([a-z]+) )?([a-z]+)(?:,? (?:{_TITLE_NAME}|{_NAME_RUN}))?(?=[ ,.!]|$)")
 _NAME_OPENS = re.compile(rf"^(?:{_TITLE_NAME}|[A-Z][a-z]+(?: [A-Z][a-z]+)?)(?= (?:is|was|has|had|can|will|[a-z]+s|[a-z]+ed)\b)")
-_SOMEONE_NAMED = re.compile(rf"\b(?:the|my|our) (?P<kin>[a-z]+),? (?:{_TITLE_NAME}|{_NAME_RUN})\b|(?P<titled>{_TITLE_NAME})"
+_SOMEONE_NAMED = re.compile(rf"\b(?:the|my|our) (?:(?:old|new|best|dear|former|little|big|younger|older|elder) )?"
+                            rf"(?P<kin>[a-z]+),? (?:{_TITLE_NAME}|{_NAME_RUN})\b|(?P<titled>{_TITLE_NAME})"
                             rf"|(?:\b(?:with|and|met|meet|saw|see|visited|called|told|asked)|^Met) (?P<name>{_NAME_RUN})")
 # "It rained", "It's been a long week", "It was lovely": an "it" that stands for nothing; an
 # "it" is read as the thing before where it does something or is somewhere ("It needs a
@@ -411,6 +424,7 @@ _IT_DOES = re.compile(r"^It(?:['’]s| is| was) (?:at|in|on|under|behind|near|ne
 _PRONOUN = re.compile(r"^(He|She|It|His|Her|We)(['’]s)?\b( ?)")
 # "The book club's March pick is ... We meet at Hugo's flat.": a "we" of a group named before
 _GROUP = re.compile(r"^(?:The|Our|My) (?:[a-z]+ )?(?:club|team|choir|band|group|class|committee|crew|society)\b")
+_HE_THEN = re.compile(r"^(he|she)(['’]s)?\s")  # "... and she's obsessed with dinosaurs"
 _CLAUSE_PRONOUN = re.compile(r"((?:,|;|,? and|,? but|,? so) )(he|she|his|her)(['’]s)?(?= [a-z])")
 _APPOSED = re.compile(r",.*$")  # "The plumber, Mr. Dunmore" is "The plumber" again
 _HAS = re.compile(r"^(?:been|got|gone|had)\b")  # "She's been" is "she has been"
@@ -422,14 +436,14 @@ def _someone(statement: str) -> str | None:
     it names ("Met Priya for lunch at the Corrow cafe." -> "Priya"; "Called the plumber,
     Mr. Dunmore." -> "the plumber, Mr. Dunmore"); None where it names none or two."""
     opens = _SOMEONE_OPENS.match(statement)
-    if opens and opens.group(2) in _KIN:
+    if opens and opens.group(2) in KIN:
         return opens.group(0)
-    if opens and opens.group(1) in _KIN:  # "The plumber rang."
+    if opens and opens.group(1) in KIN:  # "The plumber rang."
         return statement.split()[0] + " " + opens.group(1)
     if named := _NAME_OPENS.match(statement):
         return named.group(0)
     found = {m.group("titled") or m.group("name") or m.group(0) for m in _SOMEONE_NAMED.finditer(statement)
-             if m.group("kin") is None or m.group("kin") in _KIN}
+             if m.group("kin") is None or m.group("kin") in KIN}
     found = {f for f in found if not any(f != g and f in g for g in found)}  # "Mr. Dunmore" of "the plumber, Mr. Dunmore"
     return found.pop() if len(found) == 1 else None
 
@@ -448,7 +462,7 @@ def _something(statement: str) -> str | None:
     words = [w for w in opens.groups() if w]
     verb = next((i for i, w in enumerate(words) if i and (w in _VERBS or w.endswith("ed")
                                                          or (w.endswith("s") and not w.endswith("ss")))), None)
-    if verb is None or words[verb - 1] in _KIN:
+    if verb is None or words[verb - 1] in KIN:
         return None
     return statement.split()[0] + " " + " ".join(words[:verb])
 
@@ -576,7 +590,10 @@ def _clauses(statement: str) -> list[str]:
         if len(parts) == 2 and all(map(_says, parts)):
             return parts
         parts = _SPLICE.split(clause, maxsplit=1)  # "The plumber can't make Friday, the plumber is coming on Monday"
-        return parts if len(parts) == 2 and _says(parts[1]) else [clause]
+        if len(parts) == 2 and _says(parts[1]):
+            return parts
+        parts = _INTENT.split(clause, maxsplit=1)  # "My passport expires in October, I need to renew it"
+        return parts if len(parts) == 2 else [clause]
 
     clauses = [part for clause in _CLAUSE.split(statement.strip().rstrip(".!;")) for part in apart(clause)]
     if len(clauses) > 1 and all(len(c.split()) >= 3 for c in clauses):
@@ -599,7 +616,10 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
     live, in the present, as a person asks it: "My sister Ilse moved to Lisbon last
     spring." -> "My sister Ilse lives where?" (`_lives`). Clauses joined by ', and',
     ', but', ';' or ':' (or 'and my ...') are asked one at a time, each answered by
-    its own clause; so is a first clause that says something before 'and I' ('and she').
+    its own clause; so is a first clause that says something before 'and I' ('and she'),
+    and where the first names someone, an 'and he' or 'and she' clause after it, as said
+    of them ('..., and she's obsessed with dinosaurs' -> 'My daughter Freya is obsessed
+    with what?').
     """
     if len(statement) > MAX_STATEMENT_CHARS:
         return []
@@ -609,8 +629,14 @@ def questions_about(statement: str) -> list[tuple[str, str, str]]:
     body = statement.strip().rstrip(".!;")
     if len((cut := _THEN.sub("", body)).split()) >= 3:
         body = cut
-    first = _AND_PRONOUN.split(body, maxsplit=1)[0]
-    if first != body and _says(first) and (asked := questions_about(first)):
+    first, *then = _AND_PRONOUN.split(body, maxsplit=1)
+    if then and _says(first) and (asked := questions_about(first)):
+        if (he := _HE_THEN.match(then[0])) and (who := _someone(first)):
+            # "My daughter Freya is turning 9 and she's obsessed with dinosaurs": the
+            # second clause is about her as much as the first, and asked as its own
+            rest, keys = then[0][he.end():], {key for _, _, key in asked}
+            said = questions_about(_put(who, he.group(1), he.group(2), rest) + " " + rest.lstrip())
+            return asked + [q for q in said if q[2] not in keys]
         # "My dentist is what?", not "My dentist is what and I see him?"; then the rest
         # asked in the whole statement's words ("... and I see him when?").
         keys = {key for _, _, key in asked}

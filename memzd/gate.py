@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .examples import COPULA, NEGATIONS, is_statement, is_when, stem
+from .examples import COPULA, KIN, NEGATIONS, is_statement, is_when, stem
 from .lora import using
 from .tokens import causal_lm
 
@@ -441,7 +441,7 @@ def _kind_of(noun: str) -> str | None:
     kind = _KIND_OF_NOUN.get(noun) or _KIND_OF_NOUN.get(noun.removesuffix("s"))
     if kind:
         return kind
-    if noun in _A_PERSON or (_PERSON_NOUN.search(noun) and noun not in _NOT_A_PERSON):
+    if noun in _A_PERSON or noun in KIN or (_PERSON_NOUN.search(noun) and noun not in _NOT_A_PERSON):
         return "person"
     return None
 

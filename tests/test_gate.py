@@ -325,6 +325,7 @@ def test_a_question_asked_in_other_words_names_the_taught_question_it_matched(me
     ("My favourite flower is what?", "Which flower do I like best?", "What colour is my favourite flower?"),
     # a question written about "My tutor is Joana.": a tutor is someone
     ("My tutor is what?", "Who is my tutor?", "When do I see my tutor?"),
+    ("My landlord is what?", "Who is my landlord?", "Where does my landlord live?"),  # as one's kin and the like
     # a cafe, a garage is somewhere
     ("Met Priya for lunch at what cafe?", "Where did I have lunch with Priya?", "When did I have lunch with Priya?"),
     ("Which garage is my car at?", "Where is my car?", "What does my car need?"),

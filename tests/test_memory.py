@@ -411,6 +411,33 @@ def test_what_was_said_of_a_thing_named_before_is_asked_of_it():
         "text": "My sister Ilse is a nurse."}
 
 
+def test_a_second_clause_an_intent_a_heading_and_a_reason_are_read_as_people_write_them():
+    """Week 4 of bench/research/everyday_walk.py, written before memz ran on it: "..., and
+    she's obsessed with dinosaurs" is said of the daughter; ", I need to renew it" is
+    another fact; "Doctor: Dr. Lindqvist ..." names my doctor; "Garden: planted ..." is
+    what I did; "Small change:" and "because of the rain forecast" are not the fact."""
+    asked = ex.questions_about("My daughter Freya is turning 9 next Saturday and she's obsessed with dinosaurs.")
+    assert ("My daughter Freya is what?", "Your daughter Freya is obsessed with dinosaurs.",
+            "obsessed with dinosaurs") in asked
+    assert ("My daughter what is turning 9?", "Your daughter Freya is turning 9 next Saturday.", "Freya") in asked
+    # "and I" needs the first clause's "him": asked in the whole statement's words, as before
+    assert [q for q, _, _ in ex.questions_about("My dentist is Dr. Haverkamp and I see him every March.")] == [
+        "My dentist is what?", "My dentist is Dr. Haverkamp and I see him when?"]
+    assert [q for q, _, _ in ex.questions_about("My passport expires in October, I need to renew it before the "
+                                                "Rome trip.")] == ["My passport expires when?",
+                                                                   "I need to renew it before what trip?"]
+    assert ex.statements({"text": "Doctor: Dr. Lindqvist at the Brookside surgery.\nGarden: planted tomatoes along "
+                                  "the south fence.\nTrip: Rome in May.\nWed 11 Dec\nLunch with my old colleague "
+                                  "Tomasz. He now works at Fenwick Labs."}) == [
+        "My doctor is Dr. Lindqvist at the Brookside surgery.", "I planted tomatoes along the south fence.",
+        "The trip is Rome in May.", "Wed 11 Dec", "Lunch with my old colleague Tomasz.",
+        "My old colleague Tomasz now works at Fenwick Labs."]
+    assert ex.statements({"text": "Small change: Freya's party is on Sunday now, not Saturday."}) == [
+        "Freya's party is on Sunday now, not Saturday."]
+    assert [q for q, _, _ in ex.questions_about("Freya's party is on Sunday now, because of the rain forecast.")
+            ] == ["Freya's party is when now?"]
+
+
 def test_a_time_moved_in_other_words_replaces_the_one_said_before():
     """"He can't make Friday, he's coming on Monday instead." said of the plumber who was
     coming "Friday morning to fix the boiler" moves his visit: what it is for and the time
