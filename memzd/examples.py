@@ -298,6 +298,9 @@ _DID = (r"(?:[A-Z][a-z]+ed|Met|Saw|Had|Went|Got|Bought|Took|Made|Found|Gave|Told
         r"|Drove|Rang|Spoke|Heard|Lost|Won|Ran|Swam|Began|Brought|Caught|Sold|Wrote|Flew) ")
 _DIARY = re.compile(rf"^{_DID}(?!(?:is|was|has|had|and|[a-z]+ed|[a-z]+s)\b)")
 _DID_AFTER = re.compile(rf"^{_DID}(?!(?:is|was|has|had|and)\b)", re.I)  # past a heading, a name cannot be it
+# Who called to say it is who the "he" or "she" after is: "Karl called: he's moving in May now."
+_RANG = re.compile(r"^((?:(?:Dr|Mr|Mrs|Ms)\. )?[A-Z][a-z]+) (?:called|rang|phoned|texted|emailed|messaged|wrote)"
+                   r"(?: me)?(?::|,| to say)\s+(he|she)(['’]s)?\s+")
 _AFTERTHOUGHT = re.compile(r",? by the way([.!]?)$", re.I)  # "My seat is 14C by the way."
 # A note's heading that names what the sentence after it is about.
 _LABEL = re.compile(r"^([A-Z][a-z]+(?: [a-z]+){0,2}): the ")
@@ -355,6 +358,9 @@ def _statement(piece: str) -> str | None:
     while (shorter := _OPENING.sub("", _PREAMBLE.sub("", said))) != said:
         said = shorter
     said = _AFTERTHOUGHT.sub(r"\1", said[:1].upper() + said[1:])
+    if rang := _RANG.match(said):  # "Karl called: he's moving in May now." -> "Karl is moving in May now."
+        rest = said[rang.end():]
+        said = _put(rang.group(1), rang.group(2), rang.group(3), rest) + " " + rest
     head = _HEADING.match(said)
     after = said[head.end():] if head else ""
     if label := _LABEL.match(said):  # "Book club: the March pick is ..." -> "The book club's March pick is ..."

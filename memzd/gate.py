@@ -150,7 +150,7 @@ with from about into onto over under your yours their theirs there they them the
 much many will would should could shall just every each only even still here more most such same other
 again ever never always often please tell know since already usually actually really thanks
 the and for are was has had his her its our you how why did not but can may out all any own one now yet
-too get got off let say""".split())
+too get got off let say he she him it we us""".split())
 
 
 def _rare(tokenizer, word: str) -> bool:

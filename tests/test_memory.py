@@ -434,6 +434,9 @@ def test_a_second_clause_an_intent_a_heading_and_a_reason_are_read_as_people_wri
         "My old colleague Tomasz now works at Fenwick Labs."]
     assert ex.statements({"text": "Small change: Freya's party is on Sunday now, not Saturday."}) == [
         "Freya's party is on Sunday now, not Saturday."]
+    # who called to say it is the "he" of what they said
+    assert ex.statements({"text": "Karl called: he's moving in May now. Dr. Vos rang to say she is away."}) == [
+        "Karl is moving in May now.", "Dr. Vos is away."]
     assert [q for q, _, _ in ex.questions_about("Freya's party is on Sunday now, because of the rain forecast.")
             ] == ["Freya's party is when now?"]
 
@@ -490,6 +493,8 @@ def test_function_words_never_key_a_question_and_inflections_still_meet():
     assert gate.distinctive_words(tok, "My son goes where?") == ["son", gate.PERSONAL, gate.RECALL,
                                                                   f"{gate.OWNS}son"]
     assert gate.distinctive_words(tok, "The piano lesson is every week, when?") == ["lesson", "piano", "week"]
+    # a "He" that opens a chat's second sentence is capitalised, and still no name
+    assert gate.distinctive_words(tok, "Back from the vet with Pip. He has a grass allergy.") == ["pip"]
     assert gate.stem("lessons") == gate.stem("lesson") and gate.stem("lives") == gate.stem("live")
 
 
