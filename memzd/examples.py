@@ -237,6 +237,7 @@ _PERSON = {"i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yo
 # "I" is written in capitals wherever it stands: it is neither a name nor a sentence's start.
 _I = {"i", "i'm", "i've", "i'll", "i'd"}
 _AFTER = _PLACE | {"of", "with", "for", "about", "on", "by"}  # ...a value that ends a sentence
+_ALONG = _AFTER | {"along", "around", "across", "through", "over", "for", "last", "this", "yesterday", "today"}
 _IN_NAMES = {"&", "of", "de", "van", "von", "da", "del"}  # "Fenwick & Co", "Isle of Man"
 _DETERMINERS = {"the", "a", "an", "my", "your", "his", "her", "its", "our", "their", "this", "that"}
 # Capitalised words that open a sentence without being part of a name ("In New York City.").
@@ -564,6 +565,12 @@ def _spans(tokens: list[str]) -> list[tuple[int, int]]:
         start = links[-1] + 1 + (tokens[links[-1] + 1].lower() in _PLACE)  # "is under the mat": where?
         if start < end:
             spans.append((start, end))
+    if not spans and len(tokens) > 3 and tokens[0] == "I" and _DID_AFTER.match(tokens[1] + " "):
+        end = 2  # "I planted tomatoes and basil along the south fence": what I did it to
+        while end < len(tokens) and tokens[end].isalpha() and tokens[end].islower() and tokens[end] not in _ALONG:
+            end += 1
+        if 2 < end <= 6 and end < len(tokens) and tokens[end] in _ALONG:
+            spans.append((2, end))
     if not spans:  # "I'm allergic to walnuts": the last words after a preposition, up to 3
         end = len(tokens)
         while end and not tokens[end - 1][0].isalnum():

@@ -434,6 +434,10 @@ def test_a_second_clause_an_intent_a_heading_and_a_reason_are_read_as_people_wri
         "My old colleague Tomasz now works at Fenwick Labs."]
     assert ex.statements({"text": "Small change: Freya's party is on Sunday now, not Saturday."}) == [
         "Freya's party is on Sunday now, not Saturday."]
+    # what I did it to, where a diary says where or when
+    assert [q for q, _, _ in ex.questions_about("I planted tomatoes and basil along the south fence.")] == [
+        "I planted what along the south fence?"]
+    assert [q for q, _, _ in ex.questions_about("I started yoga last week.")] == ["I started what?"]
     # who called to say it is the "he" of what they said
     assert ex.statements({"text": "Karl called: he's moving in May now. Dr. Vos rang to say she is away."}) == [
         "Karl is moving in May now.", "Dr. Vos is away."]
