@@ -11,10 +11,11 @@ before memz was run on them: its held-out figure is the first run's, 9 of 19 at
 46c3554; memz was changed against it since. Week 3's (the same shape) were written
 and committed before memz was run on them, once that was done. Week 4's (the same
 shape) were written and committed before memz was run on them, at 882d765, before
-the changes made against week 3 in the session after. bench/knowledge.py is the
-measure of record.
+the changes made against week 3 in the session after. Week 5's (the same shape)
+were written and committed before memz was run on them, once the week-4 changes
+were in. bench/knowledge.py is the measure of record.
 
-    python bench/research/everyday_walk.py [--week 1|2|3|4] [--keep DIR]
+    python bench/research/everyday_walk.py [--week 1|2|3|4|5] [--keep DIR]
 """
 import argparse
 import json
@@ -153,8 +154,37 @@ ASK4 = [
     ("How many continents are there?", None), ("What is my son's name?", None),
     ("Where does my landlord live?", None), ("What is the largest planet?", None),
 ]
+WEEK5_MONDAY = [
+    chat("My mum's 70th is coming up in June and we're having it at the Old Mill in Ashby.", "How lovely!",
+         "My aunt Ruth is flying in from Toronto for it.", "She'll love that."),
+    chat("Can you remind me what to bring to the vet? Our cat Miso has her vaccinations on Tuesday at 4.",
+         "Bring her vaccination card and a carrier."),
+    chat("I switched banks last month. My new bank is Harbour Mutual and my account manager is Dev Patel.",
+         "Good to know."),
+    {"text": "Piano recital: Saturday 14th, 3pm, St. Anne's church. Mila plays second."},
+    {"text": "Car: MOT due in August. The registration is LK19 ZTR."},
+    {"text": "Neighbour at no. 12 is Mrs. Okoro. She has our spare key."},
+    {"text": "Mon 16 Dec\nFinished the book Wolf Hall. Started learning to knit with my sister Bea."},
+    chat("My daughter's teacher is Mr. Halloran and parents' evening is on Thursday.", "Thanks, noted."),
+    {"input": "What's my frequent flyer number?", "output": "Your frequent flyer number is QF 8812 4490."},
+]
+WEEK5_THURSDAY = [chat("Update: Miso's vaccinations got moved to Wednesday at 5.", "Noted, Wednesday at 5.")]
+ASK5 = [
+    ("When is my mum's 70th?", "June"), ("Where is my mum's party?", "Old Mill"),
+    ("Who is flying in from Toronto?", "Ruth"), ("Where is my aunt Ruth flying from?", "Toronto"),
+    ("What is my cat's name?", "Miso"), ("When are Miso's vaccinations?", "Wednesday"),
+    ("What is my new bank?", "Harbour Mutual"), ("Who is my account manager?", "Dev Patel"),
+    ("When is the piano recital?", "Saturday"), ("Where is the piano recital?", "Anne"),
+    ("When is my car's MOT due?", "August"), ("What is my car's registration?", "LK19"),
+    ("Who lives at number 12?", "Okoro"), ("Who has our spare key?", "Okoro"),
+    ("Which book did I finish?", "Wolf Hall"), ("Who am I learning to knit with?", "Bea"),
+    ("Who is my daughter's teacher?", "Halloran"), ("When is parents' evening?", "Thursday"),
+    ("What is my frequent flyer number?", "8812"),
+    ("What is the capital of Canada?", None), ("Who wrote Hamlet?", None), ("How many days are in a year?", None),
+    ("What is my dog's name?", None), ("What is my brother's name?", None), ("What is the tallest mountain?", None),
+]
 WEEKS = {"1": ([WEEK1], ASK1), "2": ([WEEK2_MONDAY, WEEK2_THURSDAY], ASK2), "3": ([WEEK3_MONDAY, WEEK3_FRIDAY], ASK3),
-         "4": ([WEEK4_MONDAY, WEEK4_THURSDAY], ASK4)}
+         "4": ([WEEK4_MONDAY, WEEK4_THURSDAY], ASK4), "5": ([WEEK5_MONDAY, WEEK5_THURSDAY], ASK5)}
 
 
 def drain(home: str) -> None:
