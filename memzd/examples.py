@@ -244,7 +244,8 @@ _DETERMINERS = {"the", "a", "an", "my", "your", "his", "her", "its", "our", "the
 _OPENERS = _PLACE | _DETERMINERS | _PERSON.keys() | {"on", "by", "with", "for", "and", "but", "since", "after",
                                                       "before", "until", "during", "then", "yes", "no", "it", "she",
                                                       "he", "they", "we", "there", "here", "now", "today"}
-_SENTENCE = re.compile(r"(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bSt\.)(?<!\bMrs\.)(?<=[.!;?])\s+|\n+")
+_SENTENCE = re.compile(r"(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bSt\.)(?<!\bMrs\.)(?<=[.!;?])"
+                       r"(?!(?<=\b[Nn]o\.)\s+\d)\s+|\n+")  # "at no. 12": a number, not a full stop
 _TOKEN = re.compile(r"(?:Dr|Mr|Ms|Mrs|St)\.|\d+(?:\.\d+)+|\+?[A-Za-z0-9][\w'’:\-]*|[^\sA-Za-z0-9]")  # "+44": a number
 # "I've lived in Kyoto since 2019, and I'm learning Japanese": two facts, asked apart; so are
 # "I switched dentists: my dentist is Dr. Haverkamp." (not "Wifi: heron42", a clause too short).
@@ -254,8 +255,9 @@ _CLAUSE = re.compile(r",\s+(?:and|but|so)\s+|[;:]\s+")
 # "My yoga class is on Tuesdays and my teacher is called Sunniva" is two facts, asked apart
 # where the second says something too ("I moved here with my wife and my son" is one);
 # "My dentist is Dr. Haverkamp and I see him every March" is asked apart in its first
-# clause only, since "him" needs the dentist.
-_AND_NOUN = re.compile(r"\s+and\s+(?=(?:my|our|his|her|their|the)\s)")
+# clause only, since "him" needs the dentist. A subject without "my" or "the" says so by
+# its verb: "My daughter's teacher is Mr. Halloran and parents' evening is on Thursday".
+_AND_NOUN = re.compile(r"\s+and\s+(?=(?:my|our|his|her|their|the)\s|[a-z]+['’]?(?: [a-z]+)? (?:is|are|was|were)\s)")
 _AND_PRONOUN = re.compile(r"\s+and\s+(?=(?:I|we|he|she|they)(?:['’](?:m|ve|s|re))?\s)")
 # Someone who teaches, told of after what they teach: "my piano lesson ..., and my teacher is ..."
 _LESSON = re.compile(r"^(?:[Mm]y|[Oo]ur) ([a-z]+) (?:class|classes|lesson|lessons|course|training|practice|club|team)"

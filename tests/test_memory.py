@@ -438,6 +438,12 @@ def test_a_second_clause_an_intent_a_heading_and_a_reason_are_read_as_people_wri
     assert [q for q, _, _ in ex.questions_about("I planted tomatoes and basil along the south fence.")] == [
         "I planted what along the south fence?"]
     assert [q for q, _, _ in ex.questions_about("I started yoga last week.")] == ["I started what?"]
+    # "no. 12" is a number; "and parents' evening is ..." says something of its own
+    assert ex.statements({"text": "Neighbour at no. 12 is Mrs. Okoro. She has our spare key."}) == [
+        "Neighbour at no. 12 is Mrs. Okoro.", "Mrs. Okoro has our spare key."]
+    assert [q for q, _, _ in ex.questions_about("My daughter's teacher is Mr. Halloran and parents' evening is on "
+                                                "Thursday.")] == ["My daughter's teacher is what?",
+                                                                  "Parents' evening is when?"]
     # who called to say it is the "he" of what they said
     assert ex.statements({"text": "Karl called: he's moving in May now. Dr. Vos rang to say she is away."}) == [
         "Karl is moving in May now.", "Dr. Vos is away."]
