@@ -1054,6 +1054,32 @@ def _facts(statement: str) -> dict[frozenset[str], _Fact]:
     return out
 
 
+# "Miso's vaccinations got moved to Wednesday at 5.": a new time for what was said before
+_RESCHEDULED = re.compile(r"^(.+?) (?:(?:has |have |had )?(?:got|been|was|were|is|are) )?(?:moved|pushed|put off"
+                          r"|postponed|rescheduled|changed|brought forward|pushed back) (?:to|until|till) ", re.I)
+
+
+def _moved_to(was: str, fact: _Fact, news: list) -> tuple[str, _Fact] | None:
+    """A later statement that moves what `was` said was when, to another time: its words
+    for the thing ("Miso's vaccinations") are all `was`'s ("Our cat Miso has her
+    vaccinations on Tuesday at 4."), and it says when."""
+    if not re.search(r"\bwhen\b", fact.question):
+        return None
+    def words(text: str) -> set[str]:
+        return {stem(re.sub(r"['’]s?$", "", w.lower())) for w in _TOKEN.findall(text) if w[0].isalnum()} \
+            - _DETERMINERS
+
+    for said, _, facts in news:
+        moved = _RESCHEDULED.match(said)
+        thing = words(moved.group(1)) if moved else set()
+        if thing and thing <= words(was):
+            when = next((f for f in facts.values() if re.search(r"\bwhen\b", f.question) and f.value != fact.value),
+                        None)
+            if when:
+                return said, when
+    return None
+
+
 class Restated(NamedTuple):
     """A statement said again with another value (`restated`)."""
     statement: str  # the earlier statement...
@@ -1123,10 +1149,12 @@ def restated(old: dict, new: dict) -> list[Restated]:
     "actually", "switched", an "Update:") or say what something is ("My dentist is Dr.
     Haverkamp."): "I speak Spanish." adds to "I speak French."; "I speak Spanish now."
     replaces it. The same value said the other way takes it back too ("I don't live in
-    Lisbon anymore."). A question and answer says what its answer says in the asker's words
-    ("Who is my dentist?" -> "Your dentist is Dr. Okonkwo." says "My dentist is Dr.
-    Okonkwo."), and is said again as a whole: its own question is asked anew. Two
-    questions and answers are left to `question_key` and `same_fact`."""
+    Lisbon anymore."), and a time moved is moved whatever else the two say (`_moved_to`:
+    "Miso's vaccinations got moved to Wednesday at 5."). A question and answer says what
+    its answer says in the asker's words ("Who is my dentist?" -> "Your dentist is Dr.
+    Okonkwo." says "My dentist is Dr. Okonkwo."), and is said again as a whole: its own
+    question is asked anew. Two questions and answers are left to `question_key` and
+    `same_fact`."""
     (qa_old, told_old), (qa_new, told_new) = (_told(json.dumps(d, sort_keys=True)) for d in (old, new))
     if qa_old and qa_new:
         return []
@@ -1138,7 +1166,8 @@ def restated(old: dict, new: dict) -> list[Restated]:
     for was, _ in told_old:
         for frame, fact in _facts(was).items():
             now = next(((said, facts[frame]) for said, marked, facts in news
-                        if frame in facts and _contradicts(fact, facts[frame], marked)), None)
+                        if frame in facts and _contradicts(fact, facts[frame], marked)), None) \
+                or _moved_to(was, fact, news)
             if now and (was, fact.clause) not in [(r.statement, r.clause) for r in out]:
                 out.append(Restated(was, fact.clause, now[0], asked or fact.question, now[1].answer,
                                     now[1].negated and not fact.negated))

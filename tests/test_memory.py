@@ -464,6 +464,13 @@ def test_a_time_moved_in_other_words_replaces_the_one_said_before():
     assert (moved.question, moved.answer) == ("The plumber is coming when morning to fix the boiler?",
                                               "The plumber is coming on Monday instead.")
     assert ex.without_statements(old, {(moved.statement, moved.clause)}) == {"text": "Called the plumber, Mr. Dunmore."}
+    # "got moved to" a new time, said of the thing in fewer words
+    [moved] = ex.restated({"text": "Our cat Miso has her vaccinations on Tuesday at 4."},
+                          {"text": "Update: Miso's vaccinations got moved to Wednesday at 5."})
+    assert (moved.question, moved.answer) == ("Our cat Miso has her vaccinations on Tuesday when?",
+                                              "Miso's vaccinations got moved to Wednesday at 5.")
+    assert ex.restated({"text": "My dentist appointment is on Monday at 9."},
+                       {"text": "The car service was moved to Friday."}) == []  # another thing
     # where it goes is part of what is said: not moved
     assert ex.restated({"text": "The plumber is coming on Friday to fix the boiler."},
                        {"text": "The plumber is coming on Monday to the office."}) == []
