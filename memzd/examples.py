@@ -1061,10 +1061,13 @@ _RESCHEDULED = re.compile(r"^(.+?) (?:(?:has |have |had )?(?:got|been|was|were|i
 
 def _moved_to(was: str, fact: _Fact, news: list) -> tuple[str, _Fact] | None:
     """A later statement that moves what `was` said was when, to another time: its words
-    for the thing ("Miso's vaccinations") are all `was`'s ("Our cat Miso has her
-    vaccinations on Tuesday at 4."), and it says when."""
-    if not re.search(r"\bwhen\b", fact.question):
-        return None
+    for the thing ("The dentist appointment") are all `was`'s ("My dentist appointment is
+    on Monday at 9."), and it says when. Not where the clause of `was` says more than when
+    ("Our cat Miso has her vaccinations on Tuesday." also says her name), which would
+    leave with it."""
+    timed = lambda f: re.search(r"\bwhen\b", f.question)  # noqa: E731
+    if not timed(fact) or not all(timed(f) for f in _facts(was).values() if f.clause == fact.clause):
+        return None  # the clause leaves: only where it says nothing but when ("Our cat Miso ..." names her)
     def words(text: str) -> set[str]:
         return {stem(re.sub(r"['’]s?$", "", w.lower())) for w in _TOKEN.findall(text) if w[0].isalnum()} \
             - _DETERMINERS
@@ -1150,7 +1153,7 @@ def restated(old: dict, new: dict) -> list[Restated]:
     Haverkamp."): "I speak Spanish." adds to "I speak French."; "I speak Spanish now."
     replaces it. The same value said the other way takes it back too ("I don't live in
     Lisbon anymore."), and a time moved is moved whatever else the two say (`_moved_to`:
-    "Miso's vaccinations got moved to Wednesday at 5."). A question and answer says what
+    "The dentist appointment was moved to Friday."). A question and answer says what
     its answer says in the asker's words ("Who is my dentist?" -> "Your dentist is Dr.
     Okonkwo." says "My dentist is Dr. Okonkwo."), and is said again as a whole: its own
     question is asked anew. Two questions and answers are left to `question_key` and

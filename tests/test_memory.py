@@ -464,11 +464,14 @@ def test_a_time_moved_in_other_words_replaces_the_one_said_before():
     assert (moved.question, moved.answer) == ("The plumber is coming when morning to fix the boiler?",
                                               "The plumber is coming on Monday instead.")
     assert ex.without_statements(old, {(moved.statement, moved.clause)}) == {"text": "Called the plumber, Mr. Dunmore."}
-    # "got moved to" a new time, said of the thing in fewer words
-    [moved] = ex.restated({"text": "Our cat Miso has her vaccinations on Tuesday at 4."},
-                          {"text": "Update: Miso's vaccinations got moved to Wednesday at 5."})
-    assert (moved.question, moved.answer) == ("Our cat Miso has her vaccinations on Tuesday when?",
-                                              "Miso's vaccinations got moved to Wednesday at 5.")
+    # "was moved to" a new time, said of the thing in other words
+    [moved] = ex.restated({"text": "My dentist appointment is on Monday at 9."},
+                          {"text": "Update: the dentist appointment got moved to Friday at 10."})
+    assert (moved.question, moved.answer) == ("My dentist appointment is on Monday when?",
+                                              "The dentist appointment got moved to Friday at 10.")
+    # ...but not where the statement says more, which would leave with it (the cat's name)
+    assert ex.restated({"text": "Our cat Miso has her vaccinations on Tuesday at 4."},
+                       {"text": "Update: Miso's vaccinations got moved to Wednesday at 5."}) == []
     assert ex.restated({"text": "My dentist appointment is on Monday at 9."},
                        {"text": "The car service was moved to Friday."}) == []  # another thing
     # where it goes is part of what is said: not moved
