@@ -284,7 +284,8 @@ _NAMED_SO = re.compile(r"\b(?:called|named|call|name)\b", re.I)  # "We called ou
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")  # "- Mum's birthday is 12 May", "2) ..."
 # An opening that says a sentence is news, not what it is about: "Update: the wifi password
 # is ...", "Change of plan: ...", "Sorry, I got that wrong: ...", "Actually, ...".
-_PREAMBLE = re.compile(r"^(?:(?:(?:quick|small|slight|minor|little|big|last-minute|one|another|latest|important) )?(?:update|correction|change|note|fyi|edit|ps|sorry|oops|actually)\b[^:.!?]{0,40}:\s+"
+_PREAMBLE = re.compile(r"^(?:(?:(?:quick|small|slight|minor|little|big|last-minute|one|another|latest|important) )?"
+                       r"(?:update|correction|change|note|fyi|edit|ps|sorry|oops|actually)\b[^:.!?]{0,40}:\s+"
                        r"|(?:actually|no|oh|ok|okay|so|well|also|btw|anyway|sorry|oops|ugh|argh|phew|oh no)\s*,\s+)+", re.I)
 # An opening that is neither the fact nor news of it: "Thanks, but we already called our
 # dog Biscuit.", "And my sister lives in Lisbon.", "By the way, my dentist is Dr. Okonkwo.",
@@ -329,7 +330,9 @@ _SHADES = {"dark", "light", "pale", "bright", "deep", "pastel"}
 _OWNED_DOES = re.compile(r"^(?:(?:[Mm]y|[Oo]ur)(?: [a-z]+){1,2}(?: [A-Z][a-z]+)?|(?!(?:It|He|She|They|We|There|This|That)\b)[A-Z][a-z]+)"
                          r" ([a-z]+[^s\W]s) ((?:[a-z]+ ){0,2}[a-z]+)[.!]?$")
 # "My car needs a new exhaust before it can pass.": what comes after it is asked apart, if at all
-_THEN = re.compile(r",?\s+(?:(?:before|after|because|until|unless|once|so that)\s+(?:it|he|she|they|we|I|you)\b|because of\b|due to\b).*$")
+# ...and so is why ("..., because of the rain forecast.")
+_THEN = re.compile(r",?\s+(?:(?:before|after|because|until|unless|once|so that)\s+(?:it|he|she|they|we|I|you)\b"
+                   r"|because of\b|due to\b).*$")
 _NOT_A_THING = re.compile(r"^(?:abroad|nearby|upstairs|downstairs|here|there|home|alone|away|well|hard|fast|late|early"
                           r"|a lot|too much|every \w+|[a-z]+ly)\b")
 MAX_STATEMENT_CHARS = 300  # longer sentences are taught as they are, with no questions about them
@@ -410,10 +413,10 @@ def statements(data: dict) -> list[str]:
 
 # What someone is to the asker or to others: "my wife Marta", "the plumber, Mr. Dunmore".
 KIN = frozenset("wife husband partner son daughter child kid sister brother mother father mum mom dad parent "
-                 "grandmother grandfather grandma grandpa granny aunt uncle cousin niece nephew friend girlfriend "
-                 "boyfriend fiance fiancee neighbour neighbor boss manager colleague coworker tutor teacher coach "
-                 "dentist doctor nurse vet landlord landlady plumber electrician builder mechanic lawyer "
-                 "accountant therapist trainer instructor babysitter nanny roommate flatmate housemate".split())
+                "grandmother grandfather grandma grandpa granny aunt uncle cousin niece nephew friend girlfriend "
+                "boyfriend fiance fiancee neighbour neighbor boss manager colleague coworker tutor teacher coach "
+                "dentist doctor nurse vet landlord landlady plumber electrician builder mechanic lawyer "
+                "accountant therapist trainer instructor babysitter nanny roommate flatmate housemate".split())
 _TITLE_NAME = r"(?:Dr|Mr|Mrs|Ms|Prof)\. [A-Z][\w'’\-]*"
 _NAME_RUN = r"[A-Z][\w\-]*(?: [A-Z][\w\-]*)*"
 # "My wife Marta turns 40", "The plumber, Mr. Dunmore, is coming", "Priya works ...": the
@@ -1065,19 +1068,19 @@ def _moved_to(was: str, fact: _Fact, news: list) -> tuple[str, _Fact] | None:
     on Monday at 9."), and it says when. Not where the clause of `was` says more than when
     ("Our cat Miso has her vaccinations on Tuesday." also says her name), which would
     leave with it."""
-    timed = lambda f: re.search(r"\bwhen\b", f.question)  # noqa: E731
-    if not timed(fact) or not all(timed(f) for f in _facts(was).values() if f.clause == fact.clause):
-        return None  # the clause leaves: only where it says nothing but when ("Our cat Miso ..." names her)
+    def timed(f: _Fact) -> bool:
+        return bool(re.search(r"\bwhen\b", f.question))
+
     def words(text: str) -> set[str]:
         return {stem(re.sub(r"['’]s?$", "", w.lower())) for w in _TOKEN.findall(text) if w[0].isalnum()} \
             - _DETERMINERS
 
+    if not timed(fact) or not all(timed(f) for f in _facts(was).values() if f.clause == fact.clause):
+        return None  # the clause leaves: only where it says nothing but when ("Our cat Miso ..." names her)
     for said, _, facts in news:
         moved = _RESCHEDULED.match(said)
-        thing = words(moved.group(1)) if moved else set()
-        if thing and thing <= words(was):
-            when = next((f for f in facts.values() if re.search(r"\bwhen\b", f.question) and f.value != fact.value),
-                        None)
+        if moved and words(moved.group(1)) <= words(was) and words(moved.group(1)):
+            when = next((f for f in facts.values() if timed(f) and f.value != fact.value), None)
             if when:
                 return said, when
     return None
@@ -1152,12 +1155,12 @@ def restated(old: dict, new: dict) -> list[Restated]:
     "actually", "switched", an "Update:") or say what something is ("My dentist is Dr.
     Haverkamp."): "I speak Spanish." adds to "I speak French."; "I speak Spanish now."
     replaces it. The same value said the other way takes it back too ("I don't live in
-    Lisbon anymore."), and a time moved is moved whatever else the two say (`_moved_to`:
-    "The dentist appointment was moved to Friday."). A question and answer says what
-    its answer says in the asker's words ("Who is my dentist?" -> "Your dentist is Dr.
-    Okonkwo." says "My dentist is Dr. Okonkwo."), and is said again as a whole: its own
-    question is asked anew. Two questions and answers are left to `question_key` and
-    `same_fact`."""
+    Lisbon anymore."), and a time "moved to" another moves it, where the earlier clause
+    says nothing else (`_moved_to`: "The dentist appointment was moved to Friday."). A
+    question and answer says what its answer says in the asker's words ("Who is my
+    dentist?" -> "Your dentist is Dr. Okonkwo." says "My dentist is Dr. Okonkwo."), and
+    is said again as a whole: its own question is asked anew. Two questions and answers
+    are left to `question_key` and `same_fact`."""
     (qa_old, told_old), (qa_new, told_new) = (_told(json.dumps(d, sort_keys=True)) for d in (old, new))
     if qa_old and qa_new:
         return []

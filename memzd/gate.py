@@ -482,7 +482,8 @@ def asks_for(question: str, other: str) -> str | None:
 def asks_the_same(query: str, cue: str, certain: bool = False) -> bool:
     """Do `query` and the taught question `cue` ask for the same kind of answer? A name is
     a person's or a place's; one that does not say asks for anything but a time or a
-    number (`certain`: both must say)."""
+    number (`certain`: both must say). Something kept "for my ..." a taught thing is not
+    that thing (`_for_it`)."""
     a, b = asks_for(query, cue), asks_for(cue, query)
     return _same_kind(a, b) and not (certain and None in (a, b)) and not _whence_and_whither(a, b, query, cue) \
         and not _for_it(a, query, cue)
@@ -529,7 +530,8 @@ _SAID = frozenset({"place", "time", "person", "name", NUMBER, "deed", "thing", "
 
 
 def asks_otherwise(query: str, cue: str) -> bool:
-    """Does `query` ask for another kind of answer than `cue`, for certain (see _SAID)?"""
+    """Does `query` ask for another kind of answer than `cue`, for certain (see _SAID), or
+    for something kept for what `cue` asks of (`_for_it`)?"""
     a, b = asks_for(query, cue), asks_for(cue, query)
     return _for_it(a, query, cue) or \
         a in _SAID and b in _SAID and (not _same_kind(a, b) or _whence_and_whither(a, b, query, cue))
