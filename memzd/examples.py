@@ -280,6 +280,9 @@ _APPOSITION = re.compile(rf"^((?:[Mm]y|[Oo]ur|[Tt]he)(?: [a-z]+){{1,2}}), {_SET_
 _APPOSITION_ENDS = re.compile(rf"^(.+ )((?:the|my|our) [a-z]+), {_SET_NAME}$")
 _PET_NAMED = re.compile(r"\b(?:[Mm]y|[Oo]ur) (dog|cat|puppy|kitten|horse|pony|rabbit|parrot|hamster) ([A-Z][a-z]+)\b"
                         r"(?!['’])")
+# Someone titled who does or has something: who it is is asked ("Who has our spare key?")
+_WHO_DOES = re.compile(r"^((?:Dr|Mr|Mrs|Ms|Prof)\. [A-Z][\w'’\-]*) ((?:has|have|keeps|looks after|lives|works|teaches"
+                       r"|runs|owns|cuts|fixes|cleans|walks|feeds|drives|sings|plays) .+)$")
 _NAMED_SO = re.compile(r"\b(?:called|named|call|name)\b", re.I)  # "We called our dog Biscuit" asks it already
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")  # "- Mum's birthday is 12 May", "2) ..."
 # An opening that says a sentence is news, not what it is about: "Update: the wifi password
@@ -675,6 +678,9 @@ def _asked(body: str) -> list[tuple[str, str, str]]:
     """`questions_about` one clause (`body`, without its full stop): a question for each
     answer span, in the clause's own words; a pet's name as what it is called ("I got back
     from the vet with our dog Pip." -> "My dog is called what?")."""
+    if who := _WHO_DOES.match(body):  # "Mrs. Okoro has our spare key." -> "Who has our spare key?"
+        asked = [q for q in _spanned(body) if q[2] != who.group(1)]
+        return [(f"Who {who.group(2)}?", second_person(body) + ".", who.group(1))] + asked[-(MAX_QUESTIONS - 1):]
     pet = _PET_NAMED.search(body)
     if pet and not _NAMED_SO.search(body[:pet.start()]):
         noun, name = pet.groups()

@@ -444,6 +444,9 @@ def test_a_second_clause_an_intent_a_heading_and_a_reason_are_read_as_people_wri
     assert [q for q, _, _ in ex.questions_about("My daughter's teacher is Mr. Halloran and parents' evening is on "
                                                 "Thursday.")] == ["My daughter's teacher is what?",
                                                                   "Parents' evening is when?"]
+    # someone titled who has or does something: who it is, is asked
+    assert [q for q, _, _ in ex.questions_about("Mrs. Okoro has our spare key.")] == ["Who has our spare key?"]
+    assert [q for q, _, _ in ex.questions_about("Mr. Dunmore is coming on Monday.")] == ["Mr. Dunmore is coming when?"]
     # who called to say it is the "he" of what they said
     assert ex.statements({"text": "Karl called: he's moving in May now. Dr. Vos rang to say she is away."}) == [
         "Karl is moving in May now.", "Dr. Vos is away."]
