@@ -237,7 +237,7 @@ _PERSON = {"i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yo
 # "I" is written in capitals wherever it stands: it is neither a name nor a sentence's start.
 _I = {"i", "i'm", "i've", "i'll", "i'd"}
 _AFTER = _PLACE | {"of", "with", "for", "about", "on", "by"}  # ...a value that ends a sentence
-_ALONG = _AFTER | {"along", "around", "across", "through", "over", "for", "last", "this", "yesterday", "today"}
+_ALONG = _AFTER | {"along", "around", "across", "through", "over", "last", "this", "yesterday", "today"}
 _IN_NAMES = {"&", "of", "de", "van", "von", "da", "del"}  # "Fenwick & Co", "Isle of Man"
 _DETERMINERS = {"the", "a", "an", "my", "your", "his", "her", "its", "our", "their", "this", "that"}
 # Capitalised words that open a sentence without being part of a name ("In New York City.").
@@ -678,14 +678,16 @@ def _asked(body: str) -> list[tuple[str, str, str]]:
     """`questions_about` one clause (`body`, without its full stop): a question for each
     answer span, in the clause's own words; a pet's name as what it is called ("I got back
     from the vet with our dog Pip." -> "My dog is called what?")."""
+    def first(question: str, answer: str, name: str) -> list[tuple[str, str, str]]:
+        asked = [q for q in _spanned(body) if q[2] != name]  # the name is asked so, not by its span
+        return [(question, answer, name)] + asked[-(MAX_QUESTIONS - 1):]
+
     if who := _WHO_DOES.match(body):  # "Mrs. Okoro has our spare key." -> "Who has our spare key?"
-        asked = [q for q in _spanned(body) if q[2] != who.group(1)]
-        return [(f"Who {who.group(2)}?", second_person(body) + ".", who.group(1))] + asked[-(MAX_QUESTIONS - 1):]
+        return first(f"Who {who.group(2)}?", second_person(body) + ".", who.group(1))
     pet = _PET_NAMED.search(body)
     if pet and not _NAMED_SO.search(body[:pet.start()]):
         noun, name = pet.groups()
-        asked = [q for q in _spanned(body) if q[2] != name]
-        return [(f"My {noun} is called what?", f"Your {noun} is called {name}.", name)] + asked[-(MAX_QUESTIONS - 1):]
+        return first(f"My {noun} is called what?", f"Your {noun} is called {name}.", name)
     return _spanned(body)
 
 
@@ -1083,9 +1085,11 @@ def _moved_to(was: str, fact: _Fact, news: list) -> tuple[str, _Fact] | None:
 
     if not timed(fact) or not all(timed(f) for f in _facts(was).values() if f.clause == fact.clause):
         return None  # the clause leaves: only where it says nothing but when ("Our cat Miso ..." names her)
+    said_before = words(was)
     for said, _, facts in news:
         moved = _RESCHEDULED.match(said)
-        if moved and words(moved.group(1)) <= words(was) and words(moved.group(1)):
+        thing = words(moved.group(1)) if moved else set()
+        if thing and thing <= said_before:
             when = next((f for f in facts.values() if timed(f) and f.value != fact.value), None)
             if when:
                 return said, when
