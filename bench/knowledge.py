@@ -259,6 +259,9 @@ CATEGORIES = {
                                  "asides": 0.90}},
     "behaviours": {"data": "behaviours.jsonl", "what": "a reply format over unseen inputs",
                    "targets": {"unseen": 0.80, "locality": 0.95}},
+    "formats": {"data": "formats.jsonl", "what": "seven more reply formats, written before memz learned exact "
+                "formats (held out; two are not a format of the input's words)",
+                "targets": {"unseen": 0.80, "locality": 0.95}},
     "forget": {"data": "facts.jsonl", "what": "10 facts taught, then 3 forgotten with `memzctl forget ANSWER`",
                "targets": {"forgotten_gone": 0.95, "forgotten_gone_paraphrase": 0.95, "efficacy": 0.95,
                            "locality": 0.95}},
