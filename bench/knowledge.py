@@ -345,7 +345,9 @@ def run_category(name: str, locality: list[dict], overrides: list[str], base_mod
     routes: list = []
     answers = ask_all(home, [q for _, q, _ in probes] + [q for q, _ in known], log, routes=routes)
     got: dict[str, list[bool]] = {}
+    by_format: dict[str, int] = {}  # answers written by an exact format (memzd.formats), not generated
     for (kind, q, expected), a, route in zip(probes, answers, routes):
+        by_format[kind] = by_format.get(kind, 0) + (route == "format")
         if kind == "neighbours":
             ok = normalize(a) == normalize(base_of[q])
         elif kind.startswith(NOT_GIVEN):
@@ -366,7 +368,7 @@ def run_category(name: str, locality: list[dict], overrides: list[str], base_mod
     m = ck["metrics"]
     figures = {k: sum(v) / len(v) for k, v in got.items() if v}
     result = {"category": name, "items": len(items), "figures": figures, "counts": {k: len(v) for k, v in got.items()},
-              "checkpoint": ck["id"], "status": ck["status"], "drop_to_live_s": [round(x, 1) for x in lives],
+              "by_format": {k: n for k, n in by_format.items() if n}, "checkpoint": ck["id"], "status": ck["status"], "drop_to_live_s": [round(x, 1) for x in lives],
               "metrics": {k: m.get(k) for k in ("recall", "adapter_recall", "retention_score", "anchor_ce_delta",
                                                 "adapter_retention_score", "adapter_anchor_ce_delta", "steps",
                                                 "n_examples", "train_seconds", "eval_seconds", "adapters")
@@ -464,9 +466,11 @@ def category_lines(result: dict) -> list[str]:
         n = result.get("counts", {}).get(key)
         most = key in AT_MOST
         met = target is not None and meets(key, value, target)
+        formatted = result.get("by_format", {}).get(key)
         lines.append(f"  {key:20s} {value:6.2f}" + (f"  of {n:3d}" if n else "") +
                      (f"  target {'<=' if most else '>='} {target}  {'met' if met else 'NOT MET'}"
-                      if target is not None else ""))
+                      if target is not None else "")
+                     + (f"  ({formatted} answered by an exact format)" if formatted else ""))
     for key in targets:
         if key not in result["figures"]:
             lines.append(f"  {key:20s}      -  target >= {targets[key]}  NOT MEASURED")

@@ -30,6 +30,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from . import formats as formats_mod
 from . import gate, lora
 from .checkpoints import load_checkpoint, sync_status
 from .config import Home, RoutingConfig
@@ -58,6 +59,7 @@ class Loaded:
 
     config: object  # peft LoraConfig
     memory: gate.KeyMemory | None
+    formats: tuple[formats_mod.Format, ...] = ()  # exact formats of its lineage's examples (memzd.formats)
 
 
 class Adapters:
@@ -77,7 +79,7 @@ class Adapters:
         if checkpoint_id in self.loaded:
             self.loaded.move_to_end(checkpoint_id)
             return self.loaded[checkpoint_id]
-        config, state, _meta, keys = load_checkpoint(self.home.checkpoints / checkpoint_id, self.base_name,
+        config, state, meta, keys = load_checkpoint(self.home.checkpoints / checkpoint_id, self.base_name,
                                                      root=self.home.checkpoints)
         try:
             lora.add_adapter(self.model, checkpoint_id, config, state)
@@ -89,15 +91,20 @@ class Adapters:
         except (KeyError, ValueError) as exc:
             lora.drop_adapter(self.model, checkpoint_id)
             raise CheckpointError(f"{checkpoint_id}: bad routing keys: {exc}") from exc
-        return self.add(checkpoint_id, config, memory)
+        try:
+            formats = tuple(formats_mod.Format.from_dict(f) for f in meta.get("formats") or [])
+        except (AttributeError, ValueError) as exc:
+            lora.drop_adapter(self.model, checkpoint_id)
+            raise CheckpointError(f"{checkpoint_id}: bad formats in meta.json: {exc}") from exc
+        return self.add(checkpoint_id, config, memory, formats=formats)
 
     def add(self, checkpoint_id: str, config, memory: gate.KeyMemory | None,
-            state: dict[str, torch.Tensor] | None = None) -> Loaded:
+            state: dict[str, torch.Tensor] | None = None, formats: tuple = ()) -> Loaded:
         """Take on an adapter: `state` is loaded under the checkpoint's name when given
         (a checkpoint just trained), else it is already in the model."""
         if state is not None:
             lora.add_adapter(self.model, checkpoint_id, config, state)
-        self.loaded[checkpoint_id] = Loaded(config, memory)
+        self.loaded[checkpoint_id] = Loaded(config, memory, tuple(formats))
         self.loaded.move_to_end(checkpoint_id)
         # Shards a loaded checkpoint routes to stay; of the rest, the least recently used go.
         shards = {s for ld in self.loaded.values() if ld.memory is not None for s in ld.memory.shards}
@@ -159,6 +166,18 @@ class Adapters:
                 return own, route
         shared = self.serving()
         return shared, self.route(shared, chat)
+
+    def formatted(self, chat: list[dict], checkpoints: list[str | None]) -> tuple[str, formats_mod.Format, str] | None:
+        """(checkpoint, format, reply) where the question `chat` ends with is an input of
+        an exact format of one of `checkpoints` (the first that has one), else None."""
+        if not self.routing.formats or not chat or chat[-1].get("role") != "user":
+            return None
+        for ckpt in checkpoints:
+            if ckpt is not None:
+                found = formats_mod.answer(self.ensure(ckpt).formats, str(chat[-1].get("content", "")))
+                if found is not None:
+                    return ckpt, *found
+        return None
 
     def router(self, adapter: str, memory: gate.KeyMemory | None) -> Routes:
         """The adapters that answer many chats to `adapter` (a checkpoint, or the candidate

@@ -264,6 +264,8 @@ def status(ctx: typer.Context, as_json: bool = _JSON, user: Optional[str] = _USE
         t.add_row("learned", f"recall {recall:.2f}: the share of the latest batch's answers it gives back"
                   + (f", after {rounds} rounds of training (training.rounds)" if rounds > 1 else "")
                   + ("" if recall >= 0.9 else " [yellow](much of it not learned: see memzctl checkpoints)[/]"))
+    for i, described in enumerate(data.get("formats") or []):
+        t.add_row("formats" if i == 0 else "", escape(described))
     fs = data["forgetting_summary"]
     t.add_row("forgetting", f"served: anchor_ce_delta {_fmt(fs['anchor_ce_delta'])}, "
               f"retention {_fmt(fs['retention_score'])}")

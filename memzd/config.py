@@ -179,10 +179,15 @@ class RoutingConfig:
         "answers the question as asked (asked). Under taught and recited, a question about a taught "
         "thing that asks for another kind of answer than anything taught about it, for certain (a time "
         "where only a place was taught), gets the base model's answer.", "taught")
+    formats: int = _help(
+        "Where at least this many one-question examples are one format of their input's words "
+        "(\"Ticket for: printer jam\" -> \"[TICKET] PRINTER JAM\"), new inputs of that format are answered "
+        "by it, exactly (memzd/formats.py; 0: never, the adapter answers them).", 4)
 
     def __post_init__(self):
         _check(0.0 <= self.lexical_threshold <= 1.0, "routing.lexical_threshold", "a number in [0, 1]")
         _check(-2.0 <= self.margin <= 2.0, "routing.margin", "a number in [-2, 2]")
+        _check(type(self.formats) is int and self.formats >= 0, "routing.formats", "an integer >= 0")
 
 
 @dataclass

@@ -182,6 +182,19 @@ def next_batch(store, config: Config, now: float | None = None, unread_files: in
 RECENT_EVENTS = 5  # the lineage's latest events that `memzctl status` shows (files read, supersedes, ...)
 
 
+def _formats(home: Home, checkpoint: str | None) -> list[str]:
+    """The exact formats a checkpoint answers by (memzd.formats), described; [] if none
+    or its meta.json cannot be read (memzd says why when it loads it)."""
+    from .formats import Format
+    if checkpoint is None:
+        return []
+    try:
+        meta = json.loads((home.checkpoints / checkpoint / "meta.json").read_text(encoding="utf-8"))
+        return [Format.from_dict(f).describe() for f in meta.get("formats") or []]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
+
+
 def status_data(home: Home, user: str | None = None) -> dict:
     """Everything `memzctl status` shows (the `status --json` object), for the shared
     lineage or for `user`'s own."""
@@ -220,6 +233,7 @@ def status_data(home: Home, user: str | None = None) -> dict:
                 "forgetting_loss": store.curve(curve_batch, "forgetting_loss") if curve_batch else [],
                 "eval_loss": [c.metrics.get("eval_loss") for c in lineage if c.metrics.get("eval_loss") is not None],
             },
+            "formats": _formats(home, current),
             "forgetting_summary": {k: metrics.get(k) for k in
                                    ("anchor_ce_delta", "retention_score", "forgetting_loss",
                                     "adapter_anchor_ce_delta", "adapter_retention_score")},

@@ -215,7 +215,7 @@ def create_app(daemon, http: HttpConfig):
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": payload["response"]},
                                  "finish_reason": finish(payload)}],
                     "usage": usage(payload),
-                    "memz": {k: payload[k] for k in ("checkpoint", "routed_to", "answered_as", "latency_ms")
+                    "memz": {k: payload[k] for k in ("checkpoint", "routed_to", "format", "answered_as", "latency_ms")
                              if k in payload}}
 
         loop = asyncio.get_running_loop()

@@ -36,6 +36,7 @@ from typing import Callable
 import torch
 
 from . import anchors as anchor_mod
+from . import formats as formats_mod
 from . import gate, lora
 from .adapters import Adapters
 from .checkpoints import check_state, new_id, write_checkpoint
@@ -512,6 +513,16 @@ class Learner:
             raise Interrupted() from None
         return gone / len(probes)
 
+    def _formats(self, parent: str | None, batch_id: int) -> tuple[formats_mod.Format, ...]:
+        """The exact formats among what the lineage holds after this batch (memzd.formats):
+        learned afresh each batch, so that a forgotten or superseded example leaves them."""
+        at_least = self.config.routing.formats
+        if not at_least:
+            return ()
+        pairs = [p for e in self.store.held(parent, batch_id) for c in [to_chat(e)] if c
+                 for p in [formats_mod.single_turn(c)] if p is not None]
+        return tuple(formats_mod.learn(pairs, at_least))
+
     def _commit(self, batch_id, parent, examples, metrics, status, memory, user) -> str:
         a = self.adapters
         state = lora.adapter_state(a.model, lora.TRAIN)
@@ -522,8 +533,10 @@ class Learner:
         while (self.home.checkpoints / ckpt_id).exists() or (self.home.checkpoints / ".orphaned" / ckpt_id).exists():
             seq += 1
             ckpt_id = new_id(seq)
+        formats = self._formats(parent, batch_id)
         meta = {"id": ckpt_id, "parent": parent, "batch_id": batch_id, "user": user, "base_model": self.base_name,
                 "base": self.base_info, "shards": memory.shards if memory is not None else [],
+                "formats": [f.to_dict() for f in formats],
                 "created_at": utcnow(), "n_examples": len(examples), "status": status,
                 "config": {"lora": vars(self.config.lora), "training": vars(self.config.training),
                            "routing": vars(self.config.routing)},
@@ -542,7 +555,12 @@ class Learner:
                                  f"but {moved.current or 'the base model'} serves now: it trains again on that",
                                  batch=batch_id)
             raise Retrain(str(moved)) from None
-        a.add(ckpt_id, config, memory, state)
+        known = set(a.loaded[parent].formats) if parent in a.loaded else set()
+        a.add(ckpt_id, config, memory, state, formats)
+        for f in formats:
+            if f not in known:
+                self.store.log_event("format", f"{ckpt_id}: new inputs of {f.describe()} are answered by it, exactly",
+                                     checkpoint=ckpt_id, batch=batch_id)
         verb = {"stable": "now serves", "risky": "serves, marked risky",
                 "rolled_back": "was rolled back; its parent keeps serving"}[status]
         self.store.log_event("checkpoint", f"{ckpt_id} {verb}", checkpoint=ckpt_id, batch=batch_id)

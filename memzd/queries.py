@@ -227,11 +227,31 @@ class Answerer:
             return ids, None
         return prompt, route.cue
 
+    def _formatted(self, q: Question, ids: list[int], start: float,
+                   on_text: Callable[[str], None] | None) -> dict | None:
+        """The payload of a question that is a new input of an exact format its checkpoint
+        holds (memzd.formats: written by the format, not generated), else None."""
+        a = self.adapters
+        pinned = [q.checkpoint] if q.checkpoint is not None else None
+        found = a.formatted(q.messages, pinned or [*([a.serving(q.user)] if q.user else []), a.serving()])
+        if found is None:
+            return None
+        ckpt, fmt, reply = found
+        tokens = a.tokenizer.encode(reply, add_special_tokens=False)
+        if len(tokens) > q.max_tokens:
+            reply = a.tokenizer.decode(tokens[:q.max_tokens])
+        if on_text is not None:
+            on_text(reply)
+        row = self.store.checkpoint(ckpt)
+        return self._payload(q, Answer(reply, min(len(tokens), q.max_tokens)), ckpt, Route(ckpt), None,
+                             row.status if row else "base", start, ids, fmt.describe())
+
     def _payload(self, q: Question, answered: Answer, ckpt, route: Route, cue: str | None, status,
-                 start: float, ids: list[int]) -> dict:
+                 start: float, ids: list[int], fmt: str | None = None) -> dict:
         self.answered += 1
+        routed = "format" if fmt else "adapter" if route.adapter else "base"
         return {"id": q.id, "response": answered.text, "checkpoint": ckpt, "checkpoint_status": status,
-                "routed_to": "adapter" if route.adapter else "base", **({"answered_as": cue} if cue else {}),
+                "routed_to": routed, **({"format": fmt} if fmt else {}), **({"answered_as": cue} if cue else {}),
                 **({"user": q.user} if q.user else {}),
                 "latency_ms": round((time.perf_counter() - start) * 1000),
                 "usage": {"prompt_tokens": len(ids), "completion_tokens": answered.tokens,
@@ -244,6 +264,9 @@ class Answerer:
         start = time.perf_counter()
         a = self.adapters
         ids, ckpt, route, status = self._prepare(q)
+        formatted = self._formatted(q, ids, start, on_text)
+        if formatted is not None:
+            return formatted
         prompt, cue = self._prompt(q, ids, route, cancelled)
         answered = answer(a.model, a.tokenizer, q.messages, adapter=route.adapter, device=a.device,
                           max_tokens=q.max_tokens, temperature=q.temperature, cancelled=cancelled,
@@ -266,6 +289,10 @@ class Answerer:
             q = pending.question
             try:
                 ids, ckpt, route, status = self._prepare(q)
+                formatted = self._formatted(q, ids, start, pending.on_text)
+                if formatted is not None:
+                    self._resolve(pending, formatted)
+                    continue
                 prompt, cue = self._prompt(q, ids, route, lambda p=pending: stopping() or p.cancelled)
             except Cancelled:  # withdrawn, or the daemon stops, while the taught answer was recited
                 self._resolve(pending, _cancelled(q))

@@ -631,6 +631,15 @@ class Store:
             f"SELECT data FROM examples WHERE batch_id IN ({marks}) AND forgotten_at IS NULL "
             "ORDER BY ((id + ?) * 2654435761) % 4294967296 LIMIT ?", [*batch_ids, seed, n])]
 
+    def held(self, checkpoint_id: str | None, batch_id: int) -> list[dict]:
+        """Every example that `batch_id` and the batches of `checkpoint_id`'s lineage
+        trained and that is neither forgotten nor superseded, oldest first."""
+        batch_ids = [batch_id, *(c.batch_id for c in self.lineage(checkpoint_id) if c.batch_id is not None)]
+        marks = ",".join("?" * len(batch_ids))
+        return [json.loads(r[0]) for r in self.db.execute(
+            f"SELECT data FROM examples WHERE batch_id IN ({marks}) AND forgotten_at IS NULL ORDER BY id",
+            batch_ids)]
+
     # -- metrics --------------------------------------------------------------
 
     def add_metric(self, batch_id: int, step: int, name: str, value: float) -> None:
