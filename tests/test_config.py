@@ -42,6 +42,8 @@ def test_values_are_coerced_by_type(tmp_path):
     ("nonsense_key: 1\n", ["nonsense_key"]),
     ("lora: [1, 2]\n", ["lora", "mapping"]),
     ("training: {max_steps: 2.5}\n", ["training.max_steps"]),
+    ("routing: {formats: -1}\n", ["routing.formats", "integer"]),
+    ("routing: {formats: yes}\n", ["routing.formats"]),
     # values that once gave a traceback, a segfault or hours of work
     ("lora: {r: 100000000}\n", ["lora.r", "1024"]),
     ("training: {threads: 100000}\n", ["training.threads"]),
