@@ -58,6 +58,8 @@ class Format:
         text = text.strip()
         if not text.lower().startswith(self.prefix.lower()) or not text.endswith(self.suffix):
             return None
+        if text.endswith("?") and not self.suffix.endswith("?"):  # a question is not an input of a
+            return None  # format shown on statements ("My car is blue." -> "Noted: your car is blue.")
         middle = text[len(self.prefix):len(text) - len(self.suffix)].strip()
         words = middle.split()
         if not words or len(middle) > MAX_INPUT or "\n" in middle or (self.sep is None and len(words) > 1):

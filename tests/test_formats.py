@@ -65,6 +65,11 @@ def test_only_the_formats_own_inputs_are_answered_by_it():
     one = formats.infer([("Tag: apple", "#apple"), ("Tag: pear", "#pear"), ("Tag: fig", "#fig"),
                          ("Tag: plum", "#plum")], at_least=4)
     assert one.apply("Tag: kiwi") == "#kiwi" and one.apply("Tag: green kiwi") is None  # no separator was shown
+    noted = formats.infer([("My car is blue", "Noted: your car is blue"), ("My cat is Mochi", "Noted: your cat is Mochi"),
+                           ("My son is six", "Noted: your son is six"), ("My gym is shut", "Noted: your gym is shut")],
+                          at_least=4)
+    assert noted.apply("My bike is red") == "Noted: your bike is red"
+    assert noted.apply("My bike is what colour?") is None  # a question is not a statement's format
 
 
 def test_learn_finds_each_format_among_other_examples():
