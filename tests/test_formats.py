@@ -111,6 +111,12 @@ def test_the_daemon_answers_a_taught_format_exactly_and_forgets_it_with_its_exam
     assert response(home, "cut")["usage"]["completion_tokens"] == 2
     assert response(home, "other")["routed_to"] != "format"
 
+    drop(home, "more.jsonl", [{"input": "Ticket for: slow laptop", "output": "[TICKET] SLOW LAPTOP"}])
+    run_once(home)  # the same format shown once more: served on, not announced again
+    assert [e["kind"] for e in store.events(50)].count("format") == 1
+    ckpt = store.current_checkpoint()
+    assert json.loads((home / "checkpoints" / ckpt / "meta.json").read_text())["formats"][0]["examples"] == 5
+
     result = CliRunner().invoke(app, ["--home", str(home), "forget", "--file", "tickets.jsonl"])
     assert result.exit_code == 0, result.output
     run_once(home)
